@@ -1,0 +1,27 @@
+//! `sitemon migrate`: create or update the schema.
+
+use clap::Args;
+
+use crate::cli::DatabaseArgs;
+
+/// Arguments of `sitemon migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+}
+
+pub(crate) async fn exec(args: MigrateArgs) -> anyhow::Result<()> {
+    let pool = super::connect_db(&args.db).await?;
+    sitemon_core::db::migrate(&pool).await?;
+    eprintln!(
+        "database {} is at schema version {}",
+        args.db.config()?.target(),
+        sitemon_core::db::MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! One module per subcommand, each holding its arguments and its `exec`.
+
+pub(crate) mod add_site;
+pub(crate) mod list_sites;
+pub(crate) mod migrate;
+pub(crate) mod remove_site;
+pub(crate) mod topic;
+
+use sitemon_core::db::PgPool;
+
+use crate::cli::{Command, DatabaseArgs};
+
+/// Runs a parsed command.
+pub(crate) async fn exec(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate(args) => migrate::exec(args).await,
+        Command::AddSite(args) => add_site::exec(args).await,
+        Command::RemoveSite(args) => remove_site::exec(args).await,
+        Command::ListSites(args) => list_sites::exec(args).await,
+        Command::Topic(command) => topic::exec(command).await,
+    }
+}
+
+/// Connects to the database the arguments name, with a small pool.
+pub(crate) async fn connect_db(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    let config = args.config()?;
+    sitemon_core::db::connect(&config, 2).await.map_err(|e| {
+        anyhow::anyhow!("{e} (check DATABASE_URL; `scripts/services up` starts a local PostgreSQL)")
+    })
+}

@@ -1,0 +1,139 @@
+//! The PostgreSQL side both ends share: the pool, the embedded migrations, and the
+//! `websites` table.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+pub use sqlx::postgres::PgPool;
+
+use crate::config::DatabaseConfig;
+use crate::error::{Error, Result, one_line};
+use crate::site::{NewSite, Site};
+
+/// The schema, from `migrations/`, embedded in every binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// How long connecting (or waiting for a free pooled connection) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opens a pool of at most `max_connections` and proves it works with one round trip.
+///
+/// # Errors
+/// [`Error::DatabaseConnect`] naming `host:port/database` (never the password) when the
+/// server cannot be reached, refuses TLS or the login, within [`CONNECT_TIMEOUT`].
+pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<PgPool> {
+    let connect_error = |reason: String| Error::DatabaseConnect {
+        target: config.target().to_owned(),
+        reason,
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(config.options().clone());
+    match tokio::time::timeout(CONNECT_TIMEOUT, pool).await {
+        Ok(Ok(pool)) => Ok(pool),
+        Ok(Err(e)) => Err(connect_error(describe_connect_error(&e))),
+        Err(_) => Err(connect_error(format!(
+            "no answer within {CONNECT_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn describe_connect_error(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS failed: {}", one_line(&tls.to_string())),
+        sqlx::Error::Database(db) => one_line(db.message()),
+        sqlx::Error::PoolTimedOut => format!("no answer within {CONNECT_TIMEOUT:?}"),
+        other => one_line(&other.to_string()),
+    }
+}
+
+/// Applies the embedded migrations; applying them again is a no-op.
+///
+/// # Errors
+/// [`Error::Migrate`].
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| Error::Migrate(Box::new(e)))?;
+    Ok(())
+}
+
+fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Database {
+        doing,
+        source: Box::new(source),
+    }
+}
+
+/// Registers a site and returns its id.
+///
+/// # Errors
+/// [`Error::DuplicateUrl`] with the existing id when the URL is registered already;
+/// [`Error::Database`] otherwise.
+pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
+    let inserted: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO websites (url, check_interval, up_regex) VALUES ($1, $2, $3)
+         ON CONFLICT (url) DO NOTHING
+         RETURNING id",
+    )
+    .bind(site.url())
+    .bind(site.check_interval())
+    .bind(site.up_regex())
+    .fetch_optional(pool)
+    .await
+    .map_err(db_error("adding the site"))?;
+    if let Some(id) = inserted {
+        return Ok(id);
+    }
+    let existing_id: Option<i32> = sqlx::query_scalar("SELECT id FROM websites WHERE url = $1")
+        .bind(site.url())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error("looking up the existing site"))?;
+    match existing_id {
+        Some(existing_id) => Err(Error::DuplicateUrl {
+            url: site.url().to_owned(),
+            existing_id,
+        }),
+        // Deleted between our two statements: the caller may simply try again.
+        None => Err(Error::Database {
+            doing: "adding the site",
+            source: Box::new(sqlx::Error::RowNotFound),
+        }),
+    }
+}
+
+/// Removes a site; its history goes with it (`ON DELETE CASCADE`).
+///
+/// # Errors
+/// [`Error::UnknownSite`] when no site has this id.
+pub async fn delete_site(pool: &PgPool, id: i64) -> Result<()> {
+    let Ok(id32) = i32::try_from(id) else {
+        return Err(Error::UnknownSite { id });
+    };
+    let deleted = sqlx::query("DELETE FROM websites WHERE id = $1")
+        .bind(id32)
+        .execute(pool)
+        .await
+        .map_err(db_error("removing the site"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(Error::UnknownSite { id });
+    }
+    Ok(())
+}
+
+/// Every registered site, by id.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn list_sites(pool: &PgPool) -> Result<Vec<Site>> {
+    sqlx::query_as("SELECT id, url, check_interval, up_regex FROM websites ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .map_err(db_error("listing the sites"))
+}

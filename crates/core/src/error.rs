@@ -1,0 +1,143 @@
+//! The error type of `sitemon-core`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong in `sitemon-core`.
+///
+/// Each message is one line that names the input that was wrong and never contains a
+/// password or key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A site URL that cannot be checked.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given (cut to 200 characters).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A check interval outside 1..=86400 seconds.
+    #[error("invalid interval {value}: it must be a whole number of seconds from 1 to 86400")]
+    InvalidInterval {
+        /// The interval as given.
+        value: i64,
+    },
+
+    /// A regex that does not compile.
+    #[error("invalid regex {pattern:?}: {reason}")]
+    InvalidRegex {
+        /// The pattern as given (cut to 200 characters).
+        pattern: String,
+        /// The compiler's complaint, on one line.
+        reason: String,
+    },
+
+    /// The URL is registered already.
+    #[error("{url} is already registered as site {existing_id}")]
+    DuplicateUrl {
+        /// The URL that was given.
+        url: String,
+        /// The id of the site that has it.
+        existing_id: i32,
+    },
+
+    /// No site has this id.
+    #[error("no site has id {id}")]
+    UnknownSite {
+        /// The id that was given.
+        id: i64,
+    },
+
+    /// A configuration value that cannot be used.
+    #[error("invalid {setting}: {reason}")]
+    Config {
+        /// The setting (an environment variable or flag name).
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A TLS file that is missing, unreadable or holds no usable PEM.
+    #[error("cannot use {setting} file {path}: {reason}")]
+    TlsFile {
+        /// Which setting named the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// PostgreSQL could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    DatabaseConnect {
+        /// `host:port/database`, never the password.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A statement failed.
+    #[error("PostgreSQL failed while {doing}: {source}")]
+    Database {
+        /// What we were doing, e.g. "listing sites".
+        doing: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<sqlx::Error>,
+    },
+
+    /// Applying the embedded migrations failed.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[source] Box<sqlx::migrate::MigrateError>),
+
+    /// No Kafka broker answered.
+    #[error("cannot connect to Kafka at {brokers}: {reason}")]
+    KafkaConnect {
+        /// The bootstrap brokers, comma-separated.
+        brokers: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A Kafka request failed.
+    #[error("Kafka failed to {operation} topic {topic}: {source}")]
+    Kafka {
+        /// What we asked, e.g. "create".
+        operation: &'static str,
+        /// The topic.
+        topic: String,
+        /// rskafka's error.
+        #[source]
+        source: Box<rskafka::client::error::Error>,
+    },
+
+    /// A network call took longer than its deadline.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out, with its target.
+        operation: String,
+        /// The deadline.
+        after: Duration,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Cuts user input for an error message, so one absurd argument cannot flood a terminal.
+pub(crate) fn excerpt(input: &str) -> String {
+    const MAX: usize = 200;
+    match input.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &input[..cut]),
+        None => input.to_owned(),
+    }
+}
+
+/// Folds a multi-line message (regex errors draw carets) into one line.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}

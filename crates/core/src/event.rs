@@ -1,0 +1,299 @@
+//! The check event: one per check, JSON on the wire, keyed by the site's id.
+//!
+//! The field names are part of sitemon's contract with everything that reads the topic
+//! (the sync, `kcat`, a user's own consumers); the tests below pin them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The `schema` value of the events this version writes.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// What happened when one site was checked once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckEvent {
+    /// The event format's version; a reader rejects versions it does not know.
+    pub schema: u32,
+    /// Made by the checker (UUID v7, so it sorts by time); a produce that Kafka retried
+    /// under a new offset carries the same id, which lets the sync store it once.
+    pub check_id: Uuid,
+    /// The site's id in `websites`.
+    pub website_id: i32,
+    /// The URL that was checked (as registered, before redirects).
+    pub url: String,
+    /// The checker's `--location`, so several regions can check the same site.
+    pub location: String,
+    /// When the check started, UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+    /// A final 2xx response arrived and, if the site has a regex, it matched.
+    pub up: bool,
+    /// The final response's status, if one arrived.
+    pub status_code: Option<u16>,
+    /// Total time of the check in milliseconds, if a final response arrived.
+    pub response_time_ms: Option<f64>,
+    /// The regex the body was searched with, if the site has one.
+    pub regex: Option<String>,
+    /// Whether the regex matched, if it was searched.
+    pub regex_matched: Option<bool>,
+    /// Why the check failed to get a response, if it did.
+    pub error: Option<CheckError>,
+    /// How long each phase took.
+    pub timings_ms: ProbeTimings,
+    /// How many redirects were followed.
+    pub redirects: u32,
+    /// The URL of the final response, if one arrived.
+    pub final_url: Option<String>,
+    /// The expiry of the server's leaf certificate, for https.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub tls_cert_not_after: Option<OffsetDateTime>,
+}
+
+/// How long each phase of a check took, in milliseconds; `None` for a phase that did not
+/// happen (no TLS for http, nothing after a failed connect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeTimings {
+    /// Name resolution.
+    pub dns: Option<f64>,
+    /// TCP connect.
+    pub connect: Option<f64>,
+    /// TLS handshake.
+    pub tls: Option<f64>,
+    /// From sending the request to the first byte of the response.
+    pub ttfb: Option<f64>,
+    /// The whole check, failed or not.
+    pub total: f64,
+}
+
+/// Why a check did not succeed, with a closed set of kinds for reports and alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// For people: what happened.
+    pub message: String,
+}
+
+/// The kinds of check failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The registered URL cannot be used (a row inserted by SQL).
+    InvalidUrl,
+    /// The host name did not resolve.
+    Dns,
+    /// No address accepted a TCP connection.
+    Connect,
+    /// The TLS handshake failed or the certificate is invalid.
+    Tls,
+    /// The check took longer than its timeout.
+    Timeout,
+    /// The server broke the HTTP protocol.
+    Http,
+    /// More redirects than allowed.
+    TooManyRedirects,
+    /// The body broke off while being read.
+    Body,
+    /// The registered regex does not compile (a row inserted by SQL).
+    InvalidRegex,
+}
+
+impl ErrorKind {
+    /// The name on the wire and in `website_status.error_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidUrl => "invalid_url",
+            Self::Dns => "dns",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Timeout => "timeout",
+            Self::Http => "http",
+            Self::TooManyRedirects => "too_many_redirects",
+            Self::Body => "body",
+            Self::InvalidRegex => "invalid_regex",
+        }
+    }
+}
+
+impl CheckEvent {
+    /// The Kafka key: the site id in decimal, so all of a site's events share a partition.
+    pub fn kafka_key(&self) -> Vec<u8> {
+        self.website_id.to_string().into_bytes()
+    }
+
+    /// The Kafka value: the event as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising this struct cannot fail: every field is a plain value or string.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads an event from a Kafka value.
+    ///
+    /// # Errors
+    /// The JSON error for a value that is not an event of a known schema version.
+    pub fn from_json(value: &[u8]) -> Result<Self, EventDecodeError> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema: u32,
+        }
+        let version: Version = serde_json::from_slice(value).map_err(EventDecodeError::Json)?;
+        if version.schema != EVENT_SCHEMA_VERSION {
+            return Err(EventDecodeError::UnknownSchema(version.schema));
+        }
+        serde_json::from_slice(value).map_err(EventDecodeError::Json)
+    }
+}
+
+/// Why a Kafka value is not a [`CheckEvent`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventDecodeError {
+    /// Not JSON, or JSON of the wrong shape or types.
+    #[error("not a check event: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A `schema` version this reader does not know.
+    #[error("unknown event schema version {0}")]
+    UnknownSchema(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn sample() -> CheckEvent {
+        CheckEvent {
+            schema: EVENT_SCHEMA_VERSION,
+            check_id: Uuid::now_v7(),
+            website_id: 42,
+            url: "https://example.com/".into(),
+            location: "eu-north".into(),
+            checked_at: time::macros::datetime!(2026-11-28 13:14:15.123456 UTC),
+            up: false,
+            status_code: Some(200),
+            response_time_ms: Some(12.5),
+            regex: Some("ok".into()),
+            regex_matched: Some(false),
+            error: None,
+            timings_ms: ProbeTimings {
+                dns: Some(0.5),
+                connect: Some(1.0),
+                tls: Some(4.0),
+                ttfb: Some(6.0),
+                total: 12.5,
+            },
+            redirects: 1,
+            final_url: Some("https://example.com/home".into()),
+            tls_cert_not_after: Some(time::macros::datetime!(2027-01-01 0:00 UTC)),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let event = sample();
+        assert_eq!(
+            CheckEvent::from_json(&event.to_json()).expect("decodes"),
+            event
+        );
+    }
+
+    #[test]
+    fn has_exactly_the_documented_fields() {
+        let value: Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        let mut fields: Vec<_> = value.as_object().expect("object").keys().cloned().collect();
+        fields.sort();
+        let mut expected = vec![
+            "schema",
+            "check_id",
+            "website_id",
+            "url",
+            "location",
+            "checked_at",
+            "up",
+            "status_code",
+            "response_time_ms",
+            "regex",
+            "regex_matched",
+            "error",
+            "timings_ms",
+            "redirects",
+            "final_url",
+            "tls_cert_not_after",
+        ];
+        expected.sort();
+        assert_eq!(fields, expected);
+        let timings: Vec<_> = value["timings_ms"]
+            .as_object()
+            .expect("object")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(timings.len(), 5);
+        for phase in ["dns", "connect", "tls", "ttfb", "total"] {
+            assert!(value["timings_ms"].get(phase).is_some(), "{phase}");
+        }
+        assert_eq!(value["checked_at"], "2026-11-28T13:14:15.123456Z");
+        assert_eq!(value["schema"], 1);
+    }
+
+    #[test]
+    fn failures_carry_kind_and_nulls() {
+        let mut event = sample();
+        event.status_code = None;
+        event.response_time_ms = None;
+        event.final_url = None;
+        event.error = Some(CheckError {
+            kind: ErrorKind::TooManyRedirects,
+            message: "more than 5 redirects".into(),
+        });
+        let value: Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(
+            value["error"],
+            json!({"kind": "too_many_redirects", "message": "more than 5 redirects"})
+        );
+        assert_eq!(value["status_code"], Value::Null);
+        assert_eq!(value["final_url"], Value::Null);
+    }
+
+    #[test]
+    fn error_kind_names_match_serde() {
+        for kind in [
+            ErrorKind::InvalidUrl,
+            ErrorKind::Dns,
+            ErrorKind::Connect,
+            ErrorKind::Tls,
+            ErrorKind::Timeout,
+            ErrorKind::Http,
+            ErrorKind::TooManyRedirects,
+            ErrorKind::Body,
+            ErrorKind::InvalidRegex,
+        ] {
+            assert_eq!(serde_json::to_value(kind).expect("json"), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn key_is_the_decimal_site_id() {
+        assert_eq!(sample().kafka_key(), b"42");
+    }
+
+    #[test]
+    fn rejects_unknown_schema_and_wrong_shapes() {
+        let mut value: Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        value["schema"] = json!(2);
+        assert!(matches!(
+            CheckEvent::from_json(value.to_string().as_bytes()),
+            Err(EventDecodeError::UnknownSchema(2))
+        ));
+        value["schema"] = json!(1);
+        value["website_id"] = json!("forty-two");
+        assert!(matches!(
+            CheckEvent::from_json(value.to_string().as_bytes()),
+            Err(EventDecodeError::Json(_))
+        ));
+        assert!(CheckEvent::from_json(b"not json").is_err());
+        assert!(CheckEvent::from_json(b"").is_err());
+    }
+}

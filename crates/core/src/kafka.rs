@@ -1,0 +1,279 @@
+//! Building an rskafka [`Client`] from a [`KafkaConfig`], and the topic utilities.
+//!
+//! rskafka 0.6 retries forever and has no timeouts of its own: every call here is bounded by
+//! a `tokio::time::timeout`, and the client's retries back off with a deadline.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::BackoffConfig;
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ClientCertFiles, KafkaConfig, KafkaSecurity, SaslMechanism};
+use crate::error::{Error, Result};
+
+/// How long connecting to the cluster (the first metadata round trip) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one administrative request (create or delete a topic) may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The partitions a topic gets when sitemon creates it.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+
+/// The backoff sitemon gives rskafka: quick first retries, a cap, and a deadline so that a
+/// dead broker surfaces as an error instead of an endless retry loop.
+pub fn backoff(deadline: Duration) -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(deadline),
+    }
+}
+
+/// Connects to the cluster: TLS and SASL as configured, then one metadata round trip.
+///
+/// # Errors
+/// [`Error::TlsFile`] for a TLS file that cannot be used, [`Error::KafkaConnect`] when no
+/// broker answers within [`CONNECT_TIMEOUT`] or the handshake is refused.
+pub async fn connect(config: &KafkaConfig) -> Result<Client> {
+    connect_with_backoff(config, backoff(CONNECT_TIMEOUT)).await
+}
+
+/// Like [`connect`], with the backoff the client keeps for all later requests.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with_backoff(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Client> {
+    let mut builder = ClientBuilder::new(config.brokers.clone())
+        .client_id(format!("sitemon/{}", crate::VERSION))
+        .backoff_config(backoff);
+    match &config.security {
+        KafkaSecurity::Plaintext => {}
+        KafkaSecurity::Tls { ca_file, client } => {
+            builder = builder.tls_config(tls_client_config(ca_file.as_deref(), client.as_ref())?);
+        }
+        KafkaSecurity::SaslTls {
+            ca_file,
+            mechanism,
+            username,
+            password,
+        } => {
+            let credentials = Credentials::new(username.clone(), password.expose().to_owned());
+            let sasl = match mechanism {
+                SaslMechanism::Plain => SaslConfig::Plain(credentials),
+                SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+                SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+            };
+            builder = builder
+                .tls_config(tls_client_config(ca_file.as_deref(), None)?)
+                .sasl_config(sasl);
+        }
+    }
+    let brokers = config.brokers_display();
+    match tokio::time::timeout(CONNECT_TIMEOUT, builder.build()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Error::KafkaConnect {
+            brokers,
+            reason: crate::error::one_line(&e.to_string()),
+        }),
+        Err(_) => Err(Error::KafkaConnect {
+            brokers,
+            reason: format!("no broker answered within {CONNECT_TIMEOUT:?}"),
+        }),
+    }
+}
+
+/// The rustls configuration for a Kafka connection: our CA (or the public web roots), and our
+/// client certificate when the broker wants one.
+///
+/// # Errors
+/// [`Error::TlsFile`] naming the file and the problem.
+pub fn tls_client_config(
+    ca_file: Option<&Path>,
+    client: Option<&ClientCertFiles>,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certs("KAFKA_CA_FILE", path)? {
+                roots.add(cert).map_err(|e| Error::TlsFile {
+                    setting: "KAFKA_CA_FILE",
+                    path: path.to_owned(),
+                    reason: format!("not a usable CA certificate ({e})"),
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Config {
+        setting: "TLS",
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let certs = read_certs("KAFKA_CERT_FILE", &files.cert_file)?;
+            let key = read_file("KAFKA_KEY_FILE", &files.key_file).and_then(|pem| {
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::TlsFile {
+                    setting: "KAFKA_KEY_FILE",
+                    path: files.key_file.clone(),
+                    reason: format!("no PEM private key in it ({e})"),
+                })
+            })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| Error::TlsFile {
+                    setting: "KAFKA_KEY_FILE",
+                    path: files.key_file.clone(),
+                    reason: format!("the key does not fit the certificate ({e})"),
+                })?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::TlsFile {
+        setting,
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn read_certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read_file(setting, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::TlsFile {
+            setting,
+            path: path.to_owned(),
+            reason: format!("not PEM ({e})"),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::TlsFile {
+            setting,
+            path: path.to_owned(),
+            reason: "no PEM certificate in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// What [`create_topic`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicCreation {
+    /// The topic is new.
+    Created,
+    /// The topic was there already; it was left as it was.
+    AlreadyExists,
+}
+
+/// Creates a topic; a topic that exists already is not an error.
+///
+/// # Errors
+/// [`Error::Kafka`] when the broker refuses (for example a replication factor larger than
+/// the cluster), [`Error::Timeout`] after [`ADMIN_TIMEOUT`].
+pub async fn create_topic(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i16,
+) -> Result<TopicCreation> {
+    let controller = client.controller_client().map_err(|source| Error::Kafka {
+        operation: "create",
+        topic: topic.to_owned(),
+        source: Box::new(source),
+    })?;
+    let timeout_ms = i32::try_from(ADMIN_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    let created = bounded(
+        format!("creating topic {topic}"),
+        ADMIN_TIMEOUT,
+        controller.create_topic(topic, partitions, replication_factor, timeout_ms),
+    )
+    .await?;
+    match created {
+        Ok(()) => Ok(TopicCreation::Created),
+        Err(KafkaError::ServerError {
+            protocol_error: ProtocolError::TopicAlreadyExists,
+            ..
+        }) => Ok(TopicCreation::AlreadyExists),
+        Err(source) => Err(Error::Kafka {
+            operation: "create",
+            topic: topic.to_owned(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Deletes a topic and every event in it.
+///
+/// # Errors
+/// [`Error::Kafka`] (an unknown topic among them), [`Error::Timeout`].
+pub async fn delete_topic(client: &Client, topic: &str) -> Result<()> {
+    let controller = client.controller_client().map_err(|source| Error::Kafka {
+        operation: "delete",
+        topic: topic.to_owned(),
+        source: Box::new(source),
+    })?;
+    let timeout_ms = i32::try_from(ADMIN_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    bounded(
+        format!("deleting topic {topic}"),
+        ADMIN_TIMEOUT,
+        controller.delete_topic(topic, timeout_ms),
+    )
+    .await?
+    .map_err(|source| Error::Kafka {
+        operation: "delete",
+        topic: topic.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// The number of partitions of `topic`, or `None` when it does not exist.
+///
+/// # Errors
+/// [`Error::Kafka`], [`Error::Timeout`].
+pub async fn partition_count(client: &Client, topic: &str) -> Result<Option<usize>> {
+    let topics = bounded(
+        format!("listing topics for {topic}"),
+        ADMIN_TIMEOUT,
+        client.list_topics(),
+    )
+    .await?
+    .map_err(|source| Error::Kafka {
+        operation: "describe",
+        topic: topic.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(topics
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions.len()))
+}
+
+/// Runs `future` with a deadline, naming the operation if it passes.
+///
+/// # Errors
+/// [`Error::Timeout`].
+pub async fn bounded<T>(
+    operation: impl Into<String>,
+    after: Duration,
+    future: impl Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(after, future)
+        .await
+        .map_err(|_| Error::Timeout {
+            operation: operation.into(),
+            after,
+        })
+}

@@ -1,0 +1,48 @@
+//! What both ends of sitemon agree on.
+//!
+//! sitemon's data flows one way: the checker (`sitemon-checker`) probes sites and publishes
+//! one [`CheckEvent`] per check to Kafka; the sync (`sitemon-sync`) consumes the events into
+//! PostgreSQL. The two never import each other; they share this crate.
+//!
+//! # Layout
+//! - [`site`]: a monitored [`Site`] and the validation of what a user may register.
+//! - [`event`]: the [`CheckEvent`] on the wire (JSON, versioned) and its Kafka key.
+//! - [`config`]: connection settings for Kafka ([`KafkaConfig`]) and PostgreSQL ([`DatabaseConfig`]).
+//! - [`kafka`]: building an rskafka client from a [`KafkaConfig`] (plaintext, mTLS, SASL),
+//!   and the topic utilities.
+//! - [`db`]: the pool, the embedded migrations, and the `websites` table.
+//! - [`error`]: this crate's [`Error`].
+//!
+//! # Example
+//! Register a site from another Rust service:
+//! ```no_run
+//! use sitemon_core::{DatabaseConfig, NewSite, db};
+//!
+//! # async fn example() -> sitemon_core::Result<()> {
+//! let config = DatabaseConfig::from_url("postgres://sitemon:sitemon@127.0.0.1/sitemon?sslmode=require")?;
+//! let pool = db::connect(&config, 4).await?;
+//! db::migrate(&pool).await?;
+//! let site = NewSite::new("https://example.com/health", 30, Some("ok"))?;
+//! let id = db::insert_site(&pool, &site).await?;
+//! println!("registered site {id}");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod event;
+pub mod kafka;
+pub mod site;
+
+pub use config::{
+    ClientCertFiles, DatabaseConfig, KafkaConfig, KafkaSecurity, KafkaSettings, SaslMechanism,
+    Secret,
+};
+pub use error::{Error, Result};
+pub use event::{CheckError, CheckEvent, ErrorKind, ProbeTimings};
+pub use site::{NewSite, Site};
+
+/// The version of sitemon, as written into the `User-Agent` and the Kafka client id.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,187 @@
+//! Fixtures for sitemon's integration tests.
+//!
+//! Tests run against the real PostgreSQL and Apache Kafka that `scripts/services up` starts
+//! on loopback (`scripts/test` starts them and exports their settings). Each test gets a
+//! database of its own ([`TestDb`]) and a topic of its own ([`random_topic`]), so tests run
+//! in parallel without seeing each other.
+//!
+//! A test that cannot reach its services fails with a message that says how to start them:
+//! it never passes by skipping.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sitemon_core::config::KafkaSettings;
+use sitemon_core::{DatabaseConfig, KafkaConfig};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+/// The message every fixture gives when the services are not configured.
+pub const HOW_TO_START: &str = "start the test services with `scripts/services up` and \
+    `eval \"$(scripts/services env)\"`, or run the whole suite with `scripts/test`";
+
+/// Where the services are, from the environment `scripts/services env` prints.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// `DATABASE_URL`: a role that may create databases.
+    pub database_url: String,
+    /// `KAFKA_BROKERS`: the plaintext listener.
+    pub kafka_brokers: String,
+    /// `SITEMON_TEST_TLS_BROKERS`: the listener that requires a client certificate.
+    pub tls_brokers: String,
+    /// `SITEMON_TEST_CERT_DIR`: `ca.pem`, `service.cert`, `service.key`.
+    pub cert_dir: PathBuf,
+}
+
+/// The configured services.
+///
+/// # Panics
+/// When a variable is missing, with [`HOW_TO_START`].
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| panic!("{name} is not set: {HOW_TO_START}"))
+        };
+        Services {
+            database_url: var("DATABASE_URL"),
+            kafka_brokers: var("KAFKA_BROKERS"),
+            tls_brokers: var("SITEMON_TEST_TLS_BROKERS"),
+            cert_dir: PathBuf::from(var("SITEMON_TEST_CERT_DIR")),
+        }
+    })
+}
+
+/// A fresh name with `prefix`, unique across processes and runs.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A topic name no other test uses.
+pub fn random_topic() -> String {
+    unique_name("sitemon-test")
+}
+
+/// A plaintext Kafka configuration for `topic`.
+pub fn kafka_config(topic: &str) -> KafkaConfig {
+    KafkaConfig::plaintext(&services().kafka_brokers, topic).expect("valid plaintext settings")
+}
+
+/// The settings of the mTLS listener, with our client certificate.
+pub fn tls_kafka_settings(topic: &str) -> KafkaSettings {
+    let services = services();
+    KafkaSettings {
+        brokers: services.tls_brokers.clone(),
+        topic: topic.to_owned(),
+        ca_file: Some(services.cert_dir.join("ca.pem")),
+        cert_file: Some(services.cert_dir.join("service.cert")),
+        key_file: Some(services.cert_dir.join("service.key")),
+        ..KafkaSettings::default()
+    }
+}
+
+/// Replaces the database name in a `postgres://` URL, keeping credentials and parameters.
+pub fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..authority_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A database of the test's own, created on the configured server.
+///
+/// Dropped by [`TestDb::drop_database`] at the end of a test; `scripts/test` also drops the
+/// leftovers of tests that panicked before that.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The database's name.
+    pub name: String,
+    /// A URL for it, with the same credentials and TLS parameters as `DATABASE_URL`.
+    pub url: String,
+    /// A small pool on it.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// A new database with sitemon's schema applied.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        sitemon_core::db::migrate(&db.pool)
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    /// A new, empty database.
+    pub async fn empty() -> Self {
+        let admin = admin_pool().await;
+        let name = unique_name("sitemon_t");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        admin.close().await;
+        let url = url_with_database(&services().database_url, &name);
+        let config = DatabaseConfig::from_url(&url).expect("test database URL parses");
+        let pool = sitemon_core::db::connect(&config, 4)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {HOW_TO_START}"));
+        Self { name, url, pool }
+    }
+
+    /// Drops the database (and ends its sessions).
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let admin = admin_pool().await;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot drop test database {}: {e}", self.name));
+        admin.close().await;
+    }
+}
+
+/// A one-connection pool on the database `DATABASE_URL` names.
+pub async fn admin_pool() -> PgPool {
+    let config = DatabaseConfig::from_url(&services().database_url)
+        .unwrap_or_else(|e| panic!("{e}: {HOW_TO_START}"));
+    sitemon_core::db::connect(&config, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {HOW_TO_START}"))
+}
+
+/// Connection options for the configured server with another URL's parameters; handy for
+/// trying other `sslmode`s.
+pub fn connect_options(url: &str) -> PgConnectOptions {
+    url.parse().expect("a valid postgres URL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn replaces_only_the_database() {
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/sitemon?sslmode=require", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=require"
+        );
+        assert_eq!(url_with_database("postgres://h", "t2"), "postgres://h/t2");
+    }
+}
