@@ -39,13 +39,22 @@ pub(crate) enum Command {
     /// Create or delete the Kafka topic of the check events.
     #[command(subcommand)]
     Topic(commands::topic::TopicCommand),
+    /// Check every site on its interval and publish one event per check to Kafka.
+    Check(commands::check::CheckArgs),
+    /// Consume the check events from Kafka into PostgreSQL, exactly once.
+    Sync(commands::sync::SyncArgs),
 }
 
 /// Settings for every subcommand.
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
     /// Log filter, e.g. `info` or `sitemon=debug` (tracing's `EnvFilter` syntax).
-    #[arg(long, env = "RUST_LOG", default_value = "warn", global = true)]
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        default_value = "info,rskafka=warn,sqlx=warn",
+        global = true
+    )]
     pub(crate) log: String,
 }
 

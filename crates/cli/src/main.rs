@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod output;
+mod shutdown;
 
 use std::process::ExitCode;
 

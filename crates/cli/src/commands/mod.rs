@@ -1,9 +1,11 @@
 //! One module per subcommand, each holding its arguments and its `exec`.
 
 pub(crate) mod add_site;
+pub(crate) mod check;
 pub(crate) mod list_sites;
 pub(crate) mod migrate;
 pub(crate) mod remove_site;
+pub(crate) mod sync;
 pub(crate) mod topic;
 
 use sitemon_core::db::PgPool;
@@ -18,6 +20,8 @@ pub(crate) async fn exec(command: Command) -> anyhow::Result<()> {
         Command::RemoveSite(args) => remove_site::exec(args).await,
         Command::ListSites(args) => list_sites::exec(args).await,
         Command::Topic(command) => topic::exec(command).await,
+        Command::Check(args) => check::exec(args).await,
+        Command::Sync(args) => sync::exec(args).await,
     }
 }
 
