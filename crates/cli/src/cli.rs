@@ -52,7 +52,7 @@ pub(crate) struct GlobalArgs {
     #[arg(
         long,
         env = "RUST_LOG",
-        default_value = "info,rskafka=warn,sqlx=warn",
+        default_value = "info,rskafka=error,sqlx=warn",
         global = true
     )]
     pub(crate) log: String,
@@ -65,6 +65,7 @@ impl GlobalArgs {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
 }

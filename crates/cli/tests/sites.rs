@@ -1,0 +1,318 @@
+//! The site-management and topic commands of the `sitemon` binary, against the real services.
+//!
+//! Every bad input must give one line on stderr naming the input and the problem, the exit
+//! status 1 (2 for usage errors), and leave the database as it was.
+
+use std::process::{Command, Output};
+
+use sitemon_testkit::{TestDb, random_topic, services, tls_kafka_settings};
+
+/// A `sitemon` command with only the settings the test gives it.
+fn sitemon(database_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
+    for var in [
+        "DATABASE_URL",
+        "KAFKA_BROKERS",
+        "KAFKA_TOPIC",
+        "KAFKA_CA_FILE",
+        "KAFKA_CERT_FILE",
+        "KAFKA_KEY_FILE",
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("DATABASE_URL", database_url);
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("runs the sitemon binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts a failure: the exit status, one line on stderr that contains `expected`.
+#[track_caller]
+fn assert_fails(output: &Output, status: i32, expected: &str) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(status), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    assert!(stdout(output).is_empty(), "stdout: {}", stdout(output));
+}
+
+/// The websites table, as text, to prove that a failed command changed nothing.
+async fn snapshot(db: &TestDb) -> Vec<(i32, String, i32, Option<String>)> {
+    sqlx::query_as("SELECT id, url, check_interval, up_regex FROM websites ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("snapshot")
+}
+
+fn add(db: &TestDb, args: &[&str]) -> Output {
+    run(sitemon(&db.url).arg("add-site").args(args))
+}
+
+#[tokio::test]
+async fn migrate_twice_then_add_list_remove() {
+    let db = TestDb::empty().await;
+    for _ in 0..2 {
+        let output = run(sitemon(&db.url).arg("migrate"));
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+
+    let output = add(&db, &["http://127.0.0.1:9/a"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let first: i32 = stdout(&output)
+        .trim()
+        .parse()
+        .expect("the id alone on stdout");
+    let output = add(
+        &db,
+        &[
+            "https://example.invalid/b",
+            "--interval",
+            "60",
+            "--regex",
+            "up|ok",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let second: i32 = stdout(&output)
+        .trim()
+        .parse()
+        .expect("the id alone on stdout");
+
+    let output = run(sitemon(&db.url).arg("list-sites"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = stdout(&output);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("ID"), "{table}");
+    assert!(lines[1].starts_with(&format!("{first} ")), "{table}");
+    assert!(
+        lines[1].contains("5s") && lines[1].contains("http://127.0.0.1:9/a"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("60s") && lines[2].contains("up|ok"),
+        "{table}"
+    );
+    // Aligned: the URL column starts at the same place on every line.
+    let url_column = lines[0].find("URL").expect("URL header");
+    assert_eq!(lines[1].find("http"), Some(url_column), "{table}");
+    assert_eq!(lines[2].find("https"), Some(url_column), "{table}");
+
+    let output = run(sitemon(&db.url).args(["list-sites", "--json"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"id": first, "url": "http://127.0.0.1:9/a", "check_interval": 5, "up_regex": null},
+            {"id": second, "url": "https://example.invalid/b", "check_interval": 60, "up_regex": "up|ok"},
+        ])
+    );
+
+    let output = run(sitemon(&db.url).args(["remove-site", &first.to_string()]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let remaining = snapshot(&db).await;
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0].0, second);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn bad_site_input_is_refused_and_changes_nothing() {
+    let db = TestDb::migrated().await;
+    let existing = add(&db, &["http://127.0.0.1:9/existing"]);
+    assert!(existing.status.success(), "{}", stderr(&existing));
+    let existing_id = stdout(&existing).trim().to_owned();
+    let before = snapshot(&db).await;
+
+    let too_long = format!("http://example.invalid/{}", "x".repeat(2048));
+    let cases: Vec<(Vec<&str>, i32, String)> = vec![
+        (
+            vec!["example.com"],
+            1,
+            "invalid URL \"example.com\": it is not absolute".into(),
+        ),
+        (
+            vec!["ftp://example.com/"],
+            1,
+            "scheme \"ftp\" is not supported".into(),
+        ),
+        (vec!["http://"], 1, "invalid URL \"http://\"".into()),
+        (vec![&too_long], 1, "at most 2048 are allowed".into()),
+        (
+            vec!["http://example.invalid/", "--interval", "0"],
+            1,
+            "invalid interval 0".into(),
+        ),
+        (
+            vec!["http://example.invalid/", "--interval", "-5"],
+            1,
+            "invalid interval -5".into(),
+        ),
+        (
+            vec!["http://example.invalid/", "--interval", "86401"],
+            1,
+            "invalid interval 86401".into(),
+        ),
+        (
+            vec!["http://example.invalid/", "--interval", "often"],
+            2,
+            "invalid value 'often'".into(),
+        ),
+        (
+            vec!["http://example.invalid/", "--regex", "(unclosed"],
+            1,
+            "invalid regex \"(unclosed\"".into(),
+        ),
+        (
+            vec!["http://127.0.0.1:9/existing"],
+            1,
+            format!("http://127.0.0.1:9/existing is already registered as site {existing_id}"),
+        ),
+    ];
+    for (args, status, expected) in &cases {
+        let output = add(&db, args);
+        assert_fails(&output, *status, expected);
+    }
+    for id in ["999999", "0", "-3", "99999999999"] {
+        let output = run(sitemon(&db.url).args(["remove-site", id]));
+        assert_fails(&output, 1, &format!("no site has id {id}"));
+    }
+    let output = run(sitemon(&db.url).args(["remove-site", "abc"]));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+
+    assert_eq!(snapshot(&db).await, before);
+    db.drop_database().await;
+}
+
+#[test]
+fn unreachable_database_is_named_without_the_password() {
+    let output = run(sitemon("postgres://sitemon:s3cret-pw@127.0.0.1:1/sitemon").arg("list-sites"));
+    assert_fails(
+        &output,
+        1,
+        "cannot connect to PostgreSQL at 127.0.0.1:1/sitemon",
+    );
+    assert!(!stderr(&output).contains("s3cret-pw"));
+
+    let output = run(sitemon("not a url").arg("list-sites"));
+    assert_fails(&output, 2, "invalid DATABASE_URL");
+    let output = run(sitemon("postgres://u:s3cret-pw@h:notaport/db").arg("list-sites"));
+    assert_fails(&output, 2, "invalid DATABASE_URL");
+    assert!(!stderr(&output).contains("s3cret-pw"));
+}
+
+#[test]
+fn topic_create_is_idempotent_and_delete_removes_it() {
+    let topic = random_topic();
+    let plaintext = |args: &[&str]| {
+        run(sitemon("unused")
+            .env("KAFKA_BROKERS", &services().kafka_brokers)
+            .env("KAFKA_TOPIC", &topic)
+            .arg("topic")
+            .args(args))
+    };
+    let output = plaintext(&["create", "--partitions", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("created topic"),
+        "{}",
+        stderr(&output)
+    );
+    let output = plaintext(&["create"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("exists already"),
+        "{}",
+        stderr(&output)
+    );
+    let output = plaintext(&["delete"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn topic_commands_over_mutual_tls() {
+    let topic = random_topic();
+    let settings = tls_kafka_settings(&topic);
+    let path = |p: Option<std::path::PathBuf>| p.expect("set").display().to_string();
+    let tls = |args: &[&str]| {
+        run(sitemon("unused")
+            .env("KAFKA_BROKERS", &settings.brokers)
+            .env("KAFKA_TOPIC", &topic)
+            .env("KAFKA_CA_FILE", path(settings.ca_file.clone()))
+            .env("KAFKA_CERT_FILE", path(settings.cert_file.clone()))
+            .env("KAFKA_KEY_FILE", path(settings.key_file.clone()))
+            .arg("topic")
+            .args(args))
+    };
+    let output = tls(&["create"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = tls(&["delete"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn bad_kafka_settings_are_named() {
+    let topic = random_topic();
+    let kafka = |envs: &[(&str, &str)]| {
+        let mut command = sitemon("unused");
+        command.env("KAFKA_TOPIC", &topic);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        run(command.args(["topic", "create"]))
+    };
+    assert_fails(
+        &kafka(&[("KAFKA_BROKERS", "127.0.0.1:1")]),
+        1,
+        "cannot connect to Kafka at 127.0.0.1:1",
+    );
+    assert_fails(
+        &kafka(&[("KAFKA_BROKERS", "no-port")]),
+        2,
+        "invalid KAFKA_BROKERS: \"no-port\" is not host:port",
+    );
+    assert_fails(
+        &kafka(&[
+            ("KAFKA_BROKERS", &services().tls_brokers),
+            ("KAFKA_CA_FILE", "/nonexistent/ca.pem"),
+            ("KAFKA_CERT_FILE", "/nonexistent/service.cert"),
+            ("KAFKA_KEY_FILE", "/nonexistent/service.key"),
+        ]),
+        1,
+        "cannot use KAFKA_CA_FILE file /nonexistent/ca.pem",
+    );
+    assert_fails(
+        &kafka(&[
+            ("KAFKA_BROKERS", &services().tls_brokers),
+            ("KAFKA_CERT_FILE", "/nonexistent/service.cert"),
+        ]),
+        2,
+        "invalid KAFKA_KEY_FILE",
+    );
+    assert_fails(
+        &kafka(&[
+            ("KAFKA_BROKERS", &services().tls_brokers),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-secret"),
+        ]),
+        2,
+        "invalid KAFKA_SASL_MECHANISM",
+    );
+}

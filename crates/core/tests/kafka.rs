@@ -1,0 +1,152 @@
+//! sitemon-core against the real Kafka broker: plaintext and mutual TLS.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rskafka::client::Client;
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record;
+use sitemon_core::kafka::{self, TopicCreation};
+use sitemon_core::{Error, KafkaConfig};
+use sitemon_testkit::{kafka_config, random_topic, tls_kafka_settings};
+
+/// Creates `config.topic` (twice: the second is not an error), produces one record and reads
+/// it back from the partition it went to.
+async fn round_trip(config: &KafkaConfig) {
+    let client = kafka::connect(config).await.expect("connects");
+    let topic = &config.topic;
+    assert_eq!(
+        kafka::create_topic(&client, topic, 3, 1)
+            .await
+            .expect("creates"),
+        TopicCreation::Created
+    );
+    assert_eq!(
+        kafka::create_topic(&client, topic, 3, 1)
+            .await
+            .expect("exists"),
+        TopicCreation::AlreadyExists
+    );
+    assert_eq!(
+        kafka::partition_count(&client, topic).await.expect("lists"),
+        Some(3)
+    );
+
+    let record = Record {
+        key: Some(b"42".to_vec()),
+        value: Some(br#"{"hello":"kafka"}"#.to_vec()),
+        headers: BTreeMap::new(),
+        timestamp: chrono::Utc::now(),
+    };
+    let partition = client
+        .partition_client(topic.as_str(), 2, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let offsets = partition
+        .produce(vec![record.clone()], Compression::NoCompression)
+        .await
+        .expect("produces");
+    assert_eq!(offsets, [0]);
+
+    let (records, high_watermark) = partition
+        .fetch_records(0, 1..1_000_000, 1_000)
+        .await
+        .expect("fetches");
+    assert_eq!(high_watermark, 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, 0);
+    assert_eq!(records[0].record.key, record.key);
+    assert_eq!(records[0].record.value, record.value);
+
+    delete(&client, topic).await;
+}
+
+async fn delete(client: &Client, topic: &str) {
+    kafka::delete_topic(client, topic).await.expect("deletes");
+}
+
+#[tokio::test]
+async fn plaintext_round_trip() {
+    round_trip(&kafka_config(&random_topic())).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_round_trip() {
+    let config = KafkaConfig::new(tls_kafka_settings(&random_topic())).expect("valid TLS settings");
+    assert!(matches!(
+        config.security,
+        sitemon_core::KafkaSecurity::Tls {
+            client: Some(_),
+            ..
+        }
+    ));
+    round_trip(&config).await;
+}
+
+#[tokio::test]
+async fn tls_listener_refuses_a_client_without_certificate() {
+    let mut settings = tls_kafka_settings(&random_topic());
+    settings.cert_file = None;
+    settings.key_file = None;
+    let config = KafkaConfig::new(settings).expect("CA-only TLS is a valid configuration");
+    let started = std::time::Instant::now();
+    let error = kafka::connect_with_backoff(&config, kafka::backoff(Duration::from_secs(3)))
+        .await
+        .expect_err("the broker requires a client certificate");
+    assert!(
+        matches!(error, Error::KafkaConnect { .. }),
+        "unexpected error: {error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "cannot connect to Kafka at {}",
+            config.brokers_display()
+        )),
+        "{message}"
+    );
+    // Not a timing assertion on speed: only that the refusal surfaced instead of hanging.
+    assert!(started.elapsed() < kafka::CONNECT_TIMEOUT * 2);
+}
+
+#[tokio::test]
+async fn tls_without_our_ca_fails_verification() {
+    let mut settings = tls_kafka_settings(&random_topic());
+    // The public web roots do not know the throwaway CA that signed the broker.
+    settings.ca_file = None;
+    let config = KafkaConfig::new(settings).expect("valid");
+    let error = kafka::connect_with_backoff(&config, kafka::backoff(Duration::from_secs(3)))
+        .await
+        .expect_err("the broker's certificate is not trusted");
+    assert!(matches!(error, Error::KafkaConnect { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn missing_tls_files_are_named() {
+    let mut settings = tls_kafka_settings(&random_topic());
+    settings.ca_file = Some("/nonexistent/ca.pem".into());
+    let config = KafkaConfig::new(settings).expect("files are read on connect");
+    let message = kafka::connect(&config)
+        .await
+        .expect_err("no CA file")
+        .to_string();
+    assert!(
+        message.starts_with("cannot use KAFKA_CA_FILE file /nonexistent/ca.pem:"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_broker_is_named() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let config = KafkaConfig::plaintext("127.0.0.1:1", "website_status").expect("valid");
+    let error = kafka::connect_with_backoff(&config, kafka::backoff(Duration::from_secs(2)))
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot connect to Kafka at 127.0.0.1:1:"),
+        "{error}"
+    );
+}
