@@ -11,6 +11,8 @@
 //! - [`kafka`]: building an rskafka client from a [`KafkaConfig`] (plaintext, mTLS, SASL),
 //!   and the topic utilities.
 //! - [`db`]: the pool, the embedded migrations, and the `websites` table.
+//! - [`lease`]: sharing partitions or buckets of sites among several processes through
+//!   PostgreSQL advisory locks.
 //! - [`error`]: this crate's [`Error`].
 //!
 //! # Example
@@ -34,6 +36,7 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod kafka;
+pub mod lease;
 pub mod site;
 
 pub use config::{

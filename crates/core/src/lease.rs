@@ -1,0 +1,310 @@
+//! Sharing numbered resources (Kafka partitions, buckets of sites) fairly among the live
+//! members of a group, with PostgreSQL session-level advisory locks and no coordinator.
+//!
+//! Each member holds, on one **dedicated** connection (a pooled connection would leak or lose
+//! its locks):
+//! - a *membership* lock, `(member class, random id)`: the number of such locks that are granted
+//!   is the number of live members;
+//! - one *resource* lock `(resource class, n)` for every resource `n` it owns.
+//!
+//! A member that dies loses its connection and with it every lock: PostgreSQL releases them
+//! as soon as it sees the connection close (at once for a killed process; for a silent network
+//! the lease connection sets TCP keepalives of about 11 s). The others take the freed
+//! resources on their next [`LeaseGroup::rebalance`].
+//!
+//! With `P` resources and `W` live members each member aims for at most `ceil(P / W)`:
+//! a member over its share gives the surplus back (after the caller has stopped using it,
+//! through [`LeaseGroup::release`]), a member under its share takes free resources.
+//!
+//! Session-level locks do not survive PgBouncer in transaction mode (Aiven's connection pooler
+//! included): the lease connection must go straight to PostgreSQL.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sqlx::{Connection as _, PgConnection};
+
+use crate::config::DatabaseConfig;
+use crate::error::{Error, Result};
+
+/// How long one lease statement may take before the lease connection counts as lost.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one [`LeaseGroup::rebalance`] changed or asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebalance {
+    /// Resources this member now owns and may start using.
+    pub acquired: Vec<i32>,
+    /// Resources this member owns beyond its share: stop using them, then
+    /// [`LeaseGroup::release`] each.
+    pub surplus: Vec<i32>,
+    /// Live members seen, this one included.
+    pub members: u32,
+}
+
+/// One member's place in a group.
+#[derive(Debug)]
+pub struct LeaseGroup {
+    /// The dedicated session that holds every lock of this member.
+    conn: PgConnection,
+    /// The group's name, for messages.
+    name: String,
+    /// First key of the resource locks.
+    resource_class: i32,
+    /// First key of the membership locks.
+    member_class: i32,
+    /// Second key of this member's membership lock.
+    member_id: i32,
+    /// The resources this member holds.
+    held: BTreeSet<i32>,
+}
+
+/// A stable 31-bit key for a name (FNV-1a), the same in every version and on every machine.
+fn class_key(kind: &str, group: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in kind.bytes().chain([b':']).chain(group.bytes()) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash & 0x7fff_ffff) as i32
+}
+
+impl LeaseGroup {
+    /// Joins the group `name` (e.g. `sync:website_status`) on a new dedicated connection.
+    ///
+    /// # Errors
+    /// [`Error::DatabaseConnect`] when PostgreSQL cannot be reached; [`Error::Database`].
+    pub async fn join(config: &DatabaseConfig, name: &str) -> Result<Self> {
+        let connect = PgConnection::connect_with(config.options());
+        let mut conn = match tokio::time::timeout(crate::db::CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(Error::DatabaseConnect {
+                    target: config.target().to_owned(),
+                    reason: crate::error::one_line(&e.to_string()),
+                });
+            }
+            Err(_) => {
+                return Err(Error::DatabaseConnect {
+                    target: config.target().to_owned(),
+                    reason: format!("no answer within {:?}", crate::db::CONNECT_TIMEOUT),
+                });
+            }
+        };
+        // A member that vanishes without closing its connection (a lost network) must lose
+        // its locks soon: keepalive probes after 5 s idle, every 2 s, 3 tries.
+        bounded(
+            "setting keepalives on the lease connection",
+            sqlx::query(
+                "SELECT set_config('tcp_keepalives_idle', '5', false),
+                        set_config('tcp_keepalives_interval', '2', false),
+                        set_config('tcp_keepalives_count', '3', false),
+                        set_config('application_name', $1, false)",
+            )
+            .bind(format!("sitemon lease {name}"))
+            .execute(&mut conn),
+        )
+        .await?;
+        let member_class = class_key("sitemon-member", name);
+        let member_id = loop {
+            let candidate = (uuid::Uuid::new_v4().as_u128() as u32 & 0x7fff_ffff) as i32;
+            let locked: bool = bounded(
+                "joining the lease group",
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(member_class)
+                    .bind(candidate)
+                    .fetch_one(&mut conn),
+            )
+            .await?;
+            if locked {
+                break candidate;
+            }
+        };
+        Ok(Self {
+            conn,
+            name: name.to_owned(),
+            resource_class: class_key("sitemon-lease", name),
+            member_class,
+            member_id,
+            held: BTreeSet::new(),
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The resources this member holds.
+    pub fn held(&self) -> &BTreeSet<i32> {
+        &self.held
+    }
+
+    /// The number of live members, this one included.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the lease connection is gone: every lease is lost then, and
+    /// the caller must stop using all of them.
+    pub async fn members(&mut self) -> Result<u32> {
+        let count: i64 = bounded(
+            "counting the lease group's members",
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND classid::bigint = $1",
+            )
+            .bind(i64::from(self.member_class))
+            .fetch_one(&mut self.conn),
+        )
+        .await?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// Takes free resources up to this member's fair share of `total` (`0..total`) and names
+    /// the resources it holds beyond that share.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the lease connection is gone: every lease is lost then.
+    pub async fn rebalance(&mut self, total: i32) -> Result<Rebalance> {
+        let total = total.max(0);
+        let members = self.members().await?;
+        let share = usize::try_from(total)
+            .unwrap_or(0)
+            .div_ceil(members as usize);
+        let mut plan = Rebalance {
+            members,
+            ..Rebalance::default()
+        };
+        // Resources that no longer exist are surplus first, then the highest numbers.
+        plan.surplus
+            .extend(self.held.iter().copied().filter(|r| *r >= total));
+        let in_range = self.held.iter().filter(|r| **r < total).count();
+        plan.surplus.extend(
+            self.held
+                .iter()
+                .rev()
+                .filter(|r| **r < total)
+                .take(in_range.saturating_sub(share)),
+        );
+        if self.held.len() - plan.surplus.len() < share && total > 0 {
+            // Start at a place of our own, so that joining members do not all race for 0.
+            let start = self.member_id % total;
+            for resource in (start..total).chain(0..start) {
+                if self.held.len() >= share {
+                    break;
+                }
+                if self.held.contains(&resource) {
+                    continue;
+                }
+                if self.try_lock(resource).await? {
+                    self.held.insert(resource);
+                    plan.acquired.push(resource);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn try_lock(&mut self, resource: i32) -> Result<bool> {
+        bounded(
+            "taking a lease",
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(self.resource_class)
+                .bind(resource)
+                .fetch_one(&mut self.conn),
+        )
+        .await
+    }
+
+    /// Gives a resource back, for another member to take.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the lease connection is gone (then the lease is gone too).
+    pub async fn release(&mut self, resource: i32) -> Result<()> {
+        if self.held.remove(&resource) {
+            bounded(
+                "giving a lease back",
+                sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1, $2)")
+                    .bind(self.resource_class)
+                    .bind(resource)
+                    .fetch_one(&mut self.conn),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this member's session still holds `resource`, asked of PostgreSQL itself.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the lease connection is gone.
+    pub async fn still_holds(&mut self, resource: i32) -> Result<bool> {
+        bounded(
+            "checking a lease",
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
+                   WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                     AND pid = pg_backend_pid() AND classid::bigint = $1 AND objid::bigint = $2)",
+            )
+            .bind(i64::from(self.resource_class))
+            .bind(i64::from(resource))
+            .fetch_one(&mut self.conn),
+        )
+        .await
+    }
+
+    /// Leaves the group: every lock is released at once, so the others can take over on their
+    /// next rebalance.
+    ///
+    /// # Errors
+    /// [`Error::Database`]; the locks go with the connection anyway.
+    pub async fn leave(mut self) -> Result<()> {
+        bounded(
+            "leaving the lease group",
+            sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut self.conn),
+        )
+        .await?;
+        let _ = self.conn.close().await;
+        Ok(())
+    }
+}
+
+/// Runs one lease statement with [`STATEMENT_TIMEOUT`].
+async fn bounded<T>(
+    doing: &'static str,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
+        Ok(result) => result.map_err(|source| Error::Database {
+            doing,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(Error::Timeout {
+            operation: doing.to_owned(),
+            after: STATEMENT_TIMEOUT,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_key;
+
+    #[test]
+    fn class_keys_are_stable_and_distinct() {
+        assert_eq!(
+            class_key("sitemon-lease", "sync:website_status"),
+            class_key("sitemon-lease", "sync:website_status")
+        );
+        assert_ne!(
+            class_key("sitemon-lease", "g"),
+            class_key("sitemon-member", "g")
+        );
+        assert_ne!(
+            class_key("sitemon-lease", "a"),
+            class_key("sitemon-lease", "b")
+        );
+        assert!(class_key("sitemon-lease", "x") >= 0);
+    }
+}

@@ -1,0 +1,105 @@
+//! Partition and bucket leases on the real PostgreSQL.
+
+use std::collections::BTreeSet;
+
+use sitemon_core::DatabaseConfig;
+use sitemon_core::lease::LeaseGroup;
+use sitemon_testkit::{services, unique_name};
+
+fn config() -> DatabaseConfig {
+    DatabaseConfig::from_url(&services().database_url).expect("DATABASE_URL parses")
+}
+
+/// Rebalances every member until nobody changes anything, releasing surplus as a caller would.
+async fn settle(members: &mut [&mut LeaseGroup], total: i32) {
+    for _ in 0..10 {
+        let mut changed = false;
+        for member in members.iter_mut() {
+            let plan = member.rebalance(total).await.expect("rebalances");
+            changed |= !plan.acquired.is_empty() || !plan.surplus.is_empty();
+            for resource in plan.surplus {
+                member.release(resource).await.expect("releases");
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+    panic!("the group did not settle in 10 rounds");
+}
+
+fn assert_partition_of(total: i32, members: &[&LeaseGroup]) {
+    let mut all = BTreeSet::new();
+    for member in members {
+        for resource in member.held() {
+            assert!(all.insert(*resource), "resource {resource} is held twice");
+        }
+    }
+    assert_eq!(
+        all,
+        (0..total).collect::<BTreeSet<_>>(),
+        "every resource is held"
+    );
+}
+
+#[tokio::test]
+async fn members_share_fairly_and_take_over_from_the_dead() {
+    let group = unique_name("lease");
+    let mut a = LeaseGroup::join(&config(), &group).await.expect("a joins");
+    settle(&mut [&mut a], 6).await;
+    assert_eq!(a.held().len(), 6, "alone, a holds everything");
+
+    let mut b = LeaseGroup::join(&config(), &group).await.expect("b joins");
+    let mut c = LeaseGroup::join(&config(), &group).await.expect("c joins");
+    assert_eq!(a.members().await.expect("counts"), 3);
+    settle(&mut [&mut a, &mut b, &mut c], 6).await;
+    for member in [&a, &b, &c] {
+        assert_eq!(member.held().len(), 2, "ceil(6 / 3)");
+    }
+    assert_partition_of(6, &[&a, &b, &c]);
+    for resource in a.held().clone() {
+        assert!(a.still_holds(resource).await.expect("asks"));
+    }
+
+    // c dies without a word: its connection drops and PostgreSQL frees its locks.
+    drop(c);
+    let mut freed = false;
+    for _ in 0..50 {
+        if a.members().await.expect("counts") == 2 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the dead member's locks were not released");
+    settle(&mut [&mut a, &mut b], 6).await;
+    assert_eq!(a.held().len(), 3);
+    assert_eq!(b.held().len(), 3);
+    assert_partition_of(6, &[&a, &b]);
+
+    // b leaves cleanly: a takes everything on its next rebalance.
+    b.leave().await.expect("leaves");
+    settle(&mut [&mut a], 6).await;
+    assert_partition_of(6, &[&a]);
+
+    // The resource count grows: the new resources are taken too.
+    settle(&mut [&mut a], 8).await;
+    assert_partition_of(8, &[&a]);
+    a.leave().await.expect("leaves");
+}
+
+#[tokio::test]
+async fn groups_do_not_share() {
+    let mut x = LeaseGroup::join(&config(), &unique_name("lease-x"))
+        .await
+        .expect("joins");
+    let mut y = LeaseGroup::join(&config(), &unique_name("lease-y"))
+        .await
+        .expect("joins");
+    settle(&mut [&mut x], 4).await;
+    settle(&mut [&mut y], 4).await;
+    assert_eq!(x.held().len(), 4);
+    assert_eq!(y.held().len(), 4, "another group's locks are not ours");
+    x.leave().await.expect("leaves");
+    y.leave().await.expect("leaves");
+}
