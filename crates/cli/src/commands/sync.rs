@@ -1,6 +1,10 @@
-//! `sitemon sync`: run the sync until SIGINT/SIGTERM.
+//! `sitemon sync`: consume the check events into PostgreSQL until SIGINT/SIGTERM.
 
-use clap::Args;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use sitemon_sync::{StartFrom, SyncConfig};
 
 use crate::cli::{DatabaseArgs, KafkaArgs};
 
@@ -11,10 +15,47 @@ pub(crate) struct SyncArgs {
     db: DatabaseArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// The most events stored in one transaction.
+    #[arg(long, env = "SITEMON_SYNC_BATCH_SIZE", default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_size: u32,
+    /// How long, in milliseconds, the first event of a batch may wait for more before the
+    /// batch is stored: the delay a quiet topic sees.
+    #[arg(long, env = "SITEMON_SYNC_BATCH_WAIT", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    batch_wait: u64,
+    /// Where to start reading a partition for which no offset is stored yet: `earliest`
+    /// (everything still in the topic) or `latest` (only events published from now on).
+    /// Once an offset is stored, the sync always goes on from it.
+    #[arg(long, env = "SITEMON_SYNC_START", value_enum, default_value_t = Start::Earliest)]
+    start: Start,
+}
+
+/// `--start`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Start {
+    Earliest,
+    Latest,
+}
+
+impl SyncArgs {
+    fn config(&self) -> anyhow::Result<SyncConfig> {
+        let mut config = SyncConfig::new(self.db.config()?, self.kafka.config()?);
+        config.batch_size = self.batch_size as usize;
+        config.batch_wait = Duration::from_millis(self.batch_wait);
+        config.start = match self.start {
+            Start::Earliest => StartFrom::Earliest,
+            Start::Latest => StartFrom::Latest,
+        };
+        Ok(config)
+    }
 }
 
 pub(crate) async fn exec(args: SyncArgs) -> anyhow::Result<()> {
-    let _ = (args.db.config()?, args.kafka.config()?);
-    let _shutdown = crate::shutdown::on_signal();
-    anyhow::bail!("sitemon sync is not implemented yet")
+    let config = args.config()?;
+    let topic = config.kafka.topic.clone();
+    let shutdown = crate::shutdown::on_signal();
+    sitemon_sync::run(config, shutdown)
+        .await
+        .with_context(|| format!("sync of topic {topic} failed to start"))
 }

@@ -1,0 +1,312 @@
+//! One Kafka message → one `website_status` row, or one reject with its reason.
+//!
+//! Decoding is pure and runs in the partition readers, so that the JSON work is spread over
+//! the cores while the writer waits on PostgreSQL. Whether the site still exists is decided
+//! later, in the writer's transaction (see `writer.rs`).
+
+use sitemon_core::event::EventDecodeError;
+use sitemon_core::{CheckEvent, ErrorKind};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The reason stored for a tombstone (a message without a value).
+pub(crate) const TOMBSTONE: &str = "empty value (tombstone)";
+/// The reason stored for a message whose value has no bytes.
+pub(crate) const EMPTY: &str = "empty value";
+
+/// A message as read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+}
+
+/// What a message becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decoded {
+    Row(StatusRow),
+    Reject(Reject),
+}
+
+/// A `website_status` row, and the message's key in case the row must become a reject.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StatusRow {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) website_id: i32,
+    pub(crate) checked_at: OffsetDateTime,
+    /// The value exactly as published: stored as `request_info` (jsonb).
+    pub(crate) request_info: String,
+    pub(crate) check_id: Uuid,
+    pub(crate) is_up: bool,
+    pub(crate) status_code: Option<i16>,
+    pub(crate) response_time_ms: Option<f64>,
+    pub(crate) error_kind: Option<&'static str>,
+    pub(crate) location: String,
+}
+
+impl StatusRow {
+    /// The reject this row becomes when its site is gone.
+    pub(crate) fn into_reject(self, reason: String) -> Reject {
+        Reject {
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key,
+            payload: Some(self.request_info.into_bytes()),
+            reason,
+        }
+    }
+}
+
+/// A `website_status_rejects` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reject {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Option<Vec<u8>>,
+    pub(crate) reason: String,
+}
+
+/// The reason stored when an event's site is not in `websites`.
+pub(crate) fn unknown_site_reason(website_id: i32) -> String {
+    format!(
+        "website_id {website_id} is not in websites (the site was removed while its events \
+         were in flight, or a foreign producer)"
+    )
+}
+
+/// Decodes one message.
+pub(crate) fn decode(message: Message) -> Decoded {
+    let Message {
+        partition,
+        offset,
+        key,
+        value,
+    } = message;
+    let reject = |key, payload, reason: String| {
+        Decoded::Reject(Reject {
+            partition,
+            offset,
+            key,
+            payload,
+            reason,
+        })
+    };
+    let value = match value {
+        None => return reject(key, None, TOMBSTONE.to_owned()),
+        Some(value) if value.is_empty() => return reject(key, Some(value), EMPTY.to_owned()),
+        Some(value) => value,
+    };
+    let event = match CheckEvent::from_json(&value) {
+        Ok(event) => event,
+        Err(e) => {
+            let reason = decode_error_reason(&e, &value);
+            return reject(key, Some(value), reason);
+        }
+    };
+    if let Some(problem) = jsonb_problem(&value) {
+        return reject(key, Some(value), problem.to_owned());
+    }
+    let Ok(status_code) = event.status_code.map(i16::try_from).transpose() else {
+        let reason = format!(
+            "status_code {} is not an HTTP status (100 to 999)",
+            event.status_code.unwrap_or_default()
+        );
+        return reject(key, Some(value), reason);
+    };
+    let request_info = match String::from_utf8(value) {
+        Ok(text) => text,
+        Err(e) => return reject(key, Some(e.into_bytes()), "not UTF-8".to_owned()),
+    };
+    Decoded::Row(StatusRow {
+        partition,
+        offset,
+        key,
+        website_id: event.website_id,
+        checked_at: event.checked_at,
+        request_info,
+        check_id: event.check_id,
+        is_up: event.up,
+        status_code,
+        response_time_ms: event.response_time_ms,
+        error_kind: event.error.map(|e| ErrorKind::as_str(e.kind)),
+        location: event.location,
+    })
+}
+
+fn decode_error_reason(error: &EventDecodeError, value: &[u8]) -> String {
+    match error {
+        // serde's message alone cannot tell "not JSON" from "JSON of another shape" (a
+        // struct also reads from an array, and stops with a syntax error at its end), so
+        // a failed value is parsed once more, as any JSON at all.
+        EventDecodeError::Json(e) => match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+            Ok(_) => format!("wrong shape: {e}"),
+            Err(not_json) => format!("not JSON: {not_json}"),
+        },
+        EventDecodeError::UnknownSchema(version) => {
+            format!("unknown schema version {version}")
+        }
+        other => format!("not a check event: {other}"),
+    }
+}
+
+/// Valid JSON that PostgreSQL's `jsonb` still refuses: the escape `\u0000`, and a `\u`
+/// surrogate escape without its pair. serde accepts both inside fields it ignores; one such
+/// message must become a reject, not a batch that fails forever.
+fn jsonb_problem(json: &[u8]) -> Option<&'static str> {
+    const PROBLEM: &str = "the value holds a \\u0000 or unpaired surrogate escape, which \
+                           PostgreSQL jsonb cannot store";
+    let hex = |at: usize| -> Option<u32> {
+        let digits = json.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    // Set after a high surrogate: the next thing must be a low surrogate escape.
+    let mut want_low = false;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            if want_low {
+                return Some(PROBLEM);
+            }
+            i += 1;
+            continue;
+        }
+        match json.get(i + 1) {
+            Some(b'u') => {
+                let code = hex(i + 2)?;
+                match code {
+                    0 => return Some(PROBLEM),
+                    0xD800..=0xDBFF if !want_low => want_low = true,
+                    0xDC00..=0xDFFF if want_low => want_low = false,
+                    0xD800..=0xDFFF => return Some(PROBLEM),
+                    _ if want_low => return Some(PROBLEM),
+                    _ => {}
+                }
+                i += 6;
+            }
+            _ => {
+                if want_low {
+                    return Some(PROBLEM);
+                }
+                i += 2;
+            }
+        }
+    }
+    want_low.then_some(PROBLEM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sitemon_core::ProbeTimings;
+    use sitemon_core::event::EVENT_SCHEMA_VERSION;
+
+    fn event() -> CheckEvent {
+        CheckEvent {
+            schema: EVENT_SCHEMA_VERSION,
+            check_id: Uuid::now_v7(),
+            website_id: 7,
+            url: "http://127.0.0.1:1/".into(),
+            location: "here".into(),
+            checked_at: time::macros::datetime!(2026-11-28 10:00 UTC),
+            up: true,
+            status_code: Some(200),
+            response_time_ms: Some(3.5),
+            regex: None,
+            regex_matched: None,
+            error: None,
+            timings_ms: ProbeTimings {
+                total: 3.5,
+                ..ProbeTimings::default()
+            },
+            redirects: 0,
+            final_url: None,
+            tls_cert_not_after: None,
+        }
+    }
+
+    fn message(value: Option<Vec<u8>>) -> Message {
+        Message {
+            partition: 2,
+            offset: 40,
+            key: Some(b"7".to_vec()),
+            value,
+        }
+    }
+
+    fn reason(value: Option<Vec<u8>>) -> String {
+        match decode(message(value)) {
+            Decoded::Reject(reject) => reject.reason,
+            Decoded::Row(row) => panic!("expected a reject, got {row:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_becomes_a_row_with_its_bytes() {
+        let event = event();
+        let Decoded::Row(row) = decode(message(Some(event.to_json()))) else {
+            panic!("expected a row");
+        };
+        assert_eq!(row.request_info.as_bytes(), event.to_json());
+        assert_eq!((row.partition, row.offset, row.website_id), (2, 40, 7));
+        assert_eq!(row.check_id, event.check_id);
+        assert_eq!(row.status_code, Some(200));
+        assert_eq!(row.error_kind, None);
+    }
+
+    #[test]
+    fn each_poison_kind_has_its_reason() {
+        assert_eq!(reason(None), TOMBSTONE);
+        assert_eq!(reason(Some(Vec::new())), EMPTY);
+        assert!(reason(Some(b"{not json".to_vec())).starts_with("not JSON"));
+        let shape = reason(Some(b"[1,2]".to_vec()));
+        assert!(shape.starts_with("wrong shape"), "{shape}");
+        let mut value = serde_json::to_value(event()).expect("json");
+        value["website_id"] = json!("seven");
+        assert!(reason(Some(value.to_string().into_bytes())).starts_with("wrong shape"));
+        value["website_id"] = json!(7);
+        value["schema"] = json!(99);
+        assert_eq!(
+            reason(Some(value.to_string().into_bytes())),
+            "unknown schema version 99"
+        );
+        value["schema"] = json!(1);
+        value["status_code"] = json!(40000);
+        assert!(reason(Some(value.to_string().into_bytes())).starts_with("status_code 40000"));
+    }
+
+    #[test]
+    fn escapes_jsonb_refuses_are_rejects() {
+        let mut value = serde_json::to_value(event()).expect("json");
+        value["extra"] = json!("a\u{0}b");
+        assert!(reason(Some(value.to_string().into_bytes())).contains("jsonb"));
+        let text = event().to_json();
+        let text = String::from_utf8(text).expect("utf-8");
+        let lone = text.replacen("\"here\"", "\"\\ud800x\"", 1);
+        assert!(matches!(
+            decode(message(Some(lone.into_bytes()))),
+            Decoded::Reject(_)
+        ));
+        let hidden = text.replacen("{", "{\"extra\":\"\\udc00\",", 1);
+        assert!(matches!(
+            decode(message(Some(hidden.into_bytes()))),
+            Decoded::Reject(_)
+        ));
+    }
+
+    #[test]
+    fn the_jsonb_scan_accepts_what_jsonb_accepts() {
+        assert_eq!(
+            jsonb_problem(br#"{"a":"\ud83d\ude00 \\u0000 \u00e9"}"#),
+            None
+        );
+        assert!(jsonb_problem(br#"{"a":"\u0000"}"#).is_some());
+        assert!(jsonb_problem(br#"{"a":"\ud83d"}"#).is_some());
+        assert!(jsonb_problem(br#"{"a":"\ude00"}"#).is_some());
+    }
+}

@@ -1,0 +1,105 @@
+//! The error type of `sitemon-sync`.
+
+use std::time::Duration;
+
+/// Everything that can stop the sync.
+///
+/// Once the sync has started, [`crate::run`] retries every one of these with backoff: they
+/// reach the caller only when the first connection fails (a wrong URL, broker or topic, a
+/// database without the schema), so that a mistake in the configuration is reported at once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Connecting, or a Kafka administrative call, failed in `sitemon-core`.
+    #[error(transparent)]
+    Core(#[from] sitemon_core::Error),
+
+    /// A statement failed.
+    #[error("PostgreSQL failed while {doing}: {source}")]
+    Database {
+        /// What we were doing, e.g. "writing a batch".
+        doing: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The database has no `sync_offsets` table.
+    #[error(
+        "the database has no sitemon schema (table sync_offsets is missing): run `sitemon migrate` first"
+    )]
+    NotMigrated,
+
+    /// The topic does not exist.
+    #[error("Kafka topic {topic} does not exist: create it with `sitemon topic create`")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
+    },
+
+    /// A Kafka request about one partition failed.
+    #[error("Kafka failed to {operation} {topic}/{partition}: {source}")]
+    Kafka {
+        /// What we asked, e.g. "fetch from".
+        operation: &'static str,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// rskafka's error.
+        #[source]
+        source: Box<rskafka::client::error::Error>,
+    },
+
+    /// A network call took longer than its deadline.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: String,
+        /// The deadline.
+        after: Duration,
+    },
+
+    /// The stored offset of a partition is not the one this worker read from: another
+    /// worker wrote it (or an earlier commit of this batch succeeded unseen). The batch was
+    /// rolled back; the sync reloads the stored offsets and goes on from there.
+    #[error(
+        "the stored offset of {topic}/{partition} moved away from {expected} under us; \
+         reloading the stored offsets"
+    )]
+    OffsetMoved {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The next offset this worker expected to find.
+        expected: i64,
+    },
+
+    /// A task of the sync ended unexpectedly (a bug).
+    #[error("a sync task stopped unexpectedly: {0}")]
+    Task(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Maps an sqlx error to [`Error::Database`].
+pub(crate) fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Database { doing, source }
+}
+
+/// Runs an sqlx future with a deadline.
+pub(crate) async fn bounded_db<T>(
+    doing: &'static str,
+    after: Duration,
+    future: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, future).await {
+        Ok(result) => result.map_err(db(doing)),
+        Err(_) => Err(Error::Timeout {
+            operation: format!("PostgreSQL while {doing}"),
+            after,
+        }),
+    }
+}

@@ -1,0 +1,368 @@
+//! The sync against the real Kafka and PostgreSQL: every event is exactly one row.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Fixture, add_partitions, event};
+use serde_json::Value;
+use sitemon_core::CheckEvent;
+use sitemon_sync::{Error, StartFrom};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+type StatusRow = (
+    i32,
+    i64,
+    i32,
+    OffsetDateTime,
+    Json<Value>,
+    Uuid,
+    bool,
+    Option<i16>,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_exactly_one_row_field_for_field() {
+    let fixture = Fixture::new(3).await;
+    let sites = fixture.sites(5).await;
+    let events: Vec<CheckEvent> = (0..400)
+        .map(|n| event(sites[n as usize % sites.len()], n))
+        .collect();
+    fixture.produce_events(&events).await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(400).await;
+    sync.stop().await;
+
+    let rows: Vec<StatusRow> = sqlx::query_as(
+        "SELECT kafka_partition_id, kafka_offset_id, website_id, timestamp_utc, request_info,
+                check_id, is_up, status_code, response_time_ms, error_kind, location
+         FROM website_status WHERE kafka_topic = $1",
+    )
+    .bind(&fixture.topic)
+    .fetch_all(&fixture.db.pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows.len(), 400);
+    assert_eq!(fixture.count("website_status_rejects").await, 0);
+    let by_id: HashMap<Uuid, &CheckEvent> = events.iter().map(|e| (e.check_id, e)).collect();
+    for (partition, _offset, website_id, at, info, check_id, up, code, ms, kind, location) in &rows
+    {
+        let event = by_id.get(check_id).expect("a row for a produced event");
+        assert_eq!(*partition, event.website_id % 3);
+        assert_eq!(*website_id, event.website_id);
+        assert_eq!(*at, event.checked_at);
+        assert_eq!(info.0, serde_json::to_value(event).expect("json"));
+        assert_eq!(*up, event.up);
+        assert_eq!(code.map(|c| c as u16), event.status_code);
+        assert_eq!(*ms, event.response_time_ms);
+        assert_eq!(
+            kind.as_deref(),
+            event.error.as_ref().map(|e| e.kind.as_str())
+        );
+        assert_eq!(location.as_deref(), Some(event.location.as_str()));
+    }
+    let offsets = fixture.stored_offsets().await;
+    assert_eq!(offsets.len(), 3);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_twice_or_replayed_is_one_row() {
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let twice = event(site, 1);
+    let other = event(site, 2);
+    fixture
+        .produce_events(&[twice.clone(), other.clone(), twice.clone()])
+        .await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(3).await;
+    sync.stop().await;
+    assert_eq!(fixture.count("website_status").await, 2);
+    let offset: i64 =
+        sqlx::query_scalar("SELECT kafka_offset_id FROM website_status WHERE check_id = $1")
+            .bind(twice.check_id)
+            .fetch_one(&fixture.db.pool)
+            .await
+            .expect("one row for the twice-produced event");
+    assert_eq!(offset, 0, "the first copy is the one stored");
+
+    // Replay the whole partition (as after a lost commit reply): nothing new is stored.
+    sqlx::query("UPDATE sync_offsets SET next_offset = 0 WHERE kafka_topic = $1")
+        .bind(&fixture.topic)
+        .execute(&fixture.db.pool)
+        .await
+        .expect("rewind");
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(3).await;
+    sync.stop().await;
+    assert_eq!(fixture.count("website_status").await, 2);
+    assert_eq!(fixture.count("website_status_rejects").await, 0);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_poison_message_is_a_reject_with_its_reason_and_the_rest_arrives() {
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let key = Some(site.to_string().into_bytes());
+    let mut unknown_schema = serde_json::to_value(event(site, 3)).expect("json");
+    unknown_schema["schema"] = 2.into();
+    let mut wrong_type = serde_json::to_value(event(site, 4)).expect("json");
+    wrong_type["up"] = "yes".into();
+    let mut nul = serde_json::to_value(event(site, 5)).expect("json");
+    nul["note"] = "a\u{0}b".into();
+    let messages = vec![
+        (key.clone(), Some(event(site, 1).to_json())),
+        (key.clone(), None),
+        (key.clone(), Some(Vec::new())),
+        (key.clone(), Some(b"<html>502 Bad Gateway</html>".to_vec())),
+        (key.clone(), Some(b"{\"hello\": \"world\"}".to_vec())),
+        (key.clone(), Some(wrong_type.to_string().into_bytes())),
+        (key.clone(), Some(unknown_schema.to_string().into_bytes())),
+        (Some(b"99999".to_vec()), Some(event(99_999, 6).to_json())),
+        (key.clone(), Some(nul.to_string().into_bytes())),
+        (key.clone(), Some(event(site, 7).to_json())),
+    ];
+    fixture.produce(0, messages).await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(10).await;
+    sync.stop().await;
+
+    let rejects = fixture.rejects().await;
+    let reasons: Vec<(i64, &str)> = rejects.iter().map(|(_, o, r)| (*o, r.as_str())).collect();
+    let expect = [
+        (1, "empty value (tombstone)"),
+        (2, "empty value"),
+        (3, "not JSON"),
+        (4, "wrong shape"),
+        (5, "wrong shape"),
+        (6, "unknown schema version 2"),
+        (7, "website_id 99999 is not in websites"),
+        (8, "the value holds a \\u0000"),
+    ];
+    assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
+    for ((offset, reason), (want_offset, want_reason)) in reasons.iter().zip(expect) {
+        assert_eq!(*offset, want_offset);
+        assert!(reason.starts_with(want_reason), "offset {offset}: {reason}");
+    }
+    assert_eq!(fixture.count("website_status").await, 2);
+    let (key, payload): (Option<Vec<u8>>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT message_key, payload FROM website_status_rejects
+         WHERE kafka_topic = $1 AND kafka_offset_id = 3",
+    )
+    .bind(&fixture.topic)
+    .fetch_one(&fixture.db.pool)
+    .await
+    .expect("the not-JSON reject");
+    assert_eq!(key, Some(site.to_string().into_bytes()));
+    assert_eq!(
+        payload.as_deref(),
+        Some(&b"<html>502 Bad Gateway</html>"[..])
+    );
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_removed_while_its_events_are_in_flight_gets_rejects_and_the_sync_goes_on() {
+    let fixture = Fixture::new(2).await;
+    let sites = fixture.sites(2).await;
+    let (removed, kept) = (sites[0], sites[1]);
+    let mut config = fixture.config();
+    config.batch_size = 7;
+    let sync = fixture.start(config);
+    let mut produced = 0;
+    for round in 0..40 {
+        let events: Vec<_> = (0..10)
+            .map(|n| event(sites[n % 2], round * 10 + n as u32))
+            .collect();
+        fixture.produce_events(&events).await;
+        produced += events.len() as i64;
+        if round == 20 {
+            sitemon_core::db::delete_site(&fixture.db.pool, i64::from(removed))
+                .await
+                .expect("site removed");
+        }
+    }
+    fixture.wait_for_stored(produced).await;
+    sync.stop().await;
+
+    let rows_kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM website_status WHERE website_id = $1")
+            .bind(kept)
+            .fetch_one(&fixture.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        rows_kept,
+        produced / 2,
+        "every event of the kept site is a row"
+    );
+    let rejects = fixture.rejects().await;
+    assert!(
+        !rejects.is_empty(),
+        "the removed site's late events are rejects"
+    );
+    let expected_reason = format!("website_id {removed} is not in websites");
+    for (_, _, reason) in &rejects {
+        assert!(reason.starts_with(&expected_reason), "{reason}");
+    }
+    // The removed site's rows went with it (ON DELETE CASCADE); each of its events is
+    // either one of those or a reject: rows + rejects account for every offset.
+    let rows = fixture.count("website_status").await;
+    assert!(rows + rejects.len() as i64 <= produced);
+    assert_eq!(rows, rows_kept);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_several_partitions_and_one_added_while_running() {
+    let fixture = Fixture::new(3).await;
+    let sites = fixture.sites(8).await;
+    let events: Vec<_> = (0..90).map(|n| event(sites[n as usize % 8], n)).collect();
+    fixture.produce_events(&events).await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(90).await;
+
+    add_partitions(&fixture.topic, 4);
+    let late: Vec<_> = (0..25)
+        .map(|n| event(sites[n as usize % 8], 1000 + n))
+        .collect();
+    let messages = late
+        .iter()
+        .map(|e| (Some(e.kafka_key()), Some(e.to_json())))
+        .collect();
+    fixture.produce(3, messages).await;
+    fixture.wait_for_stored(115).await;
+    sync.stop().await;
+
+    let offsets = fixture.stored_offsets().await;
+    assert_eq!(offsets.get(&3), Some(&25), "{offsets:?}");
+    let on_new: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM website_status WHERE kafka_topic = $1 AND kafka_partition_id = 3",
+    )
+    .bind(&fixture.topic)
+    .fetch_one(&fixture.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(on_new, 25);
+    assert_eq!(fixture.count("website_status").await, 115);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_cleanly_and_goes_on_from_the_stored_offsets() {
+    let fixture = Fixture::new(2).await;
+    let sites = fixture.sites(3).await;
+    let first: Vec<_> = (0..120).map(|n| event(sites[n as usize % 3], n)).collect();
+    fixture.produce_events(&first).await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(120).await;
+    sync.stop().await;
+
+    let second: Vec<_> = (0..80)
+        .map(|n| event(sites[n as usize % 3], 500 + n))
+        .collect();
+    fixture.produce_events(&second).await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(200).await;
+    sync.stop().await;
+    assert_eq!(fixture.count("website_status").await, 200);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_latest_skips_what_was_there_and_keeps_what_comes() {
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    fixture
+        .produce_events(&[event(site, 1), event(site, 2)])
+        .await;
+    let mut config = fixture.config();
+    config.start = StartFrom::Latest;
+    let sync = fixture.start(config);
+    // The offset is stored when the reader starts; wait for it before producing.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while fixture.stored_offsets().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no offset stored");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    fixture.produce_events(&[event(site, 3)]).await;
+    fixture.wait_for_stored(3).await;
+    sync.stop().await;
+    assert_eq!(fixture.count("website_status").await, 1);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_deleted_before_they_were_read_are_skipped_and_counted() {
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let events: Vec<_> = (0..10).map(|n| event(site, n)).collect();
+    fixture.produce_events(&events).await;
+    // The sync stored offset 0 earlier; since then, retention removed offsets 0..4.
+    sqlx::query(
+        "INSERT INTO sync_offsets (kafka_topic, kafka_partition_id, next_offset) VALUES ($1, 0, 0)",
+    )
+    .bind(&fixture.topic)
+    .execute(&fixture.db.pool)
+    .await
+    .expect("offset stored");
+    let partition = fixture
+        .client
+        .partition_client(
+            fixture.topic.clone(),
+            0,
+            rskafka::client::partition::UnknownTopicHandling::Retry,
+        )
+        .await
+        .expect("partition client");
+    partition
+        .delete_records(4, 30_000)
+        .await
+        .expect("records deleted");
+
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(10).await;
+    sync.stop().await;
+    let offsets: Vec<i64> = sqlx::query_scalar(
+        "SELECT kafka_offset_id FROM website_status WHERE kafka_topic = $1 ORDER BY 1",
+    )
+    .bind(&fixture.topic)
+    .fetch_all(&fixture.db.pool)
+    .await
+    .expect("rows");
+    assert_eq!(offsets, (4..10).collect::<Vec<i64>>());
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_or_schema_is_reported_at_once() {
+    let fixture = Fixture::new(1).await;
+    let mut config = fixture.config();
+    config.kafka.topic = sitemon_testkit::random_topic();
+    let error = sitemon_sync::run(config, Default::default())
+        .await
+        .expect_err("no such topic");
+    assert!(matches!(error, Error::UnknownTopic { .. }), "{error}");
+    assert!(
+        error.to_string().contains("sitemon topic create"),
+        "{error}"
+    );
+
+    let empty = sitemon_testkit::TestDb::empty().await;
+    let mut config = fixture.config();
+    config.database = sitemon_core::DatabaseConfig::from_url(&empty.url).expect("url");
+    let error = sitemon_sync::run(config, Default::default())
+        .await
+        .expect_err("no schema");
+    assert!(matches!(error, Error::NotMigrated), "{error}");
+    assert!(error.to_string().contains("sitemon migrate"), "{error}");
+    empty.drop_database().await;
+    fixture.finish().await;
+}
