@@ -1,0 +1,75 @@
+//! One check of one site, from the planned start to the event in the producer's buffer.
+
+use std::sync::Arc;
+
+use sitemon_core::event::EVENT_SCHEMA_VERSION;
+use sitemon_core::{CheckEvent, ErrorKind};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::CheckerConfig;
+use crate::probe::{Outcome, Prober};
+use crate::producer::Producer;
+use crate::sites::SiteSpec;
+use crate::stats::Stats;
+
+/// What every check shares.
+#[derive(Debug)]
+pub(crate) struct Checks {
+    pub(crate) prober: Prober,
+    pub(crate) producer: Producer,
+    pub(crate) config: CheckerConfig,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Checks {
+    /// Checks `site` once and publishes the event.
+    pub(crate) async fn run(&self, site: &SiteSpec) {
+        let event = self.check(site).await;
+        Stats::add(&self.stats.checks, 1);
+        if event.up {
+            Stats::add(&self.stats.up, 1);
+        } else {
+            Stats::add(&self.stats.down, 1);
+        }
+        self.producer.send(&event);
+    }
+
+    /// Checks `site` once.
+    pub(crate) async fn check(&self, site: &SiteSpec) -> CheckEvent {
+        let checked_at = OffsetDateTime::now_utc();
+        let check_id = Uuid::now_v7();
+        let outcome = match (&site.target, &site.regex) {
+            (Err(reason), _) => Outcome::failed_before_start(ErrorKind::InvalidUrl, reason.clone()),
+            (_, Some(Err(reason))) => {
+                Outcome::failed_before_start(ErrorKind::InvalidRegex, reason.clone())
+            }
+            (Ok(target), regex) => {
+                let regex = regex.as_ref().and_then(|r| r.as_ref().ok());
+                let timeout = self.config.timeout_for(site.interval);
+                self.prober
+                    .check(target, regex.map(|r| &**r), timeout)
+                    .await
+            }
+        };
+        let responded = outcome.status.is_some();
+        CheckEvent {
+            schema: EVENT_SCHEMA_VERSION,
+            check_id,
+            website_id: site.id,
+            url: site.url.clone(),
+            location: self.config.location.clone(),
+            checked_at,
+            up: outcome.is_up(),
+            status_code: outcome.status,
+            response_time_ms: responded.then_some(outcome.timings.total),
+            regex: site.regex_pattern.clone(),
+            regex_matched: outcome.regex_matched,
+            error: outcome.error,
+            timings_ms: outcome.timings,
+            redirects: outcome.redirects,
+            final_url: outcome.final_url,
+            tls_cert_not_after: outcome.cert_not_after,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The checker's settings, with their defaults.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use sitemon_core::{DatabaseConfig, KafkaConfig};
+
+use crate::error::{Error, Result};
+
+/// The most a single check may take unless `--timeout` says otherwise (and never more than
+/// the site's interval).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything [`run`](crate::run) needs. [`CheckerConfig::new`] fills in the defaults;
+/// change the public fields to taste.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CheckerConfig {
+    /// Where the `websites` table is.
+    pub database: DatabaseConfig,
+    /// Where the events go.
+    pub kafka: KafkaConfig,
+    /// Written into every event, so that checkers in several regions can check the same
+    /// sites and their results stay apart. Default `default`.
+    pub location: String,
+    /// The most checks in flight at once; each is a socket. Default 1024.
+    pub concurrency: usize,
+    /// The limit for a whole check (DNS to the last body byte, redirects included).
+    /// `None` (the default): the smaller of 10 s and the site's interval, so that a check
+    /// never overlaps the next one.
+    pub timeout: Option<Duration>,
+    /// How much of a body is read (and searched by the regex). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Compression of the produced batches. Default none.
+    pub compression: Compression,
+    /// How many events may wait while Kafka is unreachable; beyond that the oldest are
+    /// dropped and counted. Default 100,000 (a few hundred MB at most, typically ~60 MB).
+    pub buffer_events: usize,
+    /// Partitions of the topic when the checker has to create it. Default 6.
+    pub partitions: i32,
+    /// Replicas of each partition when the checker has to create the topic. Default 1 (a
+    /// single broker); managed clusters want 2 or 3.
+    pub replication_factor: i16,
+    /// How long a batch waits for more events before it is sent. Default 10 ms.
+    pub linger: Duration,
+    /// The largest batch, in bytes before compression. Default 512 KiB, half of Kafka's
+    /// default `max.message.bytes`.
+    pub max_batch_bytes: usize,
+    /// How often a progress line is logged. Default 5 s.
+    pub progress_interval: Duration,
+    /// How often the whole site list is reloaded, besides the reloads notifications cause.
+    /// Default 30 s.
+    pub reload_interval: Duration,
+    /// How often the topic's partition count is read again. Default 60 s.
+    pub metadata_interval: Duration,
+    /// On stop, how long buffered events may take to reach Kafka. Default 30 s.
+    pub flush_timeout: Duration,
+    /// CA certificates trusted for checked sites besides the Mozilla roots (for sites
+    /// behind a private CA). Default none.
+    pub extra_root_certs: Vec<CertificateDer<'static>>,
+}
+
+impl CheckerConfig {
+    /// The defaults for everything but where the database and Kafka are.
+    pub fn new(database: DatabaseConfig, kafka: KafkaConfig) -> Self {
+        Self {
+            database,
+            kafka,
+            location: "default".into(),
+            concurrency: 1024,
+            timeout: None,
+            max_body_bytes: 1 << 20,
+            compression: Compression::None,
+            buffer_events: 100_000,
+            partitions: sitemon_core::kafka::DEFAULT_PARTITIONS,
+            replication_factor: 1,
+            linger: Duration::from_millis(10),
+            max_batch_bytes: 512 << 10,
+            progress_interval: Duration::from_secs(5),
+            reload_interval: Duration::from_secs(30),
+            metadata_interval: Duration::from_secs(60),
+            flush_timeout: Duration::from_secs(30),
+            extra_root_certs: Vec::new(),
+        }
+    }
+
+    /// Checks the settings before any I/O.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the flag and the problem.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |setting: &'static str, reason: &str| {
+            Err(Error::Config {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.location.is_empty() || self.location.len() > 100 {
+            return invalid("--location", "give a name of 1 to 100 characters");
+        }
+        if self.location.chars().any(char::is_control) {
+            return invalid("--location", "it contains control characters");
+        }
+        if !(1..=100_000).contains(&self.concurrency) {
+            return invalid("--concurrency", "it must be from 1 to 100000");
+        }
+        if let Some(timeout) = self.timeout {
+            if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+                return invalid(
+                    "--timeout",
+                    "it must be more than 0 and at most 3600 seconds",
+                );
+            }
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > 64 << 20 {
+            return invalid("--max-body-bytes", "it must be from 1 byte to 64 MiB");
+        }
+        if self.buffer_events == 0 {
+            return invalid("--buffer-events", "it must be at least 1");
+        }
+        if !(1..=10_000).contains(&self.partitions) {
+            return invalid("--partitions", "it must be from 1 to 10000");
+        }
+        if !(1..=32).contains(&self.replication_factor) {
+            return invalid("--replication-factor", "it must be from 1 to 32");
+        }
+        if !(16 << 10..=16 << 20).contains(&self.max_batch_bytes) {
+            return invalid("max_batch_bytes", "it must be from 16 KiB to 16 MiB");
+        }
+        for (setting, every) in [
+            ("progress_interval", self.progress_interval),
+            ("reload_interval", self.reload_interval),
+            ("metadata_interval", self.metadata_interval),
+        ] {
+            if every.is_zero() {
+                return invalid(setting, "it must be more than 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// The limit for one check of a site with this interval.
+    pub(crate) fn timeout_for(&self, interval: Duration) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT.min(interval))
+    }
+}
+
+/// Compression of produced batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4.
+    Lz4,
+    /// Snappy.
+    Snappy,
+    /// Zstandard.
+    Zstd,
+}
+
+impl FromStr for Compression {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "gzip" => Ok(Self::Gzip),
+            "lz4" => Ok(Self::Lz4),
+            "snappy" => Ok(Self::Snappy),
+            "zstd" => Ok(Self::Zstd),
+            _ => Err(Error::Config {
+                setting: "--compression",
+                reason: format!("{s:?} is not one of none, gzip, lz4, snappy, zstd"),
+            }),
+        }
+    }
+}
+
+impl From<Compression> for rskafka::client::partition::Compression {
+    fn from(compression: Compression) -> Self {
+        match compression {
+            Compression::None => Self::NoCompression,
+            Compression::Gzip => Self::Gzip,
+            Compression::Lz4 => Self::Lz4,
+            Compression::Snappy => Self::Snappy,
+            Compression::Zstd => Self::Zstd,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CheckerConfig {
+        CheckerConfig::new(
+            DatabaseConfig::from_url("postgres://u:p@127.0.0.1/db").expect("url"),
+            KafkaConfig::plaintext("127.0.0.1:9092", "t").expect("kafka"),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(config().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_name_their_flag() {
+        type Breaker = fn(&mut CheckerConfig);
+        let cases: [(Breaker, &str); 5] = [
+            (|c| c.location = String::new(), "--location"),
+            (|c| c.concurrency = 0, "--concurrency"),
+            (|c| c.timeout = Some(Duration::ZERO), "--timeout"),
+            (|c| c.buffer_events = 0, "--buffer-events"),
+            (|c| c.partitions = 0, "--partitions"),
+        ];
+        for (break_it, flag) in cases {
+            let mut config = config();
+            break_it(&mut config);
+            let message = config.validate().expect_err(flag).to_string();
+            assert!(
+                message.starts_with(&format!("invalid {flag}:")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeout_defaults_to_ten_seconds_or_the_interval() {
+        let mut config = config();
+        assert_eq!(
+            config.timeout_for(Duration::from_secs(60)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            config.timeout_for(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        config.timeout = Some(Duration::from_secs(30));
+        assert_eq!(
+            config.timeout_for(Duration::from_secs(2)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn compression_parses() {
+        assert_eq!("ZSTD".parse::<Compression>().ok(), Some(Compression::Zstd));
+        let message = "brotli"
+            .parse::<Compression>()
+            .expect_err("unknown")
+            .to_string();
+        assert!(
+            message.contains("none, gzip, lz4, snappy, zstd"),
+            "{message}"
+        );
+    }
+}

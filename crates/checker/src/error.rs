@@ -1,0 +1,74 @@
+//! The error type of `sitemon-checker`.
+//!
+//! Only what stops the checker as a whole is an [`Error`]: bad configuration, a database or
+//! broker that cannot be reached at start, a topic that cannot be created. A failed check is
+//! not an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set.
+
+/// Everything that can stop [`run`](crate::run).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting of [`CheckerConfig`](crate::CheckerConfig) that cannot be used.
+    #[error("invalid {setting}: {reason}")]
+    Config {
+        /// The setting, as the command line names it.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Connecting to PostgreSQL or Kafka, or a request to either, failed.
+    #[error(transparent)]
+    Core(#[from] sitemon_core::Error),
+
+    /// The topic is missing and the broker did not let us create it.
+    #[error(
+        "topic {topic} does not exist and could not be created ({reason}); \
+         create it with `sitemon topic create` or ask the Kafka administrator"
+    )]
+    MissingTopic {
+        /// The topic.
+        topic: String,
+        /// Why creating it failed.
+        reason: String,
+    },
+
+    /// A partition's leader could not be reached at start.
+    #[error("cannot open partition {partition} of topic {topic}: {reason}")]
+    Partition {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Why.
+        reason: String,
+    },
+
+    /// Listening for changes of the `websites` table failed at start.
+    #[error("cannot listen for site changes on PostgreSQL at {target}: {reason}")]
+    Listen {
+        /// `host:port/database`.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its sources on one line, `outer: inner: innermost`, for check messages and
+/// logs.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,588 @@
+//! One check of one site: a fresh connection, every phase timed, redirects followed, the body
+//! read up to a cap and searched with the site's regex.
+//!
+//! A fresh connection per check is deliberate: a pooled connection (or a resumed TLS session)
+//! would hide exactly the DNS, connect and TLS failures and costs a monitor exists to see.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONNECTION, HOST, HeaderValue, LOCATION, USER_AGENT};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use regex::Regex;
+use rustls::pki_types::{CertificateDer, ServerName};
+use sitemon_core::{CheckError, ErrorKind, ProbeTimings};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::chain;
+use crate::tls_expiry::not_after;
+
+/// The most redirects a check follows; one more is a `too_many_redirects` failure.
+pub(crate) const MAX_REDIRECTS: u32 = 5;
+
+/// A site URL taken apart for connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The URL as given (for the event's `url` and `final_url`).
+    pub(crate) url: String,
+    https: bool,
+    /// The host without IPv6 brackets, for DNS and SNI.
+    host: String,
+    port: u16,
+    /// `host[:port]` as the URL wrote it, for the `Host` header.
+    authority: String,
+    /// The origin-form request target: `/path?query`.
+    path_and_query: String,
+}
+
+impl Target {
+    /// Parses an absolute http(s) URL with the same rules `sitemon add-site` applies.
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
+        let uri = sitemon_core::site::validate_url(url).map_err(|e| e.to_string())?;
+        let https = uri
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let raw_host = uri.host().unwrap_or_default();
+        let host = raw_host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(raw_host)
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h))
+            .unwrap_or(raw_host)
+            .to_owned();
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let path_and_query = if path_and_query.is_empty() {
+            "/".to_owned()
+        } else {
+            path_and_query
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            https,
+            host,
+            port,
+            authority,
+            path_and_query,
+        })
+    }
+
+    fn origin(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.authority
+        )
+    }
+}
+
+/// What one check found; [`crate::check`] turns it into a `CheckEvent`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    pub(crate) status: Option<u16>,
+    pub(crate) regex_matched: Option<bool>,
+    pub(crate) error: Option<CheckError>,
+    pub(crate) timings: ProbeTimings,
+    pub(crate) redirects: u32,
+    pub(crate) final_url: Option<String>,
+    pub(crate) cert_not_after: Option<OffsetDateTime>,
+}
+
+impl Outcome {
+    /// A final 2xx response arrived, its body was read, and the regex (if any) matched.
+    pub(crate) fn is_up(&self) -> bool {
+        self.error.is_none()
+            && self.status.is_some_and(|s| (200..300).contains(&s))
+            && self.regex_matched != Some(false)
+    }
+
+    /// A check that could not even start: an unusable URL or regex from the table.
+    pub(crate) fn failed_before_start(kind: ErrorKind, message: String) -> Self {
+        Self {
+            error: Some(CheckError { kind, message }),
+            ..Self::default()
+        }
+    }
+}
+
+/// Everything a check needs that is the same for all checks.
+#[derive(Clone)]
+pub(crate) struct Prober {
+    tls: TlsConnector,
+    user_agent: HeaderValue,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("user_agent", &self.user_agent)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prober {
+    /// A prober trusting the Mozilla roots (plus `extra_roots`), with TLS session resumption
+    /// off so that every check pays, and measures, a full handshake.
+    pub(crate) fn new(
+        max_body_bytes: usize,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, String> {
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in extra_roots {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("extra CA certificate not usable: {e}"))?;
+        }
+        let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            tls: TlsConnector::from(Arc::new(config)),
+            user_agent: HeaderValue::from_static(concat!("sitemon/", env!("CARGO_PKG_VERSION"))),
+            max_body_bytes,
+        })
+    }
+
+    /// Checks `target` once, within `timeout` for the whole check.
+    pub(crate) async fn check(
+        &self,
+        target: &Target,
+        regex: Option<&Regex>,
+        timeout: Duration,
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        let result = tokio::time::timeout(timeout, self.follow(target, regex, &mut outcome)).await;
+        outcome.timings.total = ms(started.elapsed());
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(failure)) => Some(failure),
+            Err(_) => Some(Failure::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no complete response from {} within {:.3} s",
+                    outcome.final_url.as_deref().unwrap_or(&target.url),
+                    timeout.as_secs_f64()
+                ),
+            )),
+        };
+        if let Some(Failure { kind, message }) = failure {
+            // Only a body that broke off keeps the response it belonged to.
+            if kind != ErrorKind::Body {
+                outcome.status = None;
+                outcome.final_url = None;
+                outcome.regex_matched = None;
+            }
+            outcome.error = Some(CheckError { kind, message });
+        }
+        outcome
+    }
+
+    async fn follow(
+        &self,
+        first: &Target,
+        regex: Option<&Regex>,
+        outcome: &mut Outcome,
+    ) -> Result<(), Failure> {
+        let mut target = first.clone();
+        loop {
+            outcome.final_url = Some(target.url.clone());
+            let hop = self.fetch(&target, outcome).await?;
+            let location = match hop {
+                Hop::Redirect(location) => location,
+                Hop::Final(FinalResponse {
+                    response,
+                    connection,
+                }) => {
+                    outcome.status = Some(response.status().as_u16());
+                    let body = self.read_body(response.into_body()).await;
+                    drop(connection);
+                    let body = body?;
+                    if let Some(regex) = regex {
+                        outcome.regex_matched =
+                            Some(regex.is_match(&String::from_utf8_lossy(&body)));
+                    }
+                    return Ok(());
+                }
+            };
+            if outcome.redirects == MAX_REDIRECTS {
+                return Err(Failure::new(
+                    ErrorKind::TooManyRedirects,
+                    format!(
+                        "more than {MAX_REDIRECTS} redirects (the last to {location:?} from {})",
+                        target.url
+                    ),
+                ));
+            }
+            let next = resolve_location(&target, &location).map_err(|reason| {
+                Failure::new(
+                    ErrorKind::Http,
+                    format!("{} redirects to {location:?}: {reason}", target.url),
+                )
+            })?;
+            outcome.redirects += 1;
+            target = next;
+        }
+    }
+
+    /// One request over a fresh connection.
+    async fn fetch(&self, target: &Target, outcome: &mut Outcome) -> Result<Hop, Failure> {
+        let timings = &mut outcome.timings;
+
+        let phase = Instant::now();
+        let addresses = resolve(&target.host, target.port).await;
+        add(&mut timings.dns, phase.elapsed());
+        let addresses = addresses?;
+
+        let phase = Instant::now();
+        let stream = connect(&addresses).await;
+        add(&mut timings.connect, phase.elapsed());
+        let stream = stream?;
+        // Small requests: no reason to let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+
+        outcome.cert_not_after = None;
+        if !target.https {
+            return self.exchange(stream, target, &mut outcome.timings).await;
+        }
+        let server_name = match target.host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(target.host.clone()).map_err(|e| {
+                Failure::new(
+                    ErrorKind::Tls,
+                    format!("{:?} is not a TLS server name: {e}", target.host),
+                )
+            })?,
+        };
+        let phase = Instant::now();
+        let tls = self.tls.connect(server_name, stream).await;
+        add(&mut outcome.timings.tls, phase.elapsed());
+        let tls = tls.map_err(|e| {
+            Failure::new(
+                ErrorKind::Tls,
+                format!(
+                    "TLS handshake with {} failed: {}",
+                    target.authority,
+                    chain(&e)
+                ),
+            )
+        })?;
+        outcome.cert_not_after = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| not_after(leaf));
+        self.exchange(tls, target, &mut outcome.timings).await
+    }
+
+    async fn exchange<S>(
+        &self,
+        io: S,
+        target: &Target,
+        timings: &mut ProbeTimings,
+    ) -> Result<Hop, Failure>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let http_error = |e: hyper::Error| {
+            Failure::new(
+                ErrorKind::Http,
+                format!("{}: {}", target.origin(), chain(&e)),
+            )
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(http_error)?;
+        // The connection task lives as long as this check's response: aborted on drop.
+        let connection = AbortOnDrop(tokio::spawn(connection));
+        let request = Request::get(target.path_and_query.as_str())
+            .header(HOST, target.authority.as_str())
+            .header(USER_AGENT, self.user_agent.clone())
+            .header(ACCEPT, "*/*")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Failure::new(ErrorKind::InvalidUrl, format!("{}: {e}", target.url)))?;
+        let phase = Instant::now();
+        let response = sender.send_request(request).await;
+        add(&mut timings.ttfb, phase.elapsed());
+        let response = response.map_err(http_error)?;
+        if is_redirect(response.status()) {
+            if let Some(location) = response.headers().get(LOCATION) {
+                let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+                return Ok(Hop::Redirect(location));
+            }
+        }
+        Ok(Hop::Final(FinalResponse {
+            response,
+            connection,
+        }))
+    }
+
+    /// Reads up to `max_body_bytes`; what lies beyond is not read (not an error).
+    async fn read_body(&self, mut body: hyper::body::Incoming) -> Result<Vec<u8>, Failure> {
+        let mut buffer = Vec::new();
+        while buffer.len() < self.max_body_bytes {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = self.max_body_bytes - buffer.len();
+                        buffer.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Failure::new(
+                        ErrorKind::Body,
+                        format!(
+                            "the body broke off after {} bytes: {}",
+                            buffer.len(),
+                            chain(&e)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(buffer)
+    }
+}
+
+struct FinalResponse {
+    response: hyper::Response<hyper::body::Incoming>,
+    /// Keeps the connection driven while the body is read.
+    connection: AbortOnDrop,
+}
+
+enum Hop {
+    Redirect(String),
+    Final(FinalResponse),
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: String) -> Self {
+        Self { kind, message }
+    }
+}
+
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    let dns_error =
+        |reason: String| Failure::new(ErrorKind::Dns, format!("cannot resolve {host}: {reason}"));
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| dns_error(e.to_string()))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(dns_error("no address".into()));
+    }
+    Ok(addresses)
+}
+
+/// Tries each address in turn until one accepts.
+async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
+    let mut failures = Vec::new();
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => failures.push(format!("{address}: {e}")),
+        }
+    }
+    Err(Failure::new(
+        ErrorKind::Connect,
+        format!("cannot connect to {}", failures.join("; ")),
+    ))
+}
+
+/// Resolves a `Location` header against the URL that sent it (RFC 3986 section 5.2, for
+/// the reference shapes servers send).
+pub(crate) fn resolve_location(base: &Target, location: &str) -> Result<Target, String> {
+    let location = location.trim();
+    let location = location.split_once('#').map_or(location, |(l, _)| l);
+    let scheme = if base.https { "https" } else { "http" };
+    let absolute = if has_scheme(location) {
+        location.to_owned()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{}{}", base.origin(), remove_dot_segments(location))
+    } else if location.is_empty() {
+        base.url.clone()
+    } else {
+        let (base_path, _) = base
+            .path_and_query
+            .split_once('?')
+            .unwrap_or((&base.path_and_query, ""));
+        if location.starts_with('?') {
+            format!("{}{base_path}{location}", base.origin())
+        } else {
+            let directory = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+            let merged = format!("{directory}{location}");
+            let merged = if merged.starts_with('/') {
+                merged
+            } else {
+                format!("/{merged}")
+            };
+            format!("{}{}", base.origin(), remove_dot_segments(&merged))
+        }
+    };
+    Target::parse(&absolute)
+}
+
+fn has_scheme(reference: &str) -> bool {
+    match reference.split_once(':') {
+        Some((scheme, _)) => {
+            let mut chars = scheme.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !scheme.contains('/')
+        }
+        None => false,
+    }
+}
+
+/// Removes `.` and `..` segments from an absolute path (the query is left alone).
+fn remove_dot_segments(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    let mut result = format!("/{}", out.join("/"));
+    if let Some(query) = query {
+        result.push('?');
+        result.push_str(query);
+    }
+    result
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn add(phase: &mut Option<f64>, duration: Duration) {
+    *phase = Some(phase.unwrap_or(0.0) + ms(duration));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Target {
+        Target::parse(url).expect(url)
+    }
+
+    #[test]
+    fn parses_what_a_connection_needs() {
+        let t = target("https://user@Example.com:8443/a/b?q=1");
+        assert_eq!(
+            (t.https, t.host.as_str(), t.port),
+            (true, "Example.com", 8443)
+        );
+        assert_eq!(t.authority, "Example.com:8443");
+        assert_eq!(t.path_and_query, "/a/b?q=1");
+        let t = target("http://[::1]/");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority.as_str()),
+            ("::1", 80, "[::1]")
+        );
+        assert_eq!(target("http://example.com").path_and_query, "/");
+        assert!(Target::parse("ftp://example.com/").is_err());
+        assert!(Target::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn resolves_redirect_locations() {
+        let base = target("http://a.example:8080/dir/page?x=1");
+        let cases = [
+            ("https://b.example/new", "https://b.example/new"),
+            ("//c.example/p", "http://c.example/p"),
+            ("/root", "http://a.example:8080/root"),
+            ("other", "http://a.example:8080/dir/other"),
+            ("../up?y=2", "http://a.example:8080/up?y=2"),
+            ("./same/", "http://a.example:8080/dir/same/"),
+            ("?y=2", "http://a.example:8080/dir/page?y=2"),
+            ("/a/./b/../c#frag", "http://a.example:8080/a/c"),
+            ("", "http://a.example:8080/dir/page?x=1"),
+        ];
+        for (location, expected) in cases {
+            let resolved = resolve_location(&base, location).expect(location);
+            assert_eq!(resolved.url, expected, "{location}");
+        }
+        assert!(resolve_location(&base, "mailto:x@example.com").is_err());
+    }
+
+    #[test]
+    fn up_needs_2xx_no_error_and_a_matching_regex() {
+        let mut outcome = Outcome {
+            status: Some(204),
+            ..Outcome::default()
+        };
+        assert!(outcome.is_up());
+        outcome.regex_matched = Some(false);
+        assert!(!outcome.is_up());
+        outcome.regex_matched = Some(true);
+        outcome.status = Some(301);
+        assert!(!outcome.is_up());
+        outcome.status = Some(200);
+        outcome.error = Some(CheckError {
+            kind: ErrorKind::Body,
+            message: "broke off".into(),
+        });
+        assert!(!outcome.is_up());
+    }
+}

@@ -1,0 +1,509 @@
+//! Publishing the events: one lane per partition, each feeding an rskafka `BatchProducer`
+//! from a bounded buffer that survives broker outages.
+//!
+//! A check never waits for Kafka: [`Producer::send`] puts the event in the buffer and
+//! returns. Each partition's lane takes the oldest events of its partition (as many as fit
+//! one batch), produces them through its `BatchProducer` (which lingers, then sends them as
+//! one request) and waits for the outcome. One batch in flight per partition keeps a site's
+//! events in order. On failure the batch goes back to the front of the buffer and the lane
+//! backs off with jitter; the events keep their `check_id`, so a batch Kafka stored although
+//! we saw an error is recognised as a duplicate by the sync. When the buffer is full the
+//! oldest event of all is dropped and counted.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use rskafka::client::Client;
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::producer::aggregator::RecordAggregator;
+use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
+use rskafka::record::Record;
+use sitemon_core::CheckEvent;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Compression;
+use crate::partitioner::partition_for_key;
+use crate::stats::Stats;
+
+/// How long one produce (a whole batch, the client's own retries included) may take.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long opening a partition's connection may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first and the longest pause between two attempts of a failing lane.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// While Kafka keeps failing, a lane says so at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// The producer's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ProducerSettings {
+    pub(crate) topic: String,
+    pub(crate) capacity: usize,
+    pub(crate) linger: Duration,
+    pub(crate) compression: Compression,
+    pub(crate) max_batch_bytes: usize,
+}
+
+/// An event waiting for Kafka.
+#[derive(Debug)]
+struct Pending {
+    /// Order of arrival, to find the oldest event across partitions.
+    seq: u64,
+    record: Record,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    lanes: Vec<VecDeque<Pending>>,
+    /// Events in the buffer plus those in flight.
+    total: usize,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    settings: ProducerSettings,
+    buffer: Mutex<Buffer>,
+    wake: Mutex<Vec<Arc<Notify>>>,
+    partitions: AtomicUsize,
+    stats: Arc<Stats>,
+}
+
+/// The handle checks publish through; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Producer {
+    shared: Arc<Shared>,
+}
+
+/// Runs the lanes; [`Lanes::close`] flushes them.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    draining: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Producer {
+    /// Starts one lane per partition of the topic.
+    pub(crate) fn start(
+        client: Arc<Client>,
+        partitions: usize,
+        settings: ProducerSettings,
+        stats: Arc<Stats>,
+    ) -> (Self, Arc<Lanes>) {
+        let shared = Arc::new(Shared {
+            settings,
+            buffer: Mutex::new(Buffer::default()),
+            wake: Mutex::new(Vec::new()),
+            partitions: AtomicUsize::new(0),
+            stats,
+        });
+        let lanes = Arc::new(Lanes {
+            shared: Arc::clone(&shared),
+            client,
+            draining: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        lanes.grow(partitions);
+        (Self { shared }, lanes)
+    }
+
+    /// Queues an event for its partition; never waits.
+    pub(crate) fn send(&self, event: &CheckEvent) {
+        let key = event.kafka_key();
+        let partitions = self.shared.partitions.load(Ordering::Acquire);
+        let partition = partition_for_key(&key, partitions) as usize;
+        let timestamp = rskafka::chrono::DateTime::from_timestamp(
+            event.checked_at.unix_timestamp(),
+            event.checked_at.nanosecond(),
+        )
+        .unwrap_or_default();
+        let record = Record {
+            key: Some(key),
+            value: Some(event.to_json()),
+            headers: Default::default(),
+            timestamp,
+        };
+        let mut buffer = self.shared.lock_buffer();
+        let seq = buffer.next_seq;
+        buffer.next_seq += 1;
+        buffer.lanes[partition].push_back(Pending { seq, record });
+        buffer.total += 1;
+        let dropped = buffer.enforce(self.shared.settings.capacity);
+        drop(buffer);
+        self.shared.count_dropped(dropped);
+        self.shared.wake(partition);
+    }
+
+    /// Events waiting or in flight.
+    pub(crate) fn buffered(&self) -> usize {
+        self.shared.lock_buffer().total
+    }
+
+    /// The partition count events are spread over now.
+    pub(crate) fn partitions(&self) -> usize {
+        self.shared.partitions.load(Ordering::Acquire)
+    }
+}
+
+impl Buffer {
+    /// Drops the oldest events until at most `capacity` are held; returns how many.
+    fn enforce(&mut self, capacity: usize) -> usize {
+        let mut dropped = 0;
+        while self.total > capacity {
+            let oldest = self
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, lane)| lane.front().map(|p| (p.seq, i)))
+                .min();
+            let Some((_, lane)) = oldest else {
+                break; // the rest is in flight
+            };
+            self.lanes[lane].pop_front();
+            self.total -= 1;
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The oldest events of `lane` that fit one batch of `max_bytes`.
+    fn take(&mut self, lane: usize, max_bytes: usize) -> Vec<Pending> {
+        let queue = &mut self.lanes[lane];
+        let mut bytes = 0;
+        let mut count = 0;
+        for pending in queue.iter() {
+            let size = pending.record.approximate_size();
+            if count > 0 && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            count += 1;
+        }
+        queue.drain(..count).collect()
+    }
+}
+
+impl Shared {
+    fn lock_buffer(&self) -> MutexGuard<'_, Buffer> {
+        // A panic while holding the lock cannot leave the buffer inconsistent in a way that
+        // matters more than stopping would; keep going with what is there.
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wake(&self, lane: usize) {
+        let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(notify) = wake.get(lane) {
+            notify.notify_one();
+        }
+    }
+
+    fn count_dropped(&self, dropped: usize) {
+        if dropped == 0 {
+            return;
+        }
+        let before = self
+            .stats
+            .dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        // The first drop, then every 1,000th: enough to see it in the log without flooding.
+        if before == 0 || (before + dropped as u64) / 1000 > before / 1000 {
+            tracing::warn!(
+                dropped_total = before + dropped as u64,
+                capacity = self.settings.capacity,
+                "the event buffer is full (Kafka is not taking events): dropped the oldest"
+            );
+        }
+    }
+
+    /// Puts a batch that failed back in front of its lane.
+    fn requeue(&self, lane: usize, batch: Vec<Pending>) {
+        let mut buffer = self.lock_buffer();
+        let queue = &mut buffer.lanes[lane];
+        for pending in batch.into_iter().rev() {
+            queue.push_front(pending);
+        }
+        let dropped = buffer.enforce(self.settings.capacity);
+        drop(buffer);
+        self.count_dropped(dropped);
+    }
+
+    fn delivered(&self, count: usize) {
+        self.lock_buffer().total -= count;
+        Stats::add(&self.stats.produced, count as u64);
+    }
+}
+
+impl Lanes {
+    /// Adds lanes up to `partitions` (the topic grew).
+    pub(crate) fn grow(self: &Arc<Self>, partitions: usize) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wake = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buffer = self.shared.lock_buffer();
+        let current = buffer.lanes.len();
+        if partitions <= current {
+            return;
+        }
+        for partition in current..partitions {
+            buffer.lanes.push(VecDeque::new());
+            let notify = Arc::new(Notify::new());
+            wake.push(Arc::clone(&notify));
+            let lane = Arc::clone(self);
+            tasks.push(tokio::spawn(
+                async move { lane.run(partition, notify).await },
+            ));
+        }
+        drop(buffer);
+        self.shared.partitions.store(partitions, Ordering::Release);
+        if current > 0 {
+            tracing::info!(
+                topic = %self.shared.settings.topic,
+                from = current,
+                to = partitions,
+                "the topic has more partitions now"
+            );
+        }
+    }
+
+    /// Delivers what is buffered, for at most `deadline`; returns the events left undelivered.
+    pub(crate) async fn close(&self, deadline: Duration) -> usize {
+        self.draining.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        self.shared.lock_buffer().total
+    }
+
+    async fn run(&self, lane: usize, notify: Arc<Notify>) {
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let partition = lane as i32;
+        let mut producer: Option<BatchProducer<RecordAggregator>> = None;
+        let mut retry = RETRY_MIN;
+        let mut failing_since: Option<Instant> = None;
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let batch = loop {
+                let batch = shared.lock_buffer().take(lane, settings.max_batch_bytes);
+                if !batch.is_empty() {
+                    break batch;
+                }
+                if self.draining.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    () = notify.notified() => {}
+                    () = self.draining.cancelled() => {}
+                }
+            };
+            let count = batch.len();
+            if let [single] = batch.as_slice() {
+                let size = single.record.approximate_size();
+                if size > settings.max_batch_bytes {
+                    tracing::error!(
+                        partition,
+                        size,
+                        max_batch_bytes = settings.max_batch_bytes,
+                        "an event is larger than a whole batch: dropped"
+                    );
+                    shared.lock_buffer().total -= 1;
+                    shared.count_dropped(1);
+                    continue;
+                }
+            }
+            let outcome = match &producer {
+                Some(producer) => produce(producer, &batch).await,
+                None => match self.open(partition).await {
+                    Ok(opened) => {
+                        let outcome = produce(&opened, &batch).await;
+                        producer = Some(opened);
+                        outcome
+                    }
+                    Err(reason) => Err(reason),
+                },
+            };
+            match outcome {
+                Ok(()) => {
+                    shared.delivered(count);
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(
+                            partition,
+                            after_s = since.elapsed().as_secs(),
+                            "Kafka takes events again"
+                        );
+                    }
+                    retry = RETRY_MIN;
+                }
+                Err(reason) => {
+                    Stats::add(&shared.stats.produce_failures, 1);
+                    let now = Instant::now();
+                    failing_since.get_or_insert(now);
+                    if last_warning.is_none_or(|at| now - at >= WARN_EVERY) {
+                        last_warning = Some(now);
+                        tracing::warn!(
+                            topic = %settings.topic,
+                            partition,
+                            buffered = shared.lock_buffer().total,
+                            "cannot produce to Kafka ({reason}); events wait in the buffer"
+                        );
+                    }
+                    // A fresh producer: the old one's background flush is aborted with it.
+                    producer = None;
+                    shared.requeue(lane, batch);
+                    tokio::time::sleep(jitter(retry)).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn open(&self, partition: i32) -> Result<BatchProducer<RecordAggregator>, String> {
+        let settings = &self.shared.settings;
+        let client = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            self.client
+                .partition_client(&settings.topic, partition, UnknownTopicHandling::Retry),
+        )
+        .await
+        .map_err(|_| format!("no answer within {OPEN_TIMEOUT:?}"))?
+        .map_err(|e| crate::error::chain(&e))?;
+        Ok(batch_producer(Arc::new(client), settings))
+    }
+}
+
+fn batch_producer(
+    client: Arc<PartitionClient>,
+    settings: &ProducerSettings,
+) -> BatchProducer<RecordAggregator> {
+    BatchProducerBuilder::new(client)
+        .with_linger(settings.linger)
+        .with_compression(settings.compression.into())
+        .build(RecordAggregator::new(settings.max_batch_bytes))
+}
+
+/// Produces `batch` as one request: every record is pushed into the aggregator in order
+/// (each produce future's first poll pushes its record), then all wait for the flush.
+async fn produce(
+    producer: &BatchProducer<RecordAggregator>,
+    batch: &[Pending],
+) -> Result<(), String> {
+    type Produce<'a> =
+        Pin<Box<dyn Future<Output = rskafka::client::producer::Result<i64>> + Send + 'a>>;
+    let mut pending: Vec<Produce<'_>> = batch
+        .iter()
+        .map(|p| Box::pin(producer.produce(p.record.clone())) as Produce<'_>)
+        .collect();
+    let mut failure = None;
+    let all = std::future::poll_fn(|cx| {
+        pending.retain_mut(|future| match future.as_mut().poll(cx) {
+            Poll::Ready(Ok(_)) => false,
+            Poll::Ready(Err(e)) => {
+                failure.get_or_insert(e);
+                false
+            }
+            Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    match tokio::time::timeout(PRODUCE_TIMEOUT, all).await {
+        Err(_) => Err(format!("no answer within {PRODUCE_TIMEOUT:?}")),
+        Ok(()) => match failure {
+            Some(e) => Err(crate::error::chain(&e)),
+            None => Ok(()),
+        },
+    }
+}
+
+/// `base` give or take a quarter, so that lanes (and checkers) do not retry in step.
+fn jitter(base: Duration) -> Duration {
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    let fraction = (random >> 11) as f64 / (1_u64 << 53) as f64; // [0, 1)
+    base.mul_f64(0.75 + fraction / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(seq: u64, bytes: usize) -> Pending {
+        Pending {
+            seq,
+            record: Record {
+                key: Some(b"1".to_vec()),
+                value: Some(vec![b'x'; bytes]),
+                headers: Default::default(),
+                timestamp: rskafka::chrono::DateTime::default(),
+            },
+        }
+    }
+
+    fn buffer(lanes: &[&[u64]]) -> Buffer {
+        let mut buffer = Buffer::default();
+        for seqs in lanes {
+            buffer
+                .lanes
+                .push(seqs.iter().map(|&s| pending(s, 10)).collect());
+            buffer.total += seqs.len();
+        }
+        buffer
+    }
+
+    fn seqs(queue: &VecDeque<Pending>) -> Vec<u64> {
+        queue.iter().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_oldest_across_partitions() {
+        let mut buffer = buffer(&[&[2, 5], &[1, 3, 4], &[]]);
+        assert_eq!(buffer.enforce(3), 2);
+        assert_eq!(seqs(&buffer.lanes[0]), [5]);
+        assert_eq!(seqs(&buffer.lanes[1]), [3, 4]);
+        assert_eq!(buffer.total, 3);
+        assert_eq!(buffer.enforce(3), 0);
+    }
+
+    #[test]
+    fn batches_fit_the_aggregator_and_keep_order() {
+        let mut buffer = buffer(&[&[1, 2, 3, 4, 5]]);
+        let size = buffer.lanes[0][0].record.approximate_size();
+        let batch = buffer.take(0, 2 * size);
+        assert_eq!(batch.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(seqs(&buffer.lanes[0]), [3, 4, 5]);
+        // A record bigger than a batch still goes, alone.
+        let batch = buffer.take(0, 1);
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_millis(1000));
+            assert!(d >= Duration::from_millis(750) && d <= Duration::from_millis(1250));
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The site list, following the `websites` table while the checker runs.
+//!
+//! A trigger on `websites` (migration `20261128000002_site_notify.sql`) sends a NOTIFY on
+//! every statement that changes it; each notification (a burst of them coalesced) reloads
+//! the list, and a periodic full reload covers notifications lost while the listening
+//! connection was down. Unchanged sites keep their `Arc`, so the scheduler sees at a glance
+//! what changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use sitemon_core::Site;
+use sitemon_core::db::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::Target;
+
+/// The channel the trigger notifies.
+pub(crate) const CHANNEL: &str = "sitemon_sites";
+/// How long a burst of notifications is gathered before one reload.
+const COALESCE: Duration = Duration::from_millis(100);
+/// The most a steady stream of notifications may delay a reload.
+const COALESCE_MAX: Duration = Duration::from_millis(1000);
+/// How long one reload query may take.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A site as the checker uses it: URL and regex parsed once, per change of the row.
+#[derive(Debug)]
+pub(crate) struct SiteSpec {
+    pub(crate) id: i32,
+    pub(crate) url: String,
+    /// The parsed URL, or why the row's URL cannot be checked.
+    pub(crate) target: Result<Target, String>,
+    pub(crate) interval: Duration,
+    /// The row's regex as written, for the event.
+    pub(crate) regex_pattern: Option<String>,
+    /// The compiled regex (shared by every site with the same pattern), or why it does not
+    /// compile.
+    pub(crate) regex: Option<Result<Arc<Regex>, String>>,
+}
+
+/// Every site, by id.
+pub(crate) type SiteList = Arc<Vec<Arc<SiteSpec>>>;
+
+/// Turns rows into [`SiteSpec`]s, reusing what did not change.
+#[derive(Debug, Default)]
+pub(crate) struct SiteBook {
+    current: HashMap<i32, (Site, Arc<SiteSpec>)>,
+    regexes: HashMap<String, Result<Arc<Regex>, String>>,
+}
+
+impl SiteBook {
+    pub(crate) fn update(&mut self, rows: Vec<Site>) -> SiteList {
+        let mut next = HashMap::with_capacity(rows.len());
+        let mut list = Vec::with_capacity(rows.len());
+        for row in rows {
+            let spec = match self.current.remove(&row.id) {
+                Some((old, spec)) if old == row => spec,
+                _ => Arc::new(self.spec(&row)),
+            };
+            list.push(Arc::clone(&spec));
+            next.insert(row.id, (row, spec));
+        }
+        self.current = next;
+        // Forget the regexes no site uses any more.
+        let used: std::collections::HashSet<&str> = self
+            .current
+            .values()
+            .filter_map(|(row, _)| row.up_regex.as_deref())
+            .collect();
+        self.regexes
+            .retain(|pattern, _| used.contains(pattern.as_str()));
+        Arc::new(list)
+    }
+
+    fn spec(&mut self, row: &Site) -> SiteSpec {
+        // The table allows 1..=86400; a row that dodged the constraint is clamped.
+        let seconds = row.check_interval.clamp(1, 86_400);
+        let regex_pattern = row.up_regex.clone().filter(|p| !p.is_empty());
+        let regex = regex_pattern.as_ref().map(|pattern| {
+            self.regexes
+                .entry(pattern.clone())
+                .or_insert_with(|| {
+                    sitemon_core::site::compile_up_regex(pattern).map_err(|e| e.to_string())
+                })
+                .clone()
+        });
+        SiteSpec {
+            id: row.id,
+            url: row.url.clone(),
+            target: Target::parse(&row.url),
+            interval: Duration::from_secs(u64::from(seconds.unsigned_abs())),
+            regex_pattern,
+            regex,
+        }
+    }
+}
+
+/// Starts listening before the first load, so that no change between the two is missed.
+pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener, String> {
+    let listen = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match tokio::time::timeout(sitemon_core::db::CONNECT_TIMEOUT, listen).await {
+        Ok(Ok(listener)) => Ok(listener),
+        Ok(Err(e)) => Err(crate::error::chain(&e)),
+        Err(_) => Err(format!(
+            "no answer within {:?}",
+            sitemon_core::db::CONNECT_TIMEOUT
+        )),
+    }
+}
+
+/// Loads every site once.
+pub(crate) async fn load(pool: &PgPool) -> sitemon_core::Result<Vec<Site>> {
+    sitemon_core::kafka::bounded(
+        "loading the sites",
+        RELOAD_TIMEOUT,
+        sitemon_core::db::list_sites(pool),
+    )
+    .await?
+}
+
+/// Keeps `sites` up to date with the table until `shutdown`.
+pub(crate) async fn follow(
+    pool: PgPool,
+    mut listener: PgListener,
+    mut book: SiteBook,
+    sites: watch::Sender<SiteList>,
+    reload_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut reload_tick = tokio::time::interval(reload_interval);
+    reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reload_tick.reset();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            notification = listener.try_recv() => match notification {
+                Ok(Some(_)) => coalesce(&mut listener, &shutdown).await,
+                Ok(None) => tracing::warn!(
+                    "the connection listening for site changes was lost and re-opened; reloading"
+                ),
+                Err(e) => {
+                    tracing::warn!(
+                        "listening for site changes failed ({}); retrying",
+                        crate::error::chain(&e)
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
+            _ = reload_tick.tick() => {}
+        }
+        match load(&pool).await {
+            Ok(rows) => {
+                let list = book.update(rows);
+                sites.send_if_modified(|current| {
+                    let changed = current.len() != list.len()
+                        || current
+                            .iter()
+                            .zip(list.iter())
+                            .any(|(a, b)| !Arc::ptr_eq(a, b));
+                    if changed {
+                        tracing::info!(sites = list.len(), "site list changed");
+                        *current = list;
+                    }
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!("cannot reload the sites ({e}); checking the last list"),
+        }
+        reload_tick.reset();
+    }
+}
+
+/// Gathers the rest of a burst of notifications (a script adding many sites one by one).
+async fn coalesce(listener: &mut PgListener, shutdown: &CancellationToken) {
+    let until = tokio::time::Instant::now() + COALESCE_MAX;
+    loop {
+        let wait = COALESCE.min(until.saturating_duration_since(tokio::time::Instant::now()));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = tokio::time::timeout(wait, listener.try_recv()) => match next {
+                Ok(Ok(Some(_))) if wait > Duration::ZERO => {}
+                _ => return,
+            },
+        }
+    }
+}
+
+/// A site for unit tests.
+#[cfg(test)]
+pub(crate) fn test_spec(id: i32, interval_secs: i32, url: &str) -> Arc<SiteSpec> {
+    Arc::new(SiteBook::default().spec(&Site {
+        id,
+        url: url.to_owned(),
+        check_interval: interval_secs,
+        up_regex: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i32, url: &str, interval: i32, regex: Option<&str>) -> Site {
+        Site {
+            id,
+            url: url.into(),
+            check_interval: interval,
+            up_regex: regex.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn keeps_unchanged_sites_and_shares_regexes() {
+        let mut book = SiteBook::default();
+        let first = book.update(vec![
+            row(1, "http://a.invalid/", 5, Some("ok")),
+            row(2, "http://b.invalid/", 5, Some("ok")),
+        ]);
+        let second = book.update(vec![
+            row(1, "http://a.invalid/", 5, Some("ok")),
+            row(2, "http://b.invalid/", 7, Some("ok")),
+            row(3, "http://c.invalid/", 5, None),
+        ]);
+        assert!(Arc::ptr_eq(&first[0], &second[0]));
+        assert!(!Arc::ptr_eq(&first[1], &second[1]));
+        assert_eq!(second[1].interval, Duration::from_secs(7));
+        let regex = |spec: &SiteSpec| spec.regex.clone().expect("regex").expect("compiles");
+        assert!(Arc::ptr_eq(&regex(&second[0]), &regex(&second[1])));
+        assert!(second[2].regex.is_none());
+    }
+
+    #[test]
+    fn bad_rows_become_specs_that_say_why() {
+        let mut book = SiteBook::default();
+        let list = book.update(vec![
+            row(1, "not a url", 5, None),
+            row(2, "http://a.invalid/", 5, Some("(unclosed")),
+            row(3, "http://b.invalid/", 5, Some("")),
+        ]);
+        assert!(
+            list[0]
+                .target
+                .as_ref()
+                .expect_err("bad url")
+                .contains("not a url")
+        );
+        let regex_error = list[1]
+            .regex
+            .clone()
+            .expect("regex")
+            .expect_err("bad regex");
+        assert!(regex_error.contains("(unclosed"), "{regex_error}");
+        assert!(list[2].regex.is_none());
+    }
+}
