@@ -36,6 +36,8 @@ pub(crate) enum Command {
     RemoveSite(commands::remove_site::RemoveSiteArgs),
     /// List the registered sites.
     ListSites(commands::list_sites::ListSitesArgs),
+    /// Every site's state: last check, up or down, uptime and response times over a window.
+    Status(commands::status::StatusArgs),
     /// Create or delete the Kafka topic of the check events.
     #[command(subcommand)]
     Topic(commands::topic::TopicCommand),

@@ -25,7 +25,7 @@ impl<const N: usize> fmt::Display for Table<N> {
         let mut widths = [0; N];
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
+                *width = (*width).max(visible_width(cell));
             }
         }
         for row in &self.rows {
@@ -34,13 +34,29 @@ impl<const N: usize> fmt::Display for Table<N> {
                 if i + 1 == N {
                     line.push_str(cell);
                 } else {
-                    line.push_str(&format!("{cell:<width$}  "));
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(width - visible_width(cell) + 2));
                 }
             }
             writeln!(f, "{}", line.trim_end())?;
         }
         Ok(())
     }
+}
+
+/// The width of a cell on a terminal: characters, less ANSI colour sequences.
+fn visible_width(cell: &str) -> usize {
+    let mut width = 0;
+    let mut in_escape = false;
+    for c in cell.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (false, _) => width += 1,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    width
 }
 
 #[cfg(test)]

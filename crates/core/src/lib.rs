@@ -13,6 +13,7 @@
 //! - [`db`]: the pool, the embedded migrations, and the `websites` table.
 //! - [`lease`]: sharing partitions or buckets of sites among several processes through
 //!   PostgreSQL advisory locks.
+//! - [`report`]: the operator's view of the history (`sitemon status`).
 //! - [`error`]: this crate's [`Error`].
 //!
 //! # Example
@@ -37,6 +38,7 @@ pub mod error;
 pub mod event;
 pub mod kafka;
 pub mod lease;
+pub mod report;
 pub mod site;
 
 pub use config::{

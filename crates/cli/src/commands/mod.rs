@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod list_sites;
 pub(crate) mod migrate;
 pub(crate) mod remove_site;
+pub(crate) mod status;
 pub(crate) mod sync;
 pub(crate) mod topic;
 
@@ -20,6 +21,7 @@ pub(crate) async fn exec(command: Command) -> anyhow::Result<()> {
         Command::RemoveSite(args) => remove_site::exec(args).await,
         Command::ListSites(args) => list_sites::exec(args).await,
         Command::Topic(command) => topic::exec(command).await,
+        Command::Status(args) => status::exec(args).await,
         Command::Check(args) => check::exec(args).await,
         Command::Sync(args) => sync::exec(args).await,
     }

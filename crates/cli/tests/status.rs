@@ -1,0 +1,253 @@
+//! `sitemon status` over history written straight into the real PostgreSQL.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use sitemon_testkit::TestDb;
+
+fn sitemon(db: &TestDb) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
+    command.env_remove("RUST_LOG").env("DATABASE_URL", &db.url);
+    command
+}
+
+/// One stored check.
+#[derive(Clone, Copy)]
+struct Check<'a> {
+    site: i32,
+    offset: i64,
+    age_s: i64,
+    up: bool,
+    code: Option<i16>,
+    ms: Option<f64>,
+    error: Option<&'a str>,
+    cert: Option<&'a str>,
+}
+
+async fn record(db: &TestDb, check: Check<'_>) {
+    let event = json!({"tls_cert_not_after": check.cert});
+    sqlx::query(
+        "INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id, website_id,
+             timestamp_utc, request_info, check_id, is_up, status_code, response_time_ms, error_kind, location)
+         VALUES ('t', 0, $1, $2, now() - make_interval(secs => $3), $4, gen_random_uuid(), $5, $6, $7, $8, 'default')",
+    )
+    .bind(check.offset)
+    .bind(check.site)
+    .bind(check.age_s as f64)
+    .bind(event)
+    .bind(check.up)
+    .bind(check.code)
+    .bind(check.ms)
+    .bind(check.error)
+    .execute(&db.pool)
+    .await
+    .expect("inserts a check");
+}
+
+async fn add_site(db: &TestDb, url: &str) -> i32 {
+    sqlx::query_scalar("INSERT INTO websites (url, check_interval) VALUES ($1, 10) RETURNING id")
+        .bind(url)
+        .fetch_one(&db.pool)
+        .await
+        .expect("inserts a site")
+}
+
+#[tokio::test]
+async fn reports_state_uptime_and_percentiles() {
+    let db = TestDb::migrated().await;
+    let healthy = add_site(&db, "https://healthy.invalid/").await;
+    let flaky = add_site(&db, "http://flaky.invalid/").await;
+    let never = add_site(&db, "http://never.invalid/").await;
+
+    // healthy: 100 checks at 1..=100 ms over the last 100 minutes, then one two days ago.
+    for i in 1..=100 {
+        record(
+            &db,
+            Check {
+                site: healthy,
+                offset: i,
+                age_s: (101 - i) * 60,
+                up: true,
+                code: Some(200),
+                ms: Some(i as f64),
+                error: None,
+                cert: Some("2027-03-01T00:00:00Z"),
+            },
+        )
+        .await;
+    }
+    record(
+        &db,
+        Check {
+            site: healthy,
+            offset: 1_000,
+            age_s: 2 * 86_400,
+            up: false,
+            code: None,
+            ms: None,
+            error: Some("dns"),
+            cert: None,
+        },
+    )
+    .await;
+    // flaky: up, down with a 503, and last a connect error.
+    record(
+        &db,
+        Check {
+            site: flaky,
+            offset: 2_000,
+            age_s: 300,
+            up: true,
+            code: Some(200),
+            ms: Some(40.0),
+            error: None,
+            cert: None,
+        },
+    )
+    .await;
+    record(
+        &db,
+        Check {
+            site: flaky,
+            offset: 2_001,
+            age_s: 200,
+            up: false,
+            code: Some(503),
+            ms: Some(20.0),
+            error: None,
+            cert: None,
+        },
+    )
+    .await;
+    record(
+        &db,
+        Check {
+            site: flaky,
+            offset: 2_002,
+            age_s: 100,
+            up: false,
+            code: None,
+            ms: None,
+            error: Some("connect"),
+            cert: None,
+        },
+    )
+    .await;
+
+    let output = sitemon(&db)
+        .args(["status", "--json"])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(rows.len(), 3);
+    let fields: Vec<&str> = {
+        let mut keys: Vec<&str> = rows[0]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        keys
+    };
+    assert_eq!(
+        fields,
+        [
+            "check_interval",
+            "checks",
+            "id",
+            "last_checked_at",
+            "last_error_kind",
+            "last_status_code",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "tls_cert_not_after",
+            "up",
+            "uptime_pct",
+            "url"
+        ]
+    );
+
+    let h = &rows[0];
+    assert_eq!(h["id"], healthy);
+    assert_eq!(
+        h["checks"], 100,
+        "the check two days ago is outside the 24h window"
+    );
+    assert_eq!(h["uptime_pct"], 100.0);
+    assert_eq!(h["up"], true);
+    assert_eq!(h["last_status_code"], 200);
+    assert_eq!(h["last_error_kind"], Value::Null);
+    assert_eq!(h["p50_ms"], 50.5);
+    assert!((h["p95_ms"].as_f64().expect("p95") - 95.05).abs() < 1e-9);
+    assert!((h["p99_ms"].as_f64().expect("p99") - 99.01).abs() < 1e-9);
+    assert_eq!(h["tls_cert_not_after"], "2027-03-01T00:00:00Z");
+
+    let f = &rows[1];
+    assert_eq!(f["checks"], 3);
+    assert!((f["uptime_pct"].as_f64().expect("uptime") - 100.0 / 3.0).abs() < 1e-9);
+    assert_eq!(f["up"], false);
+    assert_eq!(f["last_error_kind"], "connect");
+    assert_eq!(
+        f["p50_ms"], 30.0,
+        "only checks that got a response have a response time"
+    );
+    assert_eq!(f["tls_cert_not_after"], Value::Null);
+
+    let n = &rows[2];
+    assert_eq!(n["id"], never);
+    assert_eq!(n["checks"], 0);
+    assert_eq!(n["last_checked_at"], Value::Null);
+    assert_eq!(n["uptime_pct"], Value::Null);
+
+    // A wider window takes the old check in.
+    let output = sitemon(&db)
+        .args(["status", "--json", "--since", "3d"])
+        .output()
+        .expect("runs");
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(rows[0]["checks"], 101);
+    assert!((rows[0]["uptime_pct"].as_f64().expect("uptime") - 10_000.0 / 101.0).abs() < 1e-9);
+
+    // For people: an aligned table, no colour off a terminal.
+    let output = sitemon(&db).arg("status").output().expect("runs");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(!text.contains('\x1b'), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("UPTIME 24h"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("100.00%")
+            && lines[1].contains(" up ")
+            && lines[1].contains("2027-03-01"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("DOWN") && lines[2].contains("connect") && lines[2].contains("33.33%"),
+        "{text}"
+    );
+    assert!(lines[3].contains("never"), "{text}");
+
+    let output = sitemon(&db)
+        .args(["status", "--since", "soon"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("invalid --since: \"soon\" is not a duration"),
+        "{err}"
+    );
+    db.drop_database().await;
+}
