@@ -58,17 +58,34 @@ pub(crate) struct GlobalArgs {
         global = true
     )]
     pub(crate) log: String,
+    /// Log lines for people (`text`) or one JSON object per line for log shippers (`json`).
+    #[arg(long, env = "SITEMON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable, coloured on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl GlobalArgs {
+    /// Logs go to stderr, so that stdout carries only a command's output.
     pub(crate) fn init_logging(&self) {
         let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt()
+        let logger = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => logger
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init(),
+            LogFormat::Json => logger.json().with_current_span(false).init(),
+        }
     }
 }
 
