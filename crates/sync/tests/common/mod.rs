@@ -149,7 +149,16 @@ impl Fixture {
     pub async fn wait_for_stored(&self, messages: i64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let stored = self.stored_offsets().await.values().sum::<i64>();
+            // While PostgreSQL restarts the question may fail: ask again.
+            let Ok(offsets) = self.try_stored_offsets().await else {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "PostgreSQL did not come back"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let stored = offsets.values().sum::<i64>();
             if stored == messages {
                 return;
             }
@@ -167,15 +176,17 @@ impl Fixture {
 
     /// The stored next offset of each partition.
     pub async fn stored_offsets(&self) -> BTreeMap<i32, i64> {
-        sqlx::query_as::<_, (i32, i64)>(
+        self.try_stored_offsets().await.expect("offsets")
+    }
+
+    pub async fn try_stored_offsets(&self) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+        let rows = sqlx::query_as::<_, (i32, i64)>(
             "SELECT kafka_partition_id, next_offset FROM sync_offsets WHERE kafka_topic = $1",
         )
         .bind(&self.topic)
         .fetch_all(&self.db.pool)
-        .await
-        .expect("offsets")
-        .into_iter()
-        .collect()
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -309,4 +320,14 @@ pub fn now() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
 
 async fn retry_pause(_error: rskafka::client::error::Error) {
     tokio::time::sleep(Duration::from_millis(250)).await;
+}
+
+/// Runs `scripts/services <command>` (for example `restart-postgres`).
+pub fn services_script(command: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
+    let status = std::process::Command::new(script)
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(status.success(), "scripts/services {command} failed");
 }

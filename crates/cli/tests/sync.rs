@@ -1,0 +1,276 @@
+//! `sitemon sync` as a process: crash safety under `kill -9`, a clean exit on SIGTERM, and
+//! one clear line when it cannot start.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sitemon_core::NewSite;
+use sitemon_testkit::{TestDb, kafka_config, random_topic, services};
+use std::io::Write as _;
+
+/// The most the test waits for the sync to catch up: a bound against hanging.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn sitemon_sync(db: &TestDb, topic: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
+    for var in [
+        "KAFKA_CA_FILE",
+        "KAFKA_CERT_FILE",
+        "KAFKA_KEY_FILE",
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .arg("sync")
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", &services().kafka_brokers)
+        .env("KAFKA_TOPIC", topic)
+        .env("RUST_LOG", "warn")
+        .args(["--batch-size", "40", "--batch-wait", "20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A pseudo-random number from the clock, for kill moments and ids.
+fn random() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos();
+    (nanos as u64).wrapping_mul(6364136223846793005) >> 20
+}
+
+/// A realistic check event as the checker writes it (this crate does not depend on uuid or
+/// time, so the JSON is built by hand).
+fn event_json(website_id: i32, n: u64) -> Vec<u8> {
+    let check_id = format!(
+        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+        random() as u32,
+        n & 0xffff,
+        website_id & 0xfff,
+        n >> 16 & 0xfff,
+        random() & 0xffff_ffff_ffff
+    );
+    let up = n % 5 != 0;
+    serde_json::json!({
+        "schema": 1,
+        "check_id": check_id,
+        "website_id": website_id,
+        "url": format!("https://site-{website_id}.example/"),
+        "location": "eu-north",
+        "checked_at": "2026-11-28T13:14:15.123456Z",
+        "up": up,
+        "status_code": if up { 200 } else { 503 },
+        "response_time_ms": 12.5 + (n % 100) as f64,
+        "regex": null,
+        "regex_matched": null,
+        "error": null,
+        "timings_ms": {"dns": 0.4, "connect": 1.1, "tls": 6.0, "ttfb": 10.0, "total": 12.5},
+        "redirects": 0,
+        "final_url": format!("https://site-{website_id}.example/"),
+        "tls_cert_not_after": "2027-03-01T12:00:00Z",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn count(db: &TestDb, sql: &str, topic: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(topic)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}
+
+async fn stored(db: &TestDb, topic: &str) -> i64 {
+    count(
+        db,
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sync_offsets WHERE kafka_topic = $1",
+        topic,
+    )
+    .await
+}
+
+/// Produces `key\tvalue` lines to one partition with kcat, and waits for the broker's
+/// acknowledgement.
+fn kcat_produce(topic: &str, partition: i32, lines: &[u8]) {
+    let mut kcat = Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            &services().kafka_brokers,
+            "-t",
+            topic,
+            "-K",
+            "\t",
+            "-X",
+            "acks=all",
+        ])
+        .args(["-p", &partition.to_string()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat runs (scripts/services up installs it)");
+    kcat.stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines)
+        .expect("kcat reads");
+    let output = kcat.wait_with_output().expect("kcat exits");
+    assert!(
+        output.status.success(),
+        "kcat failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    const PARTITIONS: i32 = 3;
+    const ROUNDS: u64 = 60;
+    const PER_ROUND: u64 = 60;
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
+    sitemon_core::kafka::create_topic(&client, &topic, PARTITIONS, 1)
+        .await
+        .expect("topic");
+    let mut sites = Vec::new();
+    for i in 0..6 {
+        let site = NewSite::new(&format!("http://127.0.0.1:9/{i}"), 5, None).expect("site");
+        sites.push(
+            sitemon_core::db::insert_site(&db.pool, &site)
+                .await
+                .expect("added"),
+        );
+    }
+
+    // Events stream in (through kcat, a real producer) while the sync is killed and
+    // restarted; one in ten rounds carries a message that can only be a reject.
+    let producer = std::thread::spawn({
+        let sites = sites.clone();
+        let topic = topic.clone();
+        move || {
+            let (mut events, mut poison) = (0u64, 0u64);
+            for round in 0..ROUNDS {
+                let mut by_partition: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
+                for n in 0..PER_ROUND {
+                    let site = sites[(n as usize) % sites.len()];
+                    let value = if round % 10 == 5 && n == 0 {
+                        poison += 1;
+                        b"not an event".to_vec()
+                    } else {
+                        events += 1;
+                        event_json(site, round * PER_ROUND + n)
+                    };
+                    let lines = by_partition.entry(site % PARTITIONS).or_default();
+                    lines.extend_from_slice(site.to_string().as_bytes());
+                    lines.push(b'\t');
+                    lines.extend_from_slice(&value);
+                    lines.push(b'\n');
+                }
+                for (partition, lines) in by_partition {
+                    kcat_produce(&topic, partition, &lines);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (events, poison)
+        }
+    });
+
+    let mut kills = 0;
+    while !producer.is_finished() || kills < 5 {
+        let mut child = sitemon_sync(&db, &topic).spawn().expect("sync starts");
+        let alive = Duration::from_millis(200 + random() % 1200);
+        tokio::time::sleep(alive).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        kills += 1;
+    }
+    let (events, poison) = producer.join().expect("producer");
+    let before_last_run = stored(&db, &topic).await;
+    assert!(
+        before_last_run > 0,
+        "the killed processes stored nothing: kills came too early"
+    );
+    let total = (events + poison) as i64;
+
+    // A last run catches up, then stops on SIGTERM with status 0.
+    let child = sitemon_sync(&db, &topic).spawn().expect("sync starts");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stored(&db, &topic).await < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    terminate(&child);
+    let output = child.wait_with_output().expect("sync exits");
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    assert_eq!(stored(&db, &topic).await, total);
+    let rows = count(
+        &db,
+        "SELECT count(*) FROM website_status WHERE kafka_topic = $1",
+        &topic,
+    )
+    .await;
+    let rejects = count(
+        &db,
+        "SELECT count(*) FROM website_status_rejects WHERE kafka_topic = $1",
+        &topic,
+    )
+    .await;
+    let distinct = count(
+        &db,
+        "SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1",
+        &topic,
+    )
+    .await;
+    assert_eq!(rows + rejects, total, "rows {rows} + rejects {rejects}");
+    assert_eq!(rows, events as i64);
+    assert_eq!(rejects, poison as i64);
+    assert_eq!(distinct, rows, "no event stored twice");
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_one_line_and_status_1() {
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let output = sitemon_sync(&db, &topic).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&topic) && stderr.contains("sitemon topic create"),
+        "{stderr}"
+    );
+    let output = sitemon_sync(&db, &topic)
+        .args(["--start", "middle"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    db.drop_database().await;
+}
