@@ -129,6 +129,31 @@ fn kcat_produce(topic: &str, partition: i32, lines: &[u8]) {
     );
 }
 
+/// Waits until the child's stderr has a line containing `needle` (its signal handler is
+/// installed by then), and keeps reading; the thread returns everything read.
+fn wait_for_line(child: &mut Child, needle: &'static str) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead as _;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (seen, wait) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(needle) {
+                let _ = seen.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    wait.recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("the sync never logged {needle:?}"));
+    reader
+}
+
 fn terminate(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -211,7 +236,11 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let total = (events + poison) as i64;
 
     // A last run catches up, then stops on SIGTERM with status 0.
-    let child = sitemon_sync(&db, &topic).spawn().expect("sync starts");
+    let mut child = sitemon_sync(&db, &topic)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("sync starts");
+    let started = wait_for_line(&mut child, "sync started");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while stored(&db, &topic).await < total {
         assert!(
@@ -221,13 +250,9 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     terminate(&child);
-    let output = child.wait_with_output().expect("sync exits");
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let status = child.wait().expect("sync exits");
+    let log = started.join().expect("stderr reader");
+    assert!(status.success(), "exit {status:?}: {log}");
 
     assert_eq!(stored(&db, &topic).await, total);
     let rows = count(
