@@ -3,7 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+pub use rustls::pki_types::CertificateDer;
+pub use rustls::pki_types::pem::PemObject;
 use sitemon_core::{DatabaseConfig, KafkaConfig};
 
 use crate::error::{Error, Result};

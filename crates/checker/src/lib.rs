@@ -18,7 +18,7 @@
 //! - `check` and `probe`: one check, from the planned start to the event.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
 //! - `producer`: per-partition lanes over rskafka's `BatchProducer`, the bounded buffer.
-//! - `partitioner`: Kafka's murmur2 key partitioner.
+//! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - `stats`: counters and the schedule-lag histogram behind the progress line.
 //! - [`error`]: this crate's [`Error`].
 //!
@@ -47,7 +47,7 @@
 mod check;
 pub mod config;
 pub mod error;
-mod partitioner;
+pub mod partitioner;
 mod probe;
 mod producer;
 mod schedule;

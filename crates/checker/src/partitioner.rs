@@ -4,7 +4,7 @@
 //! Java: `Utils.toPositive(Utils.murmur2(keyBytes)) % numPartitions`.
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), seed `0x9747b28c`.
-pub(crate) fn murmur2(data: &[u8]) -> i32 {
+pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
@@ -40,8 +40,8 @@ pub(crate) fn murmur2(data: &[u8]) -> i32 {
 
 /// The partition Kafka's default partitioner gives a keyed record.
 ///
-/// `partitions` must be positive.
-pub(crate) fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
+/// A `partitions` of 0 is taken as 1.
+pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
     let positive = (murmur2(key) & 0x7fff_ffff) as usize;
     // A partition count fits an i32 in Kafka, so the remainder does too.
     (positive % partitions.max(1)) as i32

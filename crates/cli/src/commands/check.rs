@@ -1,20 +1,148 @@
 //! `sitemon check`: run the checker until SIGINT/SIGTERM.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Args;
+use sitemon_checker::{CheckerConfig, Compression};
 
 use crate::cli::{DatabaseArgs, KafkaArgs};
 
 /// Arguments of `sitemon check`.
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
+    /// Written into every event, so that checkers in several regions can each check every
+    /// site and their results stay apart.
+    #[arg(long, env = "SITEMON_LOCATION", default_value = "default")]
+    location: String,
+    /// The most checks in flight at once (each holds a socket).
+    #[arg(long, env = "SITEMON_CONCURRENCY", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+    /// Limit for a whole check in seconds (fractions allowed), redirects included.
+    /// Default: the smaller of 10 s and the site's interval.
+    #[arg(long, env = "SITEMON_TIMEOUT", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
+    /// How much of a body is read and searched by the site's regex.
+    #[arg(long, env = "SITEMON_MAX_BODY_BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=64 << 20))]
+    max_body_bytes: u64,
+    /// Compression of produced batches: none, gzip, lz4, snappy or zstd.
+    #[arg(long, env = "SITEMON_COMPRESSION", default_value = "none",
+          value_parser = ["none", "gzip", "lz4", "snappy", "zstd"])]
+    compression: String,
+    /// How many events may wait while Kafka is unreachable; beyond that the oldest are
+    /// dropped (and counted in the log).
+    #[arg(long, env = "SITEMON_BUFFER_EVENTS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    buffer_events: u64,
+    /// Partitions of the topic if the checker has to create it.
+    #[arg(long, env = "SITEMON_PARTITIONS", default_value_t = sitemon_core::kafka::DEFAULT_PARTITIONS,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    partitions: i32,
+    /// Replicas of each partition if the checker has to create the topic (a single local
+    /// broker: 1; Aiven: 2 or more).
+    #[arg(long, env = "SITEMON_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i16).range(1..=32))]
+    replication_factor: i16,
+    /// How long a batch of events waits for more before it is sent, in milliseconds.
+    #[arg(long, env = "SITEMON_LINGER_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    linger_ms: u64,
+    /// Seconds between two progress lines in the log.
+    #[arg(long, env = "SITEMON_PROGRESS_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    progress_interval: Duration,
+    /// On stop, how long buffered events may take to reach Kafka, in seconds.
+    #[arg(long, env = "SITEMON_FLUSH_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    flush_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for the checked sites, besides the Mozilla roots
+    /// (for sites behind a private CA).
+    #[arg(long, env = "SITEMON_SITES_CA_FILE")]
+    sites_ca_file: Option<PathBuf>,
     #[command(flatten)]
     db: DatabaseArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
 }
 
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!(
+            "{text:?} must be more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+impl CheckArgs {
+    fn config(&self) -> anyhow::Result<CheckerConfig> {
+        let mut config = CheckerConfig::new(self.db.config()?, self.kafka.config()?);
+        config.location = self.location.clone();
+        config.concurrency = self.concurrency as usize;
+        config.timeout = self.timeout;
+        config.max_body_bytes = usize::try_from(self.max_body_bytes)?;
+        config.compression = self
+            .compression
+            .parse::<Compression>()
+            .map_err(|e| usage("--compression", e))?;
+        config.buffer_events = usize::try_from(self.buffer_events)?;
+        config.partitions = self.partitions;
+        config.replication_factor = self.replication_factor;
+        config.linger = Duration::from_millis(self.linger_ms);
+        config.progress_interval = self.progress_interval;
+        config.flush_timeout = self.flush_timeout;
+        if let Some(path) = &self.sites_ca_file {
+            config.extra_root_certs = read_certificates(path)?;
+        }
+        config.validate().map_err(|e| match e {
+            sitemon_checker::Error::Config { setting, reason } => {
+                anyhow::Error::new(sitemon_core::Error::Config { setting, reason })
+            }
+            other => other.into(),
+        })?;
+        Ok(config)
+    }
+}
+
+fn usage(setting: &'static str, error: sitemon_checker::Error) -> anyhow::Error {
+    anyhow::Error::new(sitemon_core::Error::Config {
+        setting,
+        reason: error.to_string(),
+    })
+}
+
+fn read_certificates(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<sitemon_checker::config::CertificateDer<'static>>> {
+    use sitemon_checker::config::{CertificateDer, PemObject};
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read SITEMON_SITES_CA_FILE {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            anyhow::anyhow!("SITEMON_SITES_CA_FILE {} is not PEM ({e})", path.display())
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "SITEMON_SITES_CA_FILE {} holds no PEM certificate",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
 pub(crate) async fn exec(args: CheckArgs) -> anyhow::Result<()> {
-    let _ = (args.db.config()?, args.kafka.config()?);
-    let _shutdown = crate::shutdown::on_signal();
-    anyhow::bail!("sitemon check is not implemented yet")
+    // Everything the user gave is validated before the first connection.
+    let config = args.config()?;
+    let shutdown = crate::shutdown::on_signal();
+    sitemon_checker::run(config, shutdown).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (check DATABASE_URL and KAFKA_BROKERS; `scripts/services up` starts local ones)"
+        )
+    })
 }
