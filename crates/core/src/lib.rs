@@ -13,6 +13,7 @@
 //! - [`db`]: the pool, the embedded migrations, and the `websites` table.
 //! - [`lease`]: sharing partitions or buckets of sites among several processes through
 //!   PostgreSQL advisory locks.
+//! - [`metrics`]: counters and histograms in the Prometheus text format, and `/metrics`.
 //! - [`report`]: the operator's view of the history (`sitemon status`).
 //! - [`error`]: this crate's [`Error`].
 //!
@@ -38,6 +39,7 @@ pub mod error;
 pub mod event;
 pub mod kafka;
 pub mod lease;
+pub mod metrics;
 pub mod report;
 pub mod site;
 
