@@ -151,7 +151,7 @@ async fn main() {
     let sync_rate = events as f64 / sync_secs;
     println!(
         "sitemon sync: {events} events in {sync_secs:.2} s = {sync_rate:.0} events/s, \
-         peak RSS {:.1} MiB, exit {status}",
+         peak RSS {:.1} MiB, sync {status}",
         peak_rss_kib as f64 / 1024.0
     );
 
