@@ -89,6 +89,31 @@ impl GlobalArgs {
     }
 }
 
+/// Where to serve Prometheus metrics.
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 or 0.0.0.0:9464.
+    /// Off when not given.
+    #[arg(long, env = "SITEMON_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl MetricsArgs {
+    /// Starts serving `registry` if an address was given; the server stops with `shutdown`.
+    pub(crate) async fn serve(
+        &self,
+        registry: &sitemon_core::metrics::Registry,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_addr {
+            let bound =
+                sitemon_core::metrics::serve(addr, registry.clone(), shutdown.clone()).await?;
+            tracing::info!("metrics at http://{bound}/metrics");
+        }
+        Ok(())
+    }
+}
+
 /// Where PostgreSQL is.
 #[derive(Debug, Args)]
 pub(crate) struct DatabaseArgs {
