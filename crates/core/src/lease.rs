@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sqlx::{Connection as _, PgConnection};
+use sqlx::{Connection as _, PgConnection, PgExecutor};
 
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result};
@@ -55,6 +55,8 @@ pub struct LeaseGroup {
     member_class: i32,
     /// Second key of this member's membership lock.
     member_id: i32,
+    /// The lease connection's backend process id, as `pg_locks.pid` shows it.
+    backend_pid: i32,
     /// The resources this member holds.
     held: BTreeSet<i32>,
 }
@@ -105,6 +107,11 @@ impl LeaseGroup {
             .execute(&mut conn),
         )
         .await?;
+        let backend_pid: i32 = bounded(
+            "asking for the lease connection's backend",
+            sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn),
+        )
+        .await?;
         let member_class = class_key("sitemon-member", name);
         let member_id = loop {
             let candidate = (uuid::Uuid::new_v4().as_u128() as u32 & 0x7fff_ffff) as i32;
@@ -126,8 +133,20 @@ impl LeaseGroup {
             resource_class: class_key("sitemon-lease", name),
             member_class,
             member_id,
+            backend_pid,
             held: BTreeSet::new(),
         })
+    }
+
+    /// What another connection needs to check, inside its own transaction, that this
+    /// member still holds its leases ([`LeaseHolder::holds_all`]).
+    pub fn holder(&self) -> LeaseHolder {
+        LeaseHolder {
+            backend_pid: self.backend_pid,
+            member_class: self.member_class,
+            member_id: self.member_id,
+            resource_class: self.resource_class,
+        }
     }
 
     /// The group's name.
@@ -268,6 +287,84 @@ impl LeaseGroup {
         let _ = self.conn.close().await;
         Ok(())
     }
+}
+
+/// The identity of one member's lease session, to check its leases from another connection.
+///
+/// A writer that stores data for leased resources on a pooled connection calls
+/// [`LeaseHolder::holds_all`] inside its transaction, just before the commit: a member whose
+/// lease connection died (and whose resources may already be someone else's) then fails the
+/// transaction instead of storing a stale batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// `pg_backend_pid()` of the lease connection.
+    backend_pid: i32,
+    member_class: i32,
+    /// Random per member: a backend pid reused by a new session cannot pass for this one.
+    member_id: i32,
+    resource_class: i32,
+}
+
+impl LeaseHolder {
+    /// Whether the lease session is still alive (its membership lock is granted) and holds
+    /// every one of `resources`, asked of PostgreSQL's lock table on `executor` (any
+    /// connection to the same database, a transaction included).
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the statement fails.
+    pub async fn holds_all<'e, E>(&self, executor: E, resources: &[i32]) -> Result<bool>
+    where
+        E: PgExecutor<'e>,
+    {
+        let mut wanted = resources.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let granted: i64 = bounded(
+            "checking the leases",
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND ((classid::bigint = $2 AND objid::bigint = $3)
+                        OR (classid::bigint = $4 AND objid::bigint = ANY($5::bigint[])))",
+            )
+            .bind(self.backend_pid)
+            .bind(i64::from(self.member_class))
+            .bind(i64::from(self.member_id))
+            .bind(i64::from(self.resource_class))
+            .bind(wanted.iter().map(|r| i64::from(*r)).collect::<Vec<_>>())
+            .fetch_one(executor),
+        )
+        .await?;
+        Ok(usize::try_from(granted).ok() == Some(wanted.len() + 1))
+    }
+}
+
+/// Who holds which resource of the group `name` now: resource → backend pid of the holder's
+/// lease connection, from `pg_locks` (for tests, and for operators asking "who reads what").
+///
+/// # Errors
+/// [`Error::Database`] when the statement fails.
+pub async fn holders<'e, E>(executor: E, name: &str) -> Result<std::collections::BTreeMap<i32, i32>>
+where
+    E: PgExecutor<'e>,
+{
+    let rows: Vec<(i64, i32)> = bounded(
+        "listing the lease holders",
+        sqlx::query_as(
+            "SELECT objid::bigint, pid FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid::bigint = $1",
+        )
+        .bind(i64::from(class_key("sitemon-lease", name)))
+        .fetch_all(executor),
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(resource, pid)| Some((i32::try_from(resource).ok()?, pid)))
+        .collect())
 }
 
 /// Runs one lease statement with [`STATEMENT_TIMEOUT`].

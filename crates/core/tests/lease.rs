@@ -103,3 +103,56 @@ async fn groups_do_not_share() {
     x.leave().await.expect("leaves");
     y.leave().await.expect("leaves");
 }
+
+#[tokio::test]
+async fn another_connection_sees_whether_the_leases_are_held() {
+    use sqlx::Connection as _;
+    let group = unique_name("lease-check");
+    let mut a = LeaseGroup::join(&config(), &group).await.expect("a joins");
+    let mut b = LeaseGroup::join(&config(), &group).await.expect("b joins");
+    settle(&mut [&mut a, &mut b], 4).await;
+    let (a_held, b_held): (Vec<i32>, Vec<i32>) = (
+        a.held().iter().copied().collect(),
+        b.held().iter().copied().collect(),
+    );
+    let holder = a.holder();
+    let mut other = sqlx::PgConnection::connect_with(config().options())
+        .await
+        .expect("connects");
+    assert!(holder.holds_all(&mut other, &a_held).await.expect("asks"));
+    assert!(holder.holds_all(&mut other, &[]).await.expect("asks"));
+    assert!(
+        !holder.holds_all(&mut other, &b_held).await.expect("asks"),
+        "b's leases are not a's"
+    );
+    let all: Vec<i32> = (0..4).collect();
+    assert!(!holder.holds_all(&mut other, &all).await.expect("asks"));
+
+    let holders = sitemon_core::lease::holders(&mut other, &group)
+        .await
+        .expect("lists");
+    assert_eq!(holders.keys().copied().collect::<Vec<_>>(), all);
+    assert_eq!(
+        holders.values().collect::<BTreeSet<_>>().len(),
+        2,
+        "two holders"
+    );
+
+    // Inside a transaction, as the sync's writer asks.
+    let mut tx = other.begin().await.expect("begins");
+    assert!(holder.holds_all(&mut *tx, &a_held).await.expect("asks"));
+    a.release(a_held[0]).await.expect("releases");
+    assert!(!holder.holds_all(&mut *tx, &a_held).await.expect("asks"));
+    tx.rollback().await.expect("rolls back");
+
+    // Once a is gone, nothing of it holds, whatever it held.
+    a.leave().await.expect("leaves");
+    assert!(
+        !holder
+            .holds_all(&mut other, &a_held[1..])
+            .await
+            .expect("asks")
+    );
+    assert!(!holder.holds_all(&mut other, &[]).await.expect("asks"));
+    b.leave().await.expect("leaves");
+}
