@@ -53,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
     // The sites, in a database of their own.
     let name = sitemon_testkit::unique_name("sitemon_bench");
     let admin = sitemon_testkit::admin_pool().await;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
     let url = sitemon_testkit::url_with_database(&sitemon_testkit::services().database_url, &name);
     let pool = sitemon_core::db::connect(&sitemon_core::DatabaseConfig::from_url(&url)?, 2).await?;
     sitemon_core::db::migrate(&pool).await?;
@@ -82,8 +84,16 @@ async fn main() -> anyhow::Result<()> {
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let started_waiting = Instant::now();
     while !log().contains("checker started") {
-        anyhow::ensure!(started_waiting.elapsed() < Duration::from_secs(60), "no start: {}", log());
-        anyhow::ensure!(child.try_wait()?.is_none(), "sitemon check exited: {}", log());
+        anyhow::ensure!(
+            started_waiting.elapsed() < Duration::from_secs(60),
+            "no start: {}",
+            log()
+        );
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "sitemon check exited: {}",
+            log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let served_at_start = served.load(Ordering::Relaxed);
@@ -94,7 +104,9 @@ async fn main() -> anyhow::Result<()> {
     let cpu = cpu_seconds(pid)? - cpu_at_start;
     let rss_mb = peak_rss_kb(pid)? as f64 / 1024.0;
     let served_in_window = served.load(Ordering::Relaxed) - served_at_start;
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
     let status = child.wait()?;
     let text = log();
     let summary = text
@@ -126,7 +138,9 @@ async fn main() -> anyhow::Result<()> {
 
     let client = sitemon_core::kafka::connect(&sitemon_testkit::kafka_config(&topic)).await?;
     sitemon_core::kafka::delete_topic(&client, &topic).await?;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await?;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
     let _ = std::fs::remove_file(&log_path);
     Ok(())
 }
@@ -181,9 +195,10 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    let per_second: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
-        .trim()
-        .parse()?;
+    let per_second: f64 =
+        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+            .trim()
+            .parse()?;
     Ok(ticks / per_second)
 }
 
