@@ -124,6 +124,7 @@ mod tests {
             offset,
             key: None,
             payload: None,
+            kind: crate::decode::RejectKind::NotJson,
             reason: "test".into(),
         })
     }

@@ -1,11 +1,11 @@
-//! Reading the topic: one fetch loop per partition, and a watcher that starts a loop for
-//! every partition added to the topic while the sync runs.
+//! Reading the topic: one fetch loop per partition this worker holds the lease of.
 //!
 //! A reader fetches from its partition's next offset, decodes what it got and sends it to
 //! the writer as one [`Chunk`] over a bounded channel: when PostgreSQL is slow the channel
 //! fills, the send waits, and the reader stops fetching. Kafka errors (a broker restart)
 //! are retried here with backoff and jitter, from the same offset; they never reach the
-//! writer.
+//! writer. The lease keeper (`keeper.rs`) starts a reader when it takes a partition's lease
+//! and stops it before giving the lease away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,8 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::StartFrom;
 use crate::batch::Chunk;
@@ -24,6 +24,7 @@ use crate::decode::{Message, decode};
 use crate::error::{Error, Result};
 use crate::offsets;
 use crate::stats::Stats;
+use crate::writer::ToWriter;
 
 /// How long one Kafka request may take, retries by rskafka included.
 pub(crate) const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,72 +39,63 @@ pub(crate) struct Readers {
     pub(crate) client: Arc<Client>,
     pub(crate) pool: PgPool,
     pub(crate) topic: String,
-    pub(crate) chunks: mpsc::Sender<Chunk>,
+    pub(crate) chunks: mpsc::Sender<ToWriter>,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) stop: CancellationToken,
-    pub(crate) tracker: TaskTracker,
+}
+
+/// A reader that runs: stop it with [`RunningReader::stop`].
+#[derive(Debug)]
+pub(crate) struct RunningReader {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningReader {
+    /// Stops the reader and waits until it has: it sends nothing more.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Asks the reader to stop without waiting.
+    pub(crate) fn cancel(&self) {
+        self.stop.cancel();
+    }
 }
 
 impl Readers {
-    /// Starts a reader for each partition in `from..to`, at its stored offset; a partition
-    /// without one starts at `start` (resolved now and stored, so that a restart agrees).
-    pub(crate) async fn start(&self, from: i32, to: i32, start: StartFrom) -> Result<()> {
-        let stored = offsets::load(&self.pool, &self.topic).await?;
-        for partition in from..to {
-            let next = match stored.get(&partition) {
-                Some(&next) => next,
-                None => {
-                    let client = self.partition_client(partition).await?;
-                    let at = match start {
-                        StartFrom::Earliest => OffsetAt::Earliest,
-                        StartFrom::Latest => OffsetAt::Latest,
-                    };
-                    let offset = self.get_offset(&client, at).await?;
-                    offsets::init(&self.pool, &self.topic, partition, offset).await?
-                }
-            };
-            self.stats.stored(partition, next);
-            tracing::info!(topic = %self.topic, partition, next_offset = next, "reading partition");
-            let reader = Reader {
-                shared: self.clone(),
-                partition,
-                next,
-                failures: 0,
-            };
-            self.tracker.spawn(reader.run());
-        }
-        Ok(())
-    }
-
-    /// Every `every`, looks for partitions added to the topic and starts their readers
-    /// (at the earliest offset: every event published to a new partition is wanted).
-    pub(crate) async fn watch(self, mut known: i32, every: Duration) {
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+    /// Starts a reader for `partition` at its stored offset; a partition without one starts
+    /// at `start` (resolved now and stored, so that a restart agrees). Call it only with the
+    /// partition's lease held, so that the stored offset is the last one its previous owner
+    /// committed.
+    pub(crate) async fn start(&self, partition: i32, start: StartFrom) -> Result<RunningReader> {
+        let stored = offsets::load_one(&self.pool, &self.topic, partition).await?;
+        let next = match stored {
+            Some(next) => next,
+            None => {
+                let client = self.partition_client(partition).await?;
+                let at = match start {
+                    StartFrom::Earliest => OffsetAt::Earliest,
+                    StartFrom::Latest => OffsetAt::Latest,
+                };
+                let offset = self.get_offset(&client, at).await?;
+                offsets::init(&self.pool, &self.topic, partition, offset).await?
             }
-            let count = match sitemon_core::kafka::partition_count(&self.client, &self.topic).await
-            {
-                Ok(Some(count)) => i32::try_from(count).unwrap_or(i32::MAX),
-                Ok(None) => {
-                    tracing::error!(topic = %self.topic, "the topic has disappeared; waiting for it");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("cannot list the topic's partitions: {e}");
-                    continue;
-                }
-            };
-            if count <= known {
-                continue;
-            }
-            tracing::info!(topic = %self.topic, from = known, to = count, "new partitions");
-            match self.start(known, count, StartFrom::Earliest).await {
-                Ok(()) => known = count,
-                Err(e) => tracing::warn!("cannot start reading the new partitions yet: {e}"),
-            }
-        }
+        };
+        self.stats.stored(partition, next);
+        tracing::info!(topic = %self.topic, partition, next_offset = next, "reading partition");
+        let stop = CancellationToken::new();
+        let reader = Reader {
+            shared: self.clone(),
+            partition,
+            next,
+            failures: 0,
+            stop: stop.clone(),
+        };
+        Ok(RunningReader {
+            stop,
+            task: tokio::spawn(reader.run()),
+        })
     }
 
     async fn partition_client(&self, partition: i32) -> Result<PartitionClient> {
@@ -156,11 +148,13 @@ struct Reader {
     next: i64,
     /// Failures in a row, for the backoff.
     failures: u32,
+    /// Cancelled when the partition is given away or the session ends.
+    stop: CancellationToken,
 }
 
 impl Reader {
     async fn run(mut self) {
-        let stop = self.shared.stop.clone();
+        let stop = self.stop.clone();
         let mut client = None;
         while !stop.is_cancelled() {
             let step = async {
@@ -301,7 +295,7 @@ impl Reader {
         let next = chunk.next;
         self.shared
             .chunks
-            .send(chunk)
+            .send(ToWriter::Chunk(chunk))
             .await
             .map_err(|_| Error::Task("the writer stopped".into()))?;
         self.next = next;

@@ -56,6 +56,7 @@ impl StatusRow {
             offset: self.offset,
             key: self.key,
             payload: Some(self.request_info.into_bytes()),
+            kind: RejectKind::UnknownSite,
             reason,
         }
     }
@@ -68,7 +69,60 @@ pub(crate) struct Reject {
     pub(crate) offset: i64,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
+    /// The reason's class: the label of the rejects metric.
+    pub(crate) kind: RejectKind,
     pub(crate) reason: String,
+}
+
+/// The classes of rejects: a small closed set, so that the rejects metric has a bounded
+/// number of series (the full reason, with its details, is in the reject's row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RejectKind {
+    /// A message without a value.
+    Tombstone,
+    /// A value of no bytes.
+    Empty,
+    /// A value that is not JSON.
+    NotJson,
+    /// JSON that is not a check event.
+    WrongShape,
+    /// A check event of a schema version this sync does not know.
+    UnknownSchema,
+    /// An event of a site that is not in `websites`.
+    UnknownSite,
+    /// An event with a value PostgreSQL cannot store (status code, `\u0000`, not UTF-8).
+    InvalidValue,
+}
+
+impl RejectKind {
+    /// Every kind, in the order of [`RejectKind::index`].
+    pub(crate) const ALL: [Self; 7] = [
+        Self::Tombstone,
+        Self::Empty,
+        Self::NotJson,
+        Self::WrongShape,
+        Self::UnknownSchema,
+        Self::UnknownSite,
+        Self::InvalidValue,
+    ];
+
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Tombstone => "tombstone",
+            Self::Empty => "empty",
+            Self::NotJson => "not_json",
+            Self::WrongShape => "wrong_shape",
+            Self::UnknownSchema => "unknown_schema",
+            Self::UnknownSite => "unknown_site",
+            Self::InvalidValue => "invalid_value",
+        }
+    }
+
+    /// A dense index, for counters kept in an array.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The reason stored when an event's site is not in `websites`.
@@ -87,18 +141,22 @@ pub(crate) fn decode(message: Message) -> Decoded {
         key,
         value,
     } = message;
-    let reject = |key, payload, reason: String| {
+    let reject = |key, payload, (kind, reason): (RejectKind, String)| {
         Decoded::Reject(Reject {
             partition,
             offset,
             key,
             payload,
+            kind,
             reason,
         })
     };
+    let invalid = |reason: String| (RejectKind::InvalidValue, reason);
     let value = match value {
-        None => return reject(key, None, TOMBSTONE.to_owned()),
-        Some(value) if value.is_empty() => return reject(key, Some(value), EMPTY.to_owned()),
+        None => return reject(key, None, (RejectKind::Tombstone, TOMBSTONE.to_owned())),
+        Some(value) if value.is_empty() => {
+            return reject(key, Some(value), (RejectKind::Empty, EMPTY.to_owned()));
+        }
         Some(value) => value,
     };
     let event = match CheckEvent::from_json(&value) {
@@ -109,18 +167,18 @@ pub(crate) fn decode(message: Message) -> Decoded {
         }
     };
     if let Some(problem) = jsonb_problem(&value) {
-        return reject(key, Some(value), problem.to_owned());
+        return reject(key, Some(value), invalid(problem.to_owned()));
     }
     let Ok(status_code) = event.status_code.map(i16::try_from).transpose() else {
         let reason = format!(
             "status_code {} is not an HTTP status (100 to 999)",
             event.status_code.unwrap_or_default()
         );
-        return reject(key, Some(value), reason);
+        return reject(key, Some(value), invalid(reason));
     };
     let request_info = match String::from_utf8(value) {
         Ok(text) => text,
-        Err(e) => return reject(key, Some(e.into_bytes()), "not UTF-8".to_owned()),
+        Err(e) => return reject(key, Some(e.into_bytes()), invalid("not UTF-8".to_owned())),
     };
     Decoded::Row(StatusRow {
         partition,
@@ -138,19 +196,23 @@ pub(crate) fn decode(message: Message) -> Decoded {
     })
 }
 
-fn decode_error_reason(error: &EventDecodeError, value: &[u8]) -> String {
+fn decode_error_reason(error: &EventDecodeError, value: &[u8]) -> (RejectKind, String) {
     match error {
         // serde's message alone cannot tell "not JSON" from "JSON of another shape" (a
         // struct also reads from an array, and stops with a syntax error at its end), so
         // a failed value is parsed once more, as any JSON at all.
         EventDecodeError::Json(e) => match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-            Ok(_) => format!("wrong shape: {e}"),
-            Err(not_json) => format!("not JSON: {not_json}"),
+            Ok(_) => (RejectKind::WrongShape, format!("wrong shape: {e}")),
+            Err(not_json) => (RejectKind::NotJson, format!("not JSON: {not_json}")),
         },
-        EventDecodeError::UnknownSchema(version) => {
-            format!("unknown schema version {version}")
-        }
-        other => format!("not a check event: {other}"),
+        EventDecodeError::UnknownSchema(version) => (
+            RejectKind::UnknownSchema,
+            format!("unknown schema version {version}"),
+        ),
+        other => (
+            RejectKind::WrongShape,
+            format!("not a check event: {other}"),
+        ),
     }
 }
 
@@ -257,6 +319,34 @@ mod tests {
         assert_eq!(row.check_id, event.check_id);
         assert_eq!(row.status_code, Some(200));
         assert_eq!(row.error_kind, None);
+    }
+
+    fn kind(value: Option<Vec<u8>>) -> &'static str {
+        match decode(message(value)) {
+            Decoded::Reject(reject) => reject.kind.label(),
+            Decoded::Row(row) => panic!("expected a reject, got {row:?}"),
+        }
+    }
+
+    #[test]
+    fn each_poison_kind_has_its_label() {
+        assert_eq!(kind(None), "tombstone");
+        assert_eq!(kind(Some(Vec::new())), "empty");
+        assert_eq!(kind(Some(b"{not json".to_vec())), "not_json");
+        assert_eq!(kind(Some(b"[1,2]".to_vec())), "wrong_shape");
+        let mut value = serde_json::to_value(event()).expect("json");
+        value["schema"] = json!(99);
+        assert_eq!(kind(Some(value.to_string().into_bytes())), "unknown_schema");
+        let mut value = serde_json::to_value(event()).expect("json");
+        value["status_code"] = json!(40000);
+        assert_eq!(kind(Some(value.to_string().into_bytes())), "invalid_value");
+        let Decoded::Row(row) = decode(message(Some(event().to_json()))) else {
+            panic!("expected a row");
+        };
+        assert_eq!(row.into_reject("gone".into()).kind.label(), "unknown_site");
+        for (i, kind) in RejectKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
     }
 
     #[test]

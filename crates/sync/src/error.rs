@@ -76,6 +76,29 @@ pub enum Error {
         expected: i64,
     },
 
+    /// A batch's transaction found that this worker no longer holds the lease of a
+    /// partition it writes (its lease connection died): the batch was rolled back.
+    #[error(
+        "this worker no longer holds the lease of {topic} partitions {partitions:?}; the batch \
+         was rolled back and the partitions' new owner reads it again"
+    )]
+    LeaseLost {
+        /// The topic.
+        topic: String,
+        /// The partitions of the batch.
+        partitions: Vec<i32>,
+    },
+
+    /// The dedicated lease connection failed: every lease may be gone with it.
+    #[error("the partition leases of {topic} are lost ({source}); stopping every partition")]
+    Lease {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        #[source]
+        source: sitemon_core::Error,
+    },
+
     /// A task of the sync ended unexpectedly (a bug).
     #[error("a sync task stopped unexpectedly: {0}")]
     Task(String),

@@ -13,19 +13,34 @@
 //! in websites`. A message whose `check_id` (or offset) is stored already stores nothing:
 //! it is the same check, replayed or retried by a producer.
 //!
+//! # Several workers
+//! Any number of syncs on one topic (on one machine or several) divide its partitions: each
+//! partition is leased to one worker at a time through a PostgreSQL advisory lock held on a
+//! dedicated connection ([`sitemon_core::lease`], group [`lease_group`]), the partitions are
+//! shared fairly (`ceil(P / W)` at most each), a worker that dies loses its leases with its
+//! connection and the others take them over on their next rebalance (every
+//! [`SyncConfig::rebalance_every`]), and a worker that stops hands its partitions over at
+//! once. Every batch's transaction checks that the worker still holds the lease of each
+//! partition it writes, on top of the compare-and-set of the stored offset. The lease
+//! connection needs session state: it must go straight to PostgreSQL, not through PgBouncer
+//! in transaction mode.
+//!
 //! # Layout
-//! - [`run`] and [`SyncConfig`] (here): the entry point. It connects, then runs *sessions*:
-//!   a session reads the stored offsets, starts the readers and the writer, and ends on the
-//!   first error that the readers cannot retry in place (PostgreSQL gone, a stored offset
-//!   that moved). [`run`] then waits with backoff and jitter and starts a new session from
-//!   the stored offsets; it returns only on `shutdown`.
-//! - `consumer.rs`: one fetch loop per partition, and the watcher that starts loops for
-//!   partitions added while the sync runs; Kafka errors and offsets lost to retention.
+//! - [`run`] and [`SyncConfig`] (here): the entry point. It connects, then runs *sessions*
+//!   until `shutdown`; a session ends on the first error that the readers cannot retry in
+//!   place (PostgreSQL gone, a stored offset that moved, the lease connection lost). [`run`]
+//!   then waits with backoff and jitter and starts a new session from the stored offsets.
+//! - `keeper.rs`: a session: joins the lease group, rebalances, starts the readers of the
+//!   partitions it takes, stops (and flushes) those it gives away, then leaves.
+//! - `consumer.rs`: one fetch loop per partition held; Kafka errors and offsets lost to
+//!   retention.
 //! - `decode.rs`: one message → one row or one reject.
 //! - `batch.rs`: chunks from the readers → batches of at most `batch_size` messages.
-//! - `writer.rs`: one batch → one transaction (sites locked, rows, rejects, offsets).
+//! - `writer.rs`: one batch → one transaction (sites locked, rows, rejects, offsets, lease
+//!   check).
 //! - `offsets.rs`: `sync_offsets`, moved by compare-and-set from the batch's first offset.
-//! - `stats.rs`: counters and the progress line (events/s, rejects, lag per partition).
+//! - `stats.rs`: counters, the progress line (events/s, rejects, lag per partition) and the
+//!   Prometheus metrics ([`SyncConfig::metrics`]).
 //! - [`error`]: this crate's [`Error`].
 //!
 //! Memory is bounded: each fetch asks for at most 1 MiB, the readers hand their chunks to
@@ -55,6 +70,7 @@ mod batch;
 mod consumer;
 mod decode;
 pub mod error;
+mod keeper;
 mod offsets;
 mod stats;
 mod writer;
@@ -62,18 +78,14 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sitemon_core::metrics::Registry;
 use sitemon_core::{DatabaseConfig, KafkaConfig};
-use sqlx::PgPool;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use error::{Error, Result};
 
-use crate::consumer::Readers;
 use crate::stats::Stats;
-use crate::writer::Writer;
 
 /// How many fetched chunks (each at most about 1 MiB) may wait for the writer.
 pub const CHANNEL_CHUNKS: usize = 8;
@@ -109,11 +121,20 @@ pub struct SyncConfig {
     pub progress_every: Duration,
     /// How often the topic is asked for new partitions.
     pub partition_poll_every: Duration,
+    /// How often this worker rebalances the partition leases with the other workers (give or
+    /// take a quarter, at random): the longest a dead worker's partitions, or a newcomer's
+    /// share, wait for it.
+    pub rebalance_every: Duration,
+    /// Where the sync's metrics are registered (`sitemon_sync_*`): serve it to Prometheus
+    /// with [`sitemon_core::metrics::serve`]. The default is a registry of its own that
+    /// nobody reads.
+    pub metrics: Registry,
 }
 
 impl SyncConfig {
     /// The defaults: batches of 5,000 or 200 ms, the whole history, progress every 5 s,
-    /// new partitions looked for every 10 s.
+    /// new partitions looked for every 10 s, leases rebalanced every 2 s, metrics in a
+    /// registry of their own.
     pub fn new(database: DatabaseConfig, kafka: KafkaConfig) -> Self {
         Self {
             database,
@@ -123,6 +144,8 @@ impl SyncConfig {
             start: StartFrom::Earliest,
             progress_every: Duration::from_secs(5),
             partition_poll_every: Duration::from_secs(10),
+            rebalance_every: Duration::from_secs(2),
+            metrics: Registry::new(),
         }
     }
 }
@@ -131,8 +154,15 @@ impl SyncConfig {
 const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(20);
 /// A session that lasted this long was healthy: the next failure backs off from the start.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-/// The pooled connections: the writer's, plus one for starting new partitions.
+/// The pooled connections: the writer's, plus one for starting new partitions. The lease
+/// connection is not pooled.
 const POOL_SIZE: u32 = 3;
+
+/// The lease group of the syncs of `topic`: every sync of the topic on the same database
+/// shares its partitions with the others of this group.
+pub fn lease_group(topic: &str) -> String {
+    format!("sync:{topic}")
+}
 
 /// Consumes the topic into the database until `shutdown` is cancelled; then stores the
 /// batch in hand and returns `Ok`.
@@ -157,14 +187,14 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         return Err(Error::NotMigrated);
     }
     let client = connect_kafka(&config.kafka).await?;
-    if sitemon_core::kafka::partition_count(&client, &config.kafka.topic)
-        .await?
-        .is_none()
-    {
+    let Some(initial_partitions) =
+        sitemon_core::kafka::partition_count(&client, &config.kafka.topic).await?
+    else {
         return Err(Error::UnknownTopic {
             topic: config.kafka.topic.clone(),
         });
-    }
+    };
+    let initial_partitions = i32::try_from(initial_partitions).unwrap_or(i32::MAX);
     tracing::info!(
         topic = %config.kafka.topic,
         database = config.database.target(),
@@ -173,7 +203,8 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         "sync started"
     );
 
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(&config.kafka.topic));
+    config.metrics.register(Arc::clone(&stats) as _);
     let reporter = tokio::spawn({
         let stats = Arc::clone(&stats);
         let stop = shutdown.clone();
@@ -184,7 +215,22 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
     let mut failures = 0;
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        let result = session(&config, &pool, client.take(), &stats, &shutdown).await;
+        let result = async {
+            let client = match client.take() {
+                Some(client) => client,
+                None => Arc::new(connect_kafka(&config.kafka).await?),
+            };
+            keeper::session(
+                &config,
+                &pool,
+                client,
+                &stats,
+                initial_partitions,
+                &shutdown,
+            )
+            .await
+        }
+        .await;
         if started.elapsed() >= HEALTHY_SESSION {
             failures = 0;
         }
@@ -212,57 +258,6 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
 async fn connect_kafka(config: &KafkaConfig) -> Result<rskafka::client::Client> {
     let backoff = sitemon_core::kafka::backoff(KAFKA_RETRY_DEADLINE);
     Ok(sitemon_core::kafka::connect_with_backoff(config, backoff).await?)
-}
-
-/// Reads from the stored offsets and writes until `shutdown` or the first error.
-async fn session(
-    config: &SyncConfig,
-    pool: &PgPool,
-    client: Option<Arc<rskafka::client::Client>>,
-    stats: &Arc<Stats>,
-    shutdown: &CancellationToken,
-) -> Result<()> {
-    let client = match client {
-        Some(client) => client,
-        None => Arc::new(connect_kafka(&config.kafka).await?),
-    };
-    let topic = config.kafka.topic.clone();
-    let partitions = sitemon_core::kafka::partition_count(&client, &topic)
-        .await?
-        .ok_or_else(|| Error::UnknownTopic {
-            topic: topic.clone(),
-        })?;
-    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
-    let (sender, mut chunks) = mpsc::channel(CHANNEL_CHUNKS);
-    let stop = shutdown.child_token();
-    let tracker = TaskTracker::new();
-    let readers = Readers {
-        client,
-        pool: pool.clone(),
-        topic: topic.clone(),
-        chunks: sender,
-        stats: Arc::clone(stats),
-        stop: stop.clone(),
-        tracker: tracker.clone(),
-    };
-    let result = async {
-        readers.start(0, partitions, config.start).await?;
-        tracker.spawn(readers.watch(partitions, config.partition_poll_every));
-        let writer = Writer {
-            pool: pool.clone(),
-            topic,
-            batch_size: config.batch_size,
-            batch_wait: config.batch_wait,
-            stats: Arc::clone(stats),
-        };
-        writer.run(&mut chunks, shutdown).await
-    }
-    .await;
-    stop.cancel();
-    tracker.close();
-    chunks.close();
-    tracker.wait().await;
-    result
 }
 
 /// The wait before retry number `failures` (from 1): 250 ms doubling up to 30 s, each

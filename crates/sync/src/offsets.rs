@@ -6,7 +6,6 @@
 //! previous batch (a second process, or the scale-out issue's worker that lost its lease)
 //! cannot store a stale batch, and a batch is never stored twice.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
@@ -16,19 +15,20 @@ use crate::error::{Error, Result, bounded_db};
 /// How long one offsets statement may take.
 pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The stored next offset of each partition of `topic` that has one.
-pub(crate) async fn load(pool: &PgPool, topic: &str) -> Result<BTreeMap<i32, i64>> {
-    let rows: Vec<(i32, i64)> = bounded_db(
-        "reading the stored offsets",
+/// The stored next offset of one partition, if it has one.
+pub(crate) async fn load_one(pool: &PgPool, topic: &str, partition: i32) -> Result<Option<i64>> {
+    bounded_db(
+        "reading a stored offset",
         STATEMENT_TIMEOUT,
-        sqlx::query_as(
-            "SELECT kafka_partition_id, next_offset FROM sync_offsets WHERE kafka_topic = $1",
+        sqlx::query_scalar(
+            "SELECT next_offset FROM sync_offsets
+             WHERE kafka_topic = $1 AND kafka_partition_id = $2",
         )
         .bind(topic)
-        .fetch_all(pool),
+        .bind(partition)
+        .fetch_optional(pool),
     )
-    .await?;
-    Ok(rows.into_iter().collect())
+    .await
 }
 
 /// Stores `next_offset` for a partition that has no stored offset yet; leaves a stored one

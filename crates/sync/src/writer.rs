@@ -13,22 +13,44 @@
 //!    offset (primary key) or a retried produce (same `check_id`) stores nothing.
 //! 3. One such `INSERT` for the rejects.
 //! 4. The compare-and-set of the partitions' next offsets (`offsets::advance`).
+//! 5. The lease check: the worker's lease connection still holds the lease of every
+//!    partition of the batch, asked of `pg_locks` in this transaction
+//!    ([`LeaseHolder::holds_all`]). A worker whose lease connection died (its partitions may
+//!    be another worker's by now) rolls back instead of storing a stale batch; the
+//!    compare-and-set above covers the moment between this check and the commit.
 //!
 //! Any failure rolls everything back, and the sync goes on from the stored offsets.
+//!
+//! # Hand-over
+//! When the lease keeper gives partitions away it first stops their readers, then sends a
+//! [`ToWriter::Flush`] down the same channel: every chunk of those partitions is ahead of it,
+//! so once the writer has stored the batch in hand and acknowledged, nothing of theirs is left
+//! here and their leases can be released.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use sitemon_core::lease::LeaseHolder;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Chunk};
-use crate::decode::{Reject, StatusRow, unknown_site_reason};
-use crate::error::{Result, bounded_db};
+use crate::decode::{Reject, RejectKind, StatusRow, unknown_site_reason};
+use crate::error::{Error, Result, bounded_db};
 use crate::offsets;
 use crate::stats::Stats;
+
+/// What the readers and the lease keeper send the writer.
+#[derive(Debug)]
+pub(crate) enum ToWriter {
+    /// A reader's fetch.
+    Chunk(Chunk),
+    /// Store the batch in hand now, then acknowledge: the lease keeper waits for this before
+    /// it releases partitions whose readers it stopped.
+    Flush(oneshot::Sender<()>),
+}
 
 /// How long one statement of a batch may take.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,24 +63,41 @@ pub(crate) struct Writer {
     pub(crate) batch_size: usize,
     pub(crate) batch_wait: Duration,
     pub(crate) stats: Arc<Stats>,
+    /// The lease session every batch checks before it commits.
+    pub(crate) lease: LeaseHolder,
 }
 
 impl Writer {
-    /// Gathers chunks into batches and stores them until `shutdown` (the batch in hand is
-    /// stored first) or until every reader is gone.
+    /// Gathers chunks into batches and stores them until `finish` (the batch in hand is
+    /// stored first), `abandon` (the batch in hand is dropped, a transaction in progress
+    /// rolled back: the leases are gone) or until every sender is gone.
     ///
     /// # Errors
     /// The first batch that cannot be stored; nothing of it is.
     pub(crate) async fn run(
         &self,
-        chunks: &mut mpsc::Receiver<Chunk>,
-        shutdown: &CancellationToken,
+        mut chunks: mpsc::Receiver<ToWriter>,
+        finish: CancellationToken,
+        abandon: CancellationToken,
+    ) -> Result<()> {
+        tokio::select! {
+            biased;
+            _ = abandon.cancelled() => Ok(()),
+            result = self.write(&mut chunks, &finish) => result,
+        }
+    }
+
+    async fn write(
+        &self,
+        chunks: &mut mpsc::Receiver<ToWriter>,
+        finish: &CancellationToken,
     ) -> Result<()> {
         let mut pending: Option<Chunk> = None;
         loop {
             let mut batch = Batch::new(self.batch_size);
             let mut deadline: Option<Instant> = None;
             let mut last = false;
+            let mut flushed = None;
             loop {
                 if let Some(chunk) = pending.take() {
                     pending = batch.push(chunk);
@@ -72,16 +111,20 @@ impl Writer {
                 let until = deadline.unwrap_or_else(Instant::now);
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => { last = true; break; }
+                    _ = finish.cancelled() => { last = true; break; }
                     _ = tokio::time::sleep_until(until), if deadline.is_some() => break,
-                    chunk = chunks.recv() => match chunk {
-                        Some(chunk) => pending = Some(chunk),
+                    item = chunks.recv() => match item {
+                        Some(ToWriter::Chunk(chunk)) => pending = Some(chunk),
+                        Some(ToWriter::Flush(done)) => { flushed = Some(done); break; }
                         None => { last = true; break; }
                     },
                 }
             }
             if !batch.is_empty() {
                 self.store(batch).await?;
+            }
+            if let Some(done) = flushed {
+                let _ = done.send(());
             }
             if last {
                 return Ok(());
@@ -134,19 +177,26 @@ impl Writer {
             insert_rows(&mut tx, &self.topic, rows).await?
         };
         let rejected = if rejects.is_empty() {
-            0
+            [0; RejectKind::ALL.len()]
         } else {
             insert_rejects(&mut tx, &self.topic, rejects).await?
         };
         offsets::advance(&mut tx, &self.topic, &advances).await?;
+        let partitions: Vec<i32> = advances.iter().map(|a| a.partition).collect();
+        if !self.lease.holds_all(&mut *tx, &partitions).await? {
+            return Err(Error::LeaseLost {
+                topic: self.topic.clone(),
+                partitions,
+            });
+        }
         bounded_db("committing a batch", STATEMENT_TIMEOUT, tx.commit()).await?;
 
         self.stats
-            .committed(messages, inserted, row_count - inserted, rejected);
+            .committed(messages, inserted, row_count - inserted, &rejected);
         for advance in &advances {
             self.stats.stored(advance.partition, advance.next);
         }
-        tracing::debug!(messages, inserted, rejected, "batch stored");
+        tracing::debug!(messages, inserted, "batch stored");
         Ok(())
     }
 }
@@ -214,12 +264,17 @@ async fn insert_rows(
     Ok(done.rows_affected())
 }
 
+/// Inserts the rejects; returns how many of each kind were inserted.
 async fn insert_rejects(
     tx: &mut sqlx::PgConnection,
     topic: &str,
     rejects: Vec<Reject>,
-) -> Result<u64> {
+) -> Result<[u64; RejectKind::ALL.len()]> {
     let n = rejects.len();
+    let kinds: std::collections::HashMap<(i32, i64), RejectKind> = rejects
+        .iter()
+        .map(|r| ((r.partition, r.offset), r.kind))
+        .collect();
     let mut partition = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
     let mut key = Vec::with_capacity(n);
@@ -238,16 +293,17 @@ async fn insert_rejects(
         payload.push(reject.payload);
         reason.push(reject.reason);
     }
-    let done = bounded_db(
+    let inserted: Vec<(i32, i64)> = bounded_db(
         "inserting a batch of rejects",
         STATEMENT_TIMEOUT,
-        sqlx::query(
+        sqlx::query_as(
             "INSERT INTO website_status_rejects (
                  kafka_topic, kafka_partition_id, kafka_offset_id, message_key, payload, reason)
              SELECT $1, t.p, t.o, t.k, t.v, t.r
              FROM UNNEST($2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[])
                   AS t(p, o, k, v, r)
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING
+             RETURNING kafka_partition_id, kafka_offset_id",
         )
         .bind(topic)
         .bind(partition)
@@ -255,8 +311,14 @@ async fn insert_rejects(
         .bind(key)
         .bind(payload)
         .bind(reason)
-        .execute(&mut *tx),
+        .fetch_all(&mut *tx),
     )
     .await?;
-    Ok(done.rows_affected())
+    let mut counts = [0; RejectKind::ALL.len()];
+    for at in inserted {
+        if let Some(kind) = kinds.get(&at) {
+            counts[kind.index()] += 1;
+        }
+    }
+    Ok(counts)
 }
