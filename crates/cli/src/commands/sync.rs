@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sitemon_sync::{StartFrom, SyncConfig};
 
-use crate::cli::{DatabaseArgs, KafkaArgs};
+use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
 
 /// Arguments of `sitemon sync`.
 #[derive(Debug, Args)]
@@ -15,6 +15,8 @@ pub(crate) struct SyncArgs {
     db: DatabaseArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// The most events stored in one transaction.
     #[arg(long, env = "SITEMON_SYNC_BATCH_SIZE", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -55,6 +57,7 @@ pub(crate) async fn exec(args: SyncArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let topic = config.kafka.topic.clone();
     let shutdown = crate::shutdown::on_signal();
+    args.metrics.serve(&config.metrics, &shutdown).await?;
     sitemon_sync::run(config, shutdown)
         .await
         .with_context(|| format!("sync of topic {topic} failed to start"))

@@ -1,0 +1,415 @@
+//! Several `sitemon sync` processes on one topic: they divide its partitions, take over from
+//! one killed with `kill -9`, give a share to one that joins, take at once the partitions of
+//! one stopped with SIGTERM, and store every message exactly once.
+//!
+//! Who holds which partition is read from PostgreSQL's lock table
+//! (`sitemon_core::lease::holders`) and from each worker's `/metrics`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sitemon_core::NewSite;
+use sitemon_testkit::{TestDb, kafka_config, random_topic, services, unique_name};
+
+/// What issue 5 asks: a dead worker's partitions, and a newcomer's share, within 15 s.
+const TAKEOVER: Duration = Duration::from_secs(15);
+/// A worker stopped cleanly hands over "at once": its leases are free the moment it exits,
+/// and the others take them on their next rebalance (every 2 s, give or take a quarter).
+const HANDOVER: Duration = Duration::from_secs(5);
+/// The most the test waits for the workers to catch up: a bound against hanging.
+const PATIENCE: Duration = Duration::from_secs(120);
+const PARTITIONS: i32 = 6;
+
+/// One `sitemon sync` process, its metrics address and its log file.
+struct Worker {
+    name: String,
+    child: Child,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(name: &str, db: &TestDb, topic: &str, logs: &std::path::Path) -> Self {
+        let metrics = free_port();
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
+        for var in [
+            "KAFKA_CA_FILE",
+            "KAFKA_CERT_FILE",
+            "KAFKA_KEY_FILE",
+            "KAFKA_SASL_MECHANISM",
+            "KAFKA_SASL_USERNAME",
+            "KAFKA_SASL_PASSWORD",
+        ] {
+            command.env_remove(var);
+        }
+        let child = command
+            .arg("sync")
+            .env("DATABASE_URL", &db.url)
+            .env("KAFKA_BROKERS", &services().kafka_brokers)
+            .env("KAFKA_TOPIC", topic)
+            .env("RUST_LOG", "info")
+            .env("SITEMON_METRICS_ADDR", metrics.to_string())
+            .args(["--batch-size", "50", "--batch-wait", "20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("sitemon sync starts");
+        Self {
+            name: name.to_owned(),
+            child,
+            metrics,
+            log,
+        }
+    }
+
+    /// The worker's metrics, or `None` while it is not serving them yet.
+    fn scrape(&self) -> Option<String> {
+        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: sitemon\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    }
+
+    /// `sitemon_sync_leases_held`, once the worker serves its metrics.
+    fn leases_held(&self) -> Option<f64> {
+        metric(&self.scrape()?, "sitemon_sync_leases_held{")
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("--- {} ---\n{}\n", self.name, tail.join("\n"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // A test that failed half-way leaves no process behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the first series whose line starts with `prefix` (a name, or a name and
+/// the opening brace of its labels).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+    listener.local_addr().expect("an address")
+}
+
+fn random() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos();
+    (nanos as u64).wrapping_mul(6364136223846793005) >> 20
+}
+
+/// A check event as the checker writes it, with a unique `check_id`.
+fn event_json(website_id: i32, n: u64) -> Vec<u8> {
+    let check_id = format!(
+        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+        random() as u32,
+        n & 0xffff,
+        website_id & 0xfff,
+        n >> 16 & 0xfff,
+        random() & 0xffff_ffff_ffff
+    );
+    serde_json::json!({
+        "schema": 1,
+        "check_id": check_id,
+        "website_id": website_id,
+        "url": format!("https://site-{website_id}.example/"),
+        "location": "eu-north",
+        "checked_at": "2026-11-28T13:14:15.123456Z",
+        "up": true,
+        "status_code": 200,
+        "response_time_ms": 12.5,
+        "regex": null,
+        "regex_matched": null,
+        "error": null,
+        "timings_ms": {"dns": 0.4, "connect": 1.1, "tls": 6.0, "ttfb": 10.0, "total": 12.5},
+        "redirects": 0,
+        "final_url": null,
+        "tls_cert_not_after": null,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Produces `key\tvalue` lines with kcat (keys spread over the partitions by its
+/// partitioner), and waits for the broker's acknowledgement.
+fn kcat_produce(topic: &str, lines: &[u8]) {
+    let mut kcat = Command::new("kcat")
+        .args(["-P", "-b", &services().kafka_brokers, "-t", topic])
+        .args(["-K", "\t", "-X", "acks=all"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat runs (scripts/services up installs it)");
+    kcat.stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines)
+        .expect("kcat reads");
+    let output = kcat.wait_with_output().expect("kcat exits");
+    assert!(
+        output.status.success(),
+        "kcat failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Resource → backend pid of the holder's lease connection.
+async fn holders(db: &TestDb, topic: &str) -> BTreeMap<i32, i32> {
+    sitemon_core::lease::holders(&db.pool, &sitemon_sync::lease_group(topic))
+        .await
+        .expect("pg_locks")
+}
+
+/// How many partitions each holder holds, largest first: `[2, 2, 2]` for three workers.
+fn shares(holders: &BTreeMap<i32, i32>) -> Vec<usize> {
+    let mut per_holder: BTreeMap<i32, usize> = BTreeMap::new();
+    for pid in holders.values() {
+        *per_holder.entry(*pid).or_default() += 1;
+    }
+    let mut shares: Vec<usize> = per_holder.into_values().collect();
+    shares.sort_unstable_by(|a, b| b.cmp(a));
+    shares
+}
+
+/// Waits until every partition is held and the shares are `want`; returns how long it took.
+async fn wait_for_shares(
+    db: &TestDb,
+    topic: &str,
+    want: &[usize],
+    within: Duration,
+    workers: &[&Worker],
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = holders(db, topic).await;
+        if now.len() == PARTITIONS as usize && shares(&now) == want {
+            return started.elapsed();
+        }
+        if started.elapsed() > within {
+            let logs: String = workers.iter().map(|w| w.log()).collect();
+            panic!(
+                "the partitions were not shared {want:?} within {within:?}: holders {now:?}\n{logs}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(db: &TestDb, sql: &str, topic: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(topic)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_divide_the_partitions_take_over_and_store_every_message_once() {
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
+    sitemon_core::kafka::create_topic(&client, &topic, PARTITIONS, 1)
+        .await
+        .expect("topic");
+    let mut sites = Vec::new();
+    for i in 0..12 {
+        let site = NewSite::new(&format!("http://127.0.0.1:9/{i}"), 5, None).expect("site");
+        sites.push(
+            sitemon_core::db::insert_site(&db.pool, &site)
+                .await
+                .expect("added"),
+        );
+    }
+    let logs = std::env::temp_dir().join(unique_name("sitemon-sync-workers"));
+    std::fs::create_dir_all(&logs).expect("log folder");
+
+    // Events stream in through kcat for the whole test; one round in ten carries a message
+    // that can only be a reject.
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = std::thread::spawn({
+        let (sites, topic, producing) = (sites.clone(), topic.clone(), Arc::clone(&producing));
+        move || {
+            let (mut events, mut poison) = (0u64, 0u64);
+            let mut round = 0u64;
+            while producing.load(Ordering::Relaxed) {
+                let mut lines = Vec::new();
+                for n in 0..40u64 {
+                    let site = sites[(n as usize) % sites.len()];
+                    let value = if round % 10 == 5 && n == 0 {
+                        poison += 1;
+                        b"not an event".to_vec()
+                    } else {
+                        events += 1;
+                        event_json(site, round * 40 + n)
+                    };
+                    lines.extend_from_slice(site.to_string().as_bytes());
+                    lines.push(b'\t');
+                    lines.extend_from_slice(&value);
+                    lines.push(b'\n');
+                }
+                kcat_produce(&topic, &lines);
+                round += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (events, poison)
+        }
+    });
+
+    // Three workers: two partitions each.
+    let a = Worker::start("a", &db, &topic, &logs);
+    let b = Worker::start("b", &db, &topic, &logs);
+    let c = Worker::start("c", &db, &topic, &logs);
+    let settled = wait_for_shares(&db, &topic, &[2, 2, 2], TAKEOVER, &[&a, &b, &c]).await;
+    eprintln!("three workers settled on 2 partitions each in {settled:?}");
+    let deadline = Instant::now() + TAKEOVER;
+    while [&a, &b, &c].iter().any(|w| w.leases_held() != Some(2.0)) {
+        assert!(
+            Instant::now() < deadline,
+            "each worker's sitemon_sync_leases_held is 2: {:?}",
+            [&a, &b, &c].map(|w| w.leases_held())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // kill -9 one: its two partitions move to the two others.
+    let before = holders(&db, &topic).await;
+    let mut a = a;
+    a.child.kill().expect("SIGKILL");
+    let _ = a.child.wait();
+    let took = wait_for_shares(&db, &topic, &[3, 3], TAKEOVER, &[&b, &c]).await;
+    eprintln!("the killed worker's partitions moved in {took:?}");
+    let after = holders(&db, &topic).await;
+    let survivors: BTreeSet<i32> = after.values().copied().collect();
+    assert!(
+        survivors
+            .iter()
+            .all(|pid| before.values().any(|p| p == pid)),
+        "only the workers that were there hold the partitions: {before:?} then {after:?}"
+    );
+
+    // A fourth worker joins (three live again): it gets its share.
+    let d = Worker::start("d", &db, &topic, &logs);
+    let joined = wait_for_shares(&db, &topic, &[2, 2, 2], TAKEOVER, &[&b, &c, &d]).await;
+    eprintln!("a joining worker got its share in {joined:?}");
+    let deadline = Instant::now() + TAKEOVER;
+    while d.leases_held() != Some(2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the newcomer reports 2 leases: {:?}\n{}",
+            d.leases_held(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SIGTERM one: it stores what it holds, exits 0, and the others take over at once.
+    let mut b = b;
+    b.terminate();
+    let status = b.child.wait().expect("exits");
+    assert!(status.success(), "exit {status:?}\n{}", b.log());
+    let handed = wait_for_shares(&db, &topic, &[3, 3], HANDOVER, &[&c, &d]).await;
+    eprintln!("a stopped worker's partitions moved {handed:?} after it exited");
+    assert!(
+        b.log().contains("left the lease group"),
+        "the stopped worker left the group\n{}",
+        b.log()
+    );
+
+    // Every message is stored once.
+    producing.store(false, Ordering::Relaxed);
+    let (events, poison) = tokio::task::spawn_blocking(move || producer.join())
+        .await
+        .expect("joined")
+        .expect("producer");
+    let total = (events + poison) as i64;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stored = count(
+            &db,
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM sync_offsets WHERE kafka_topic = $1",
+            &topic,
+        )
+        .await;
+        if stored == total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored} of {total}\n{}{}",
+            c.log(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for worker in [&c, &d] {
+        worker.terminate();
+    }
+    for mut worker in [c, d] {
+        let status = worker.child.wait().expect("exits");
+        assert!(status.success(), "exit {status:?}\n{}", worker.log());
+    }
+    let rows = count(
+        &db,
+        "SELECT count(*) FROM website_status WHERE kafka_topic = $1",
+        &topic,
+    )
+    .await;
+    let rejects = count(
+        &db,
+        "SELECT count(*) FROM website_status_rejects WHERE kafka_topic = $1",
+        &topic,
+    )
+    .await;
+    let distinct = count(
+        &db,
+        "SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1",
+        &topic,
+    )
+    .await;
+    assert_eq!(rows + rejects, total, "rows {rows} + rejects {rejects}");
+    assert_eq!(rows, events as i64);
+    assert_eq!(rejects, poison as i64);
+    assert_eq!(distinct, rows, "no event stored twice");
+    eprintln!("{events} events and {poison} rejects stored once each");
+    let _ = std::fs::remove_dir_all(&logs);
+    db.drop_database().await;
+}
