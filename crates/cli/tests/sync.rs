@@ -299,3 +299,145 @@ async fn a_missing_topic_is_one_line_and_status_1() {
     assert_eq!(output.status.code(), Some(2));
     db.drop_database().await;
 }
+
+/// `GET /metrics` from `addr`, or `None` while nothing answers there yet.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: sitemon\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The value of the series written exactly as `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_consumed() {
+    const PARTITIONS: i32 = 3;
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
+    sitemon_core::kafka::create_topic(&client, &topic, PARTITIONS, 1)
+        .await
+        .expect("topic");
+    let mut sites = Vec::new();
+    for i in 0..3 {
+        let site = NewSite::new(&format!("http://127.0.0.1:9/{i}"), 5, None).expect("site");
+        sites.push(
+            sitemon_core::db::insert_site(&db.pool, &site)
+                .await
+                .expect("added"),
+        );
+    }
+    // 90 events, and rejects of four kinds: 2 not JSON, 1 of the wrong shape, 1 of an
+    // unknown schema, 1 of a site that does not exist.
+    let mut lines = Vec::new();
+    let mut line = |key: i32, value: &[u8]| {
+        lines.extend_from_slice(format!("{key}\t").as_bytes());
+        lines.extend_from_slice(value);
+        lines.push(b'\n');
+    };
+    for n in 0..90 {
+        line(sites[n as usize % 3], &event_json(sites[n as usize % 3], n));
+    }
+    line(sites[0], b"not an event");
+    line(sites[1], b"{also not");
+    line(sites[2], b"[1,2,3]");
+    let mut future =
+        serde_json::from_slice::<serde_json::Value>(&event_json(sites[0], 1000)).expect("json");
+    future["schema"] = serde_json::json!(99);
+    line(sites[0], future.to_string().as_bytes());
+    line(sites[1], &event_json(i32::MAX, 1001));
+    kcat_produce(&topic, 0, &lines);
+    let total = 95;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = listener.local_addr().expect("an address");
+    drop(listener);
+    let mut child = sitemon_sync(&db, &topic)
+        .env("RUST_LOG", "info")
+        .args(["--metrics-addr", &addr.to_string()])
+        .spawn()
+        .expect("sync starts");
+    let started = wait_for_line(&mut child, "metrics at http://");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stored(&db, &topic).await < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The partitions' lag falls to 0 once the readers have fetched past the end.
+    let lag = |text: &str, p: i32| {
+        metric(
+            text,
+            &format!("sitemon_sync_partition_lag{{topic=\"{topic}\",partition=\"{p}\"}}"),
+        )
+    };
+    let text = loop {
+        let text = scrape(addr).expect("the sync serves /metrics");
+        if (0..PARTITIONS).all(|p| lag(&text, p) == Some(0.0)) {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lag did not fall to 0:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    terminate(&child);
+    let status = child.wait().expect("sync exits");
+    let log = started.join().expect("stderr reader");
+    assert!(status.success(), "exit {status:?}: {log}");
+
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    assert_eq!(value("sitemon_sync_events_total"), 90.0);
+    assert_eq!(value("sitemon_sync_duplicates_total"), 0.0);
+    for (reason, n) in [
+        ("not_json", 2.0),
+        ("wrong_shape", 1.0),
+        ("unknown_schema", 1.0),
+        ("unknown_site", 1.0),
+        ("tombstone", 0.0),
+        ("empty", 0.0),
+        ("invalid_value", 0.0),
+    ] {
+        assert_eq!(
+            value(&format!(
+                "sitemon_sync_rejects_total{{reason=\"{reason}\"}}"
+            )),
+            n,
+            "{reason}"
+        );
+    }
+    let batches = value("sitemon_sync_batches_total");
+    assert!((1.0..=95.0).contains(&batches), "{batches} batches");
+    assert_eq!(value("sitemon_sync_lost_to_retention_total"), 0.0);
+    assert_eq!(
+        value(&format!("sitemon_sync_leases_held{{topic=\"{topic}\"}}")),
+        f64::from(PARTITIONS),
+        "alone, the sync holds every partition"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM website_status WHERE kafka_topic = $1",
+            &topic
+        )
+        .await,
+        90
+    );
+    db.drop_database().await;
+}
