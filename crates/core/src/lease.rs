@@ -206,17 +206,24 @@ impl LeaseGroup {
                 .filter(|r| **r < total)
                 .take(in_range.saturating_sub(share)),
         );
-        if self.held.len() - plan.surplus.len() < share && total > 0 {
+        let need = share.saturating_sub(self.held.len());
+        if need > 0 && total > 0 {
+            // One look at the lock table for the free resources, then one statement that
+            // tries exactly `need` of them: two round trips whatever the number of resources
+            // (a checker's 256 buckets over a WAN). A resource another member took meanwhile
+            // is simply not granted; the next rebalance tries again.
+            let taken = self.taken().await?;
             // Start at a place of our own, so that joining members do not all race for 0.
             let start = self.member_id % total;
-            for resource in (start..total).chain(0..start) {
-                if self.held.len() >= share {
-                    break;
-                }
-                if self.held.contains(&resource) {
-                    continue;
-                }
-                if self.try_lock(resource).await? {
+            let candidates: Vec<i32> = (start..total)
+                .chain(0..start)
+                .filter(|r| !self.held.contains(r) && !taken.contains(r))
+                .take(need)
+                .collect();
+            if !candidates.is_empty() {
+                let mut granted = self.try_lock_all(&candidates).await?;
+                granted.sort_unstable_by_key(|r| candidates.iter().position(|c| c == r));
+                for resource in granted {
                     self.held.insert(resource);
                     plan.acquired.push(resource);
                 }
@@ -225,13 +232,37 @@ impl LeaseGroup {
         Ok(plan)
     }
 
-    async fn try_lock(&mut self, resource: i32) -> Result<bool> {
+    /// The resources of this group some member holds now, from `pg_locks`.
+    async fn taken(&mut self) -> Result<BTreeSet<i32>> {
+        let rows: Vec<i64> = bounded(
+            "listing the leases taken",
+            sqlx::query_scalar(
+                "SELECT objid::bigint FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND classid::bigint = $1",
+            )
+            .bind(i64::from(self.resource_class))
+            .fetch_all(&mut self.conn),
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| i32::try_from(r).ok())
+            .collect())
+    }
+
+    /// Tries to lock every one of `resources` (each exactly once); returns those granted.
+    async fn try_lock_all(&mut self, resources: &[i32]) -> Result<Vec<i32>> {
         bounded(
-            "taking a lease",
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(self.resource_class)
-                .bind(resource)
-                .fetch_one(&mut self.conn),
+            "taking leases",
+            sqlx::query_scalar(
+                "SELECT r FROM unnest($2::int4[]) AS r
+                 WHERE pg_try_advisory_lock($1, r)",
+            )
+            .bind(self.resource_class)
+            .bind(resources)
+            .fetch_all(&mut self.conn),
         )
         .await
     }
