@@ -366,3 +366,100 @@ async fn a_missing_topic_or_schema_is_reported_at_once() {
     empty.drop_database().await;
     fixture.finish().await;
 }
+
+/// The backend pid of the sync's lease connection, once it has one (PostgreSQL keeps the
+/// first 63 bytes of an application name).
+async fn lease_backend(fixture: &Fixture) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = left($1, 63)",
+    )
+    .bind(format!(
+        "sitemon lease {}",
+        sitemon_sync::lease_group(&fixture.topic)
+    ))
+    .fetch_optional(&fixture.db.pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_connection_stops_every_partition_rejoins_and_loses_nothing() {
+    let fixture = Fixture::new(4).await;
+    let sites = fixture.sites(8).await;
+    let mut config = fixture.config();
+    config.rebalance_every = std::time::Duration::from_millis(300);
+    let metrics = config.metrics.clone();
+    let sync = fixture.start(config);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let first = loop {
+        if let Some(pid) = lease_backend(&fixture).await {
+            break pid;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let seen: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT datname::text, application_name FROM pg_stat_activity",
+            )
+            .fetch_all(&fixture.db.pool)
+            .await
+            .expect("pg_stat_activity");
+            panic!("no lease connection: {seen:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut produced = 0;
+    for round in 0..20u32 {
+        let events: Vec<_> = (0..25u32)
+            .map(|n| event(sites[n as usize % sites.len()], round * 25 + n))
+            .collect();
+        fixture.produce_events(&events).await;
+        produced += events.len() as i64;
+        if round == 8 {
+            // The lease connection dies under the sync (as on a lost network, seen early).
+            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(first)
+                .fetch_one(&fixture.db.pool)
+                .await
+                .expect("terminates");
+            assert!(killed);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    fixture.wait_for_stored(produced).await;
+    let again = lease_backend(&fixture)
+        .await
+        .expect("the sync joined again");
+    assert_ne!(again, first, "a new lease connection");
+    // Alone again, it holds every partition.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while !metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("sitemon_sync_leases_held{") && l.ends_with(" 4"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            metrics.render()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sync.stop().await;
+    assert_eq!(fixture.count("website_status").await, produced);
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1",
+    )
+    .bind(&fixture.topic)
+    .fetch_one(&fixture.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(distinct, produced, "no event stored twice");
+    let rendered = metrics.render();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l == format!("sitemon_sync_events_total {produced}")),
+        "{rendered}"
+    );
+    fixture.finish().await;
+}
