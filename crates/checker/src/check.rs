@@ -25,13 +25,13 @@ pub(crate) struct Checks {
 impl Checks {
     /// Checks `site` once and publishes the event.
     pub(crate) async fn run(&self, site: &SiteSpec) {
+        let started = std::time::Instant::now();
         let event = self.check(site).await;
-        Stats::add(&self.stats.checks, 1);
-        if event.up {
-            Stats::add(&self.stats.up, 1);
-        } else {
-            Stats::add(&self.stats.down, 1);
-        }
+        self.stats.checked(
+            event.up,
+            event.error.as_ref().map(|e| e.kind),
+            started.elapsed(),
+        );
         self.producer.send(&event);
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub use rustls::pki_types::CertificateDer;
 pub use rustls::pki_types::pem::PemObject;
+use sitemon_core::metrics::Registry;
 use sitemon_core::{DatabaseConfig, KafkaConfig};
 
 use crate::error::{Error, Result};
@@ -60,6 +61,21 @@ pub struct CheckerConfig {
     /// CA certificates trusted for checked sites besides the Mozilla roots (for sites
     /// behind a private CA). Default none.
     pub extra_root_certs: Vec<CertificateDer<'static>>,
+    /// Whether this checker shares the sites with the other checkers of the same topic and
+    /// location (default `true`): the sites are hashed into
+    /// [`BUCKETS`](crate::buckets::BUCKETS) buckets leased through PostgreSQL advisory locks
+    /// on a dedicated connection (see [`crate::buckets`]). A single checker holds every
+    /// bucket. `false`: no leases, this checker checks every site and keeps checking while
+    /// PostgreSQL is away; never run two such checkers with the same location, or every site
+    /// is checked twice.
+    pub share_with_peers: bool,
+    /// How often the bucket leases are rebalanced (give or take a quarter): how soon a
+    /// checker notices one that joined or died. Default 2 s.
+    pub rebalance_every: Duration,
+    /// Where the checker's metrics are registered (`sitemon_checks_total` and the others of
+    /// `stats.rs`): serve it with [`sitemon_core::metrics::serve`]. Default: a registry of its
+    /// own that nobody reads.
+    pub metrics: Registry,
 }
 
 impl CheckerConfig {
@@ -83,6 +99,9 @@ impl CheckerConfig {
             metadata_interval: Duration::from_secs(60),
             flush_timeout: Duration::from_secs(30),
             extra_root_certs: Vec::new(),
+            share_with_peers: true,
+            rebalance_every: Duration::from_secs(2),
+            metrics: Registry::new(),
         }
     }
 
@@ -133,6 +152,7 @@ impl CheckerConfig {
             ("progress_interval", self.progress_interval),
             ("reload_interval", self.reload_interval),
             ("metadata_interval", self.metadata_interval),
+            ("rebalance_every", self.rebalance_every),
         ] {
             if every.is_zero() {
                 return invalid(setting, "it must be more than 0");

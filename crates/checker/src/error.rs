@@ -52,6 +52,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// The bucket leases could not be taken at start (see [`crate::buckets`]).
+    #[error(
+        "cannot share the sites with the other checkers of group {group} ({source}); the \
+         leases need a direct PostgreSQL connection, not a transaction pooler"
+    )]
+    Lease {
+        /// The lease group, `check:<topic>:<location>`.
+        group: String,
+        /// Why.
+        source: sitemon_core::Error,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -3,23 +3,35 @@
 //!
 //! Each check is an HTTP GET over a fresh connection (DNS, TCP, TLS and time to first byte
 //! timed separately), follows up to 5 redirects, reads the body up to a cap and searches it
-//! with the site's regex. Sites are checked start to start on their interval, the first
-//! checks spread over it; the list follows the `websites` table within seconds. Events are
-//! keyed by site id and partitioned as Kafka's own clients would; while Kafka is away they
-//! wait in a bounded buffer.
+//! with the site's regex. Sites are checked start to start on their interval, on a grid
+//! anchored to wall-clock time whose phases (a hash of the site id) spread the checks over
+//! the interval; the list follows the `websites` table within seconds. Events are keyed by
+//! site id and partitioned as Kafka's own clients would; while Kafka is away they wait in a
+//! bounded buffer.
+//!
+//! Any number of checkers with the same topic and location divide the sites: the sites are
+//! hashed into [`buckets::BUCKETS`] buckets, leased among the live checkers through
+//! PostgreSQL advisory locks (no coordinator); a checker that dies, joins or stops has its
+//! share moved within seconds, and the new owner continues each site's grid. Checkers of
+//! different locations never share: each location checks every site.
 //!
 //! # Layout
 //! - [`run`]: the entry point; connects, then schedules, checks and publishes until the
-//!   shutdown token is cancelled, then drains.
+//!   shutdown token is cancelled, then drains and hands its buckets over.
 //! - [`config`]: [`CheckerConfig`] and its defaults.
 //! - `sites`: the site list, following the table (LISTEN/NOTIFY plus periodic reloads);
 //!   URLs and regexes are parsed once per change of a row.
-//! - `schedule`: when each site is due; bounded concurrency; missed ticks skipped.
+//! - [`buckets`]: the bucket of a site and the lease group (the contract between checkers).
+//! - `keeper`: this checker's share of the buckets, rebalanced every
+//!   [`CheckerConfig::rebalance_every`]; surplus released after its checks in flight end.
+//! - `schedule`: when each site is due (the wall-clock grid); only the held buckets' sites;
+//!   bounded concurrency; missed ticks skipped.
 //! - `check` and `probe`: one check, from the planned start to the event.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
 //! - `producer`: per-partition lanes over rskafka's `BatchProducer`, the bounded buffer.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
-//! - `stats`: counters and the schedule-lag histogram behind the progress line.
+//! - `stats`: counters and the schedule-lag histogram behind the progress line, and the
+//!   Prometheus metrics registered in [`CheckerConfig::metrics`].
 //! - [`error`]: this crate's [`Error`].
 //!
 //! # Example
@@ -44,9 +56,11 @@
 //! # }
 //! ```
 
+pub mod buckets;
 mod check;
 pub mod config;
 pub mod error;
+mod keeper;
 pub mod partitioner;
 mod probe;
 mod producer;
@@ -66,9 +80,11 @@ use tokio_util::task::TaskTracker;
 pub use config::{CheckerConfig, Compression};
 pub use error::{Error, Result};
 
+use crate::buckets::{BUCKETS, BucketSet, InFlight, Ownership};
 use crate::check::Checks;
+use crate::keeper::Keeper;
 use crate::producer::{Producer, ProducerSettings};
-use crate::schedule::Scheduler;
+use crate::schedule::{Clock, Scheduler, Shares};
 use crate::stats::Stats;
 
 /// The deadline rskafka's own retries get for one request; our lanes retry beyond it.
@@ -76,15 +92,18 @@ const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs the checker until `shutdown` is cancelled.
 ///
-/// Connects to PostgreSQL and Kafka (creating the topic if it is missing), then checks every
-/// site on its interval and publishes the events. On `shutdown` it stops scheduling, lets the
-/// checks in flight finish (each is bounded by its timeout), delivers the buffered events
-/// (for at most [`CheckerConfig::flush_timeout`]) and returns.
+/// Connects to PostgreSQL and Kafka (creating the topic if it is missing), joins the other
+/// checkers of its location (unless [`CheckerConfig::share_with_peers`] is off), then checks
+/// every site of its buckets on its interval and publishes the events. On `shutdown` it stops
+/// scheduling, lets the checks in flight finish (each is bounded by its timeout), hands its
+/// buckets over, delivers the buffered events (for at most [`CheckerConfig::flush_timeout`])
+/// and returns.
 ///
 /// # Errors
 /// Only for what prevents starting: an invalid configuration, a database or broker that
-/// cannot be reached, a missing topic that cannot be created. Failed checks are events, and
-/// Kafka or PostgreSQL going away while running is waited out.
+/// cannot be reached, a missing topic that cannot be created, bucket leases that cannot be
+/// taken. Failed checks are events, and Kafka or PostgreSQL going away while running is
+/// waited out (while the lease connection is lost, no site is checked: see `keeper`).
 pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<()> {
     config.validate()?;
     let prober =
@@ -121,13 +140,45 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         },
         Arc::clone(&stats),
     );
+    config.metrics.register(Arc::new(stats::Metrics {
+        stats: Arc::clone(&stats),
+        producer: producer.clone(),
+        location: config.location.clone(),
+    }));
+
+    // The buckets of sites this checker may schedule: its share, or every one.
+    let (ownership_tx, ownership_rx) = watch::channel(Ownership::default());
+    let (applied_tx, applied_rx) = watch::channel(0);
+    let in_flight_by_bucket = Arc::new(InFlight::default());
+    let keeper = if config.share_with_peers {
+        Some(
+            Keeper::join(
+                &config,
+                ownership_tx,
+                applied_rx,
+                Arc::clone(&in_flight_by_bucket),
+                Arc::clone(&stats),
+            )
+            .await?,
+        )
+    } else {
+        ownership_tx.send_replace(Ownership {
+            buckets: BucketSet::all(),
+            generation: 1,
+        });
+        stats.buckets_held(BUCKETS as usize);
+        None
+    };
     tracing::info!(
         topic = %config.kafka.topic,
         partitions,
         location = %config.location,
         concurrency = config.concurrency,
+        buckets = ownership_rx.borrow().buckets.len(),
         "checker started"
     );
+    let leave = CancellationToken::new();
+    let keeper = keeper.map(|keeper| tokio::spawn(keeper.run(leave.clone())));
 
     let (sites_tx, sites_rx) = watch::channel(list);
     let background = CancellationToken::new();
@@ -149,7 +200,6 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
     let progress = tokio::spawn(log_progress(
         Arc::clone(&stats),
         producer.clone(),
-        sites_rx.clone(),
         config.progress_interval,
         background.clone(),
     ));
@@ -163,14 +213,25 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         stats: Arc::clone(&stats),
     });
     let in_flight = TaskTracker::new();
-    let scheduler = Scheduler::new(concurrency, in_flight.clone(), Arc::clone(&stats), {
-        move |site, _planned| {
-            let checks = Arc::clone(&checks);
-            // Boxed: the probe's state is only allocated while a check runs.
-            Box::pin(async move { checks.run(&site).await })
-        }
-    });
-    scheduler.run(sites_rx.clone(), shutdown).await;
+    let scheduler = Scheduler::new(
+        concurrency,
+        in_flight.clone(),
+        Arc::clone(&stats),
+        Clock::system(),
+        {
+            move |site, _planned| {
+                let checks = Arc::clone(&checks);
+                // Boxed: the probe's state is only allocated while a check runs.
+                Box::pin(async move { checks.run(&site).await })
+            }
+        },
+    );
+    let shares = Shares {
+        ownership: ownership_rx,
+        applied: applied_tx,
+        in_flight: in_flight_by_bucket,
+    };
+    scheduler.run(sites_rx, shares, shutdown).await;
 
     tracing::info!(
         checks_in_flight = in_flight.len(),
@@ -178,6 +239,11 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
     );
     in_flight.close();
     in_flight.wait().await;
+    // No check runs any more: hand every bucket over at once.
+    leave.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
     background.cancel();
     let _ = tokio::join!(follower, metadata, progress);
     tracing::info!(
@@ -192,7 +258,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         );
     }
     pool.close().await;
-    let summary = stats.snapshot(sites_rx.borrow().len(), undelivered);
+    let summary = stats.snapshot(undelivered);
     tracing::info!("checker stopped: {summary}");
     Ok(())
 }
@@ -253,7 +319,6 @@ async fn follow_partitions(
 async fn log_progress(
     stats: Arc<Stats>,
     producer: Producer,
-    sites: watch::Receiver<sites::SiteList>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -264,7 +329,7 @@ async fn log_progress(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let snapshot = stats.snapshot(sites.borrow().len(), producer.buffered());
+        let snapshot = stats.snapshot(producer.buffered());
         tracing::info!(partitions = producer.partitions(), "progress: {snapshot}");
     }
 }

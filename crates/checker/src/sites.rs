@@ -32,6 +32,8 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) struct SiteSpec {
     pub(crate) id: i32,
+    /// The bucket the site falls into ([`crate::buckets::bucket_of`]).
+    pub(crate) bucket: i32,
     pub(crate) url: String,
     /// The parsed URL, or why the row's URL cannot be checked.
     pub(crate) target: Result<Target, String>,
@@ -91,6 +93,7 @@ impl SiteBook {
         });
         SiteSpec {
             id: row.id,
+            bucket: crate::buckets::bucket_of(row.id),
             url: row.url.clone(),
             target: Target::parse(&row.url),
             interval: Duration::from_secs(u64::from(seconds.unsigned_abs())),

@@ -1,21 +1,68 @@
 //! Counters of what the checker did, and the schedule-lag histogram, shared by every task
-//! without locks.
+//! without locks; the progress line and the Prometheus metrics (`sitemon_check*`) read them.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Counters for the progress line and the final summary.
-#[derive(Debug, Default)]
+use sitemon_core::ErrorKind;
+use sitemon_core::metrics::{Collect, Exposition, Histogram, Kind};
+
+use crate::producer::Producer;
+
+/// Every error kind, in the order of [`Stats::outcomes`] (after `up` and `down` without an
+/// error). The metrics' `error_kind` label takes these values and `none`, nothing else.
+const ERROR_KINDS: [ErrorKind; 9] = [
+    ErrorKind::InvalidUrl,
+    ErrorKind::Dns,
+    ErrorKind::Connect,
+    ErrorKind::Tls,
+    ErrorKind::Timeout,
+    ErrorKind::Http,
+    ErrorKind::TooManyRedirects,
+    ErrorKind::Body,
+    ErrorKind::InvalidRegex,
+];
+
+/// Counters for the progress line, the final summary and the metrics.
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) checks: AtomicU64,
     pub(crate) up: AtomicU64,
     pub(crate) down: AtomicU64,
+    /// Checks by outcome: up; down without an error (a status or a regex); down with each
+    /// of [`ERROR_KINDS`].
+    outcomes: [AtomicU64; 2 + ERROR_KINDS.len()],
+    /// Whole check durations, in seconds.
+    durations: Histogram,
     pub(crate) skipped_ticks: AtomicU64,
     pub(crate) produced: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) produce_failures: AtomicU64,
+    /// Sites this checker schedules now (those of the buckets it holds).
+    sites: AtomicU64,
+    /// Buckets this checker holds now.
+    buckets: AtomicU64,
     pub(crate) lag: LagHistogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            checks: AtomicU64::default(),
+            up: AtomicU64::default(),
+            down: AtomicU64::default(),
+            outcomes: Default::default(),
+            durations: Histogram::for_durations(),
+            skipped_ticks: AtomicU64::default(),
+            produced: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            produce_failures: AtomicU64::default(),
+            sites: AtomicU64::default(),
+            buckets: AtomicU64::default(),
+            lag: LagHistogram::default(),
+        }
+    }
 }
 
 impl Stats {
@@ -23,9 +70,38 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, sites: usize, buffered: usize) -> Snapshot {
+    /// Counts one check: up or down, why, and how long it took.
+    pub(crate) fn checked(&self, up: bool, error: Option<ErrorKind>, took: Duration) {
+        Self::add(&self.checks, 1);
+        Self::add(if up { &self.up } else { &self.down }, 1);
+        let index = match (up, error) {
+            (true, _) => 0,
+            (false, None) => 1,
+            // A kind added to the core after this list: counted as a down without a kind
+            // rather than lost (the list test below keeps them in step).
+            (false, Some(kind)) => ERROR_KINDS
+                .iter()
+                .position(|k| *k == kind)
+                .map_or(1, |i| i + 2),
+        };
+        Self::add(&self.outcomes[index], 1);
+        self.durations.observe(took.as_secs_f64());
+    }
+
+    /// The number of sites scheduled now.
+    pub(crate) fn scheduled(&self, sites: usize) {
+        self.sites.store(sites as u64, Relaxed);
+    }
+
+    /// The number of buckets held now.
+    pub(crate) fn buckets_held(&self, buckets: usize) {
+        self.buckets.store(buckets as u64, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, buffered: usize) -> Snapshot {
         Snapshot {
-            sites,
+            sites: self.sites.load(Relaxed) as usize,
+            buckets: self.buckets.load(Relaxed) as usize,
             checks: self.checks.load(Relaxed),
             up: self.up.load(Relaxed),
             down: self.down.load(Relaxed),
@@ -45,6 +121,7 @@ impl Stats {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
     pub(crate) sites: usize,
+    pub(crate) buckets: usize,
     pub(crate) checks: u64,
     pub(crate) up: u64,
     pub(crate) down: u64,
@@ -62,9 +139,10 @@ impl fmt::Display for Snapshot {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
-            "sites={} checks={} up={} down={} skipped_ticks={} produced={} buffered={} dropped={} \
+            "sites={} buckets={} checks={} up={} down={} skipped_ticks={} produced={} buffered={} dropped={} \
              lag_p50_ms={:.3} lag_p99_ms={:.3} lag_max_ms={:.3}",
             self.sites,
+            self.buckets,
             self.checks,
             self.up,
             self.down,
@@ -76,6 +154,92 @@ impl fmt::Display for Snapshot {
             ms(self.lag_p99),
             ms(self.lag_max),
         )
+    }
+}
+
+/// The checker's metrics: [`Stats`] and the producer's buffer, labelled with the location.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) stats: std::sync::Arc<Stats>,
+    pub(crate) producer: Producer,
+    pub(crate) location: String,
+}
+
+impl Collect for Metrics {
+    fn collect(&self, out: &mut Exposition) {
+        let stats = &self.stats;
+        let location = self.location.as_str();
+        let load = |counter: &AtomicU64| counter.load(Relaxed) as f64;
+        let checks = "sitemon_checks_total";
+        let checks_help = "Checks made, by result and error kind.";
+        let outcomes = [("up", "none"), ("down", "none")]
+            .into_iter()
+            .chain(ERROR_KINDS.iter().map(|kind| ("down", kind.as_str())));
+        for ((result, kind), count) in outcomes.zip(&stats.outcomes) {
+            out.sample(
+                checks,
+                checks_help,
+                Kind::Counter,
+                &[
+                    ("location", location),
+                    ("result", result),
+                    ("error_kind", kind),
+                ],
+                load(count),
+            );
+        }
+        out.histogram(
+            "sitemon_check_duration_seconds",
+            "Time of a whole check, DNS to the last body byte, redirects included.",
+            &[("location", location)],
+            &stats.durations,
+        );
+        let single = |out: &mut Exposition, name: &str, help: &str, kind: Kind, value: f64| {
+            out.sample(name, help, kind, &[("location", location)], value);
+        };
+        single(
+            out,
+            "sitemon_events_produced_total",
+            "Check events Kafka acknowledged.",
+            Kind::Counter,
+            load(&stats.produced),
+        );
+        single(
+            out,
+            "sitemon_events_buffered",
+            "Check events waiting for Kafka (in the buffer or in flight).",
+            Kind::Gauge,
+            self.producer.buffered() as f64,
+        );
+        single(
+            out,
+            "sitemon_events_dropped_total",
+            "Check events dropped because the buffer was full while Kafka was away.",
+            Kind::Counter,
+            load(&stats.dropped),
+        );
+        single(
+            out,
+            "sitemon_checker_skipped_ticks_total",
+            "Planned checks skipped: the previous check of the site was still running, or the \
+             checker fell behind.",
+            Kind::Counter,
+            load(&stats.skipped_ticks),
+        );
+        single(
+            out,
+            "sitemon_checker_sites",
+            "Sites this checker schedules (those in the buckets it holds).",
+            Kind::Gauge,
+            load(&stats.sites),
+        );
+        single(
+            out,
+            "sitemon_checker_leases_held",
+            "Site buckets this checker holds, of 256.",
+            Kind::Gauge,
+            load(&stats.buckets),
+        );
     }
 }
 
@@ -156,6 +320,22 @@ fn upper_of(index: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_has_its_own_counter() {
+        let stats = Stats::default();
+        for (i, kind) in ERROR_KINDS.iter().enumerate() {
+            stats.checked(false, Some(*kind), Duration::from_millis(5));
+            assert_eq!(stats.outcomes[i + 2].load(Relaxed), 1, "{kind:?}");
+        }
+        stats.checked(true, None, Duration::from_millis(5));
+        stats.checked(false, None, Duration::from_millis(5));
+        assert_eq!(stats.outcomes[0].load(Relaxed), 1);
+        assert_eq!(stats.outcomes[1].load(Relaxed), 1);
+        assert_eq!(stats.checks.load(Relaxed), 11);
+        let names: std::collections::HashSet<_> = ERROR_KINDS.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ERROR_KINDS.len());
+    }
 
     #[test]
     fn buckets_hold_their_values() {

@@ -7,13 +7,14 @@ use anyhow::Context;
 use clap::Args;
 use sitemon_checker::{CheckerConfig, Compression};
 
-use crate::cli::{DatabaseArgs, KafkaArgs};
+use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
 
 /// Arguments of `sitemon check`.
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
     /// Written into every event, so that checkers in several regions can each check every
-    /// site and their results stay apart.
+    /// site and their results stay apart. Checkers with the same location (and topic) divide
+    /// the sites among themselves; each location checks every site.
     #[arg(long, env = "SITEMON_LOCATION", default_value = "default")]
     location: String,
     /// The most checks in flight at once (each holds a socket).
@@ -64,6 +65,8 @@ pub(crate) struct CheckArgs {
     db: DatabaseArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -138,8 +141,10 @@ fn read_certificates(
 
 pub(crate) async fn exec(args: CheckArgs) -> anyhow::Result<()> {
     // Everything the user gave is validated before the first connection.
-    let config = args.config()?;
+    let mut config = args.config()?;
     let shutdown = crate::shutdown::on_signal();
+    config.metrics = sitemon_core::metrics::Registry::new();
+    args.metrics.serve(&config.metrics, &shutdown).await?;
     sitemon_checker::run(config, shutdown).await.map_err(|e| {
         anyhow::anyhow!(
             "{e} (check DATABASE_URL and KAFKA_BROKERS; `scripts/services up` starts local ones)"

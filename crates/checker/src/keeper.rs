@@ -1,0 +1,273 @@
+//! The lease keeper: this checker's share of the site buckets.
+//!
+//! Every `sitemon check` of one topic and location joins the lease group
+//! [`lease_group`](crate::buckets::lease_group) on a dedicated PostgreSQL connection
+//! ([`LeaseGroup`]) and, at start and every [`CheckerConfig::rebalance_every`] (give or take a
+//! quarter), rebalances the [`BUCKETS`]:
+//! - buckets it **takes** are published to the scheduler at once; their sites start at their
+//!   next grid point, continuing the previous owner's cadence;
+//! - buckets it **gives away** (beyond its fair share `ceil(256 / W)` now that another checker
+//!   has joined) are first withdrawn from the scheduler; once the scheduler has applied that
+//!   and the checks in flight of those buckets have ended, their leases are released.
+//!
+//! While under its fair share (another checker has yet to give buckets away) it rebalances
+//! every [`UNDER_SHARE_EVERY`], so that a hand-over leaves a gap of about that much.
+//!
+//! When the lease connection fails (or a lease step takes longer than [`LEASE_STEP_TIMEOUT`]),
+//! the leases may be gone and another checker may take the buckets over: the checker stops
+//! scheduling every site at once (a short gap rather than double checks), drops the
+//! connection and joins again with backoff. On stop, [`crate::run`] lets the checks in flight
+//! end, then the keeper leaves the group, so the others take over on their next rebalance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sitemon_core::DatabaseConfig;
+use sitemon_core::lease::LeaseGroup;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::buckets::{BUCKETS, BucketSet, InFlight, Ownership};
+use crate::config::CheckerConfig;
+use crate::error::{Error, Result};
+use crate::stats::Stats;
+
+/// How often a checker under its fair share tries to take buckets.
+pub(crate) const UNDER_SHARE_EVERY: Duration = Duration::from_millis(500);
+/// The most one lease step (a rebalance, a release) may take before the lease connection
+/// counts as lost. Shorter than the time PostgreSQL takes to notice a silent connection
+/// (about 11 s of keepalives), so a checker cut off from PostgreSQL stops checking about when
+/// the others may take its buckets.
+pub(crate) const LEASE_STEP_TIMEOUT: Duration = Duration::from_secs(6);
+/// The first and the longest pause before joining again after the lease connection failed.
+const REJOIN_MIN: Duration = Duration::from_secs(1);
+const REJOIN_MAX: Duration = Duration::from_secs(30);
+
+/// This checker's place in its lease group, and what it tells the scheduler.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    database: DatabaseConfig,
+    group: String,
+    every: Duration,
+    /// `None` while the lease connection is lost.
+    lease: Option<LeaseGroup>,
+    /// Live members at the last rebalance.
+    members: u32,
+    /// The buckets the scheduler may schedule.
+    held: BucketSet,
+    generation: u64,
+    ownership: watch::Sender<Ownership>,
+    applied: watch::Receiver<u64>,
+    in_flight: Arc<InFlight>,
+    stats: Arc<Stats>,
+}
+
+impl Keeper {
+    /// Joins the group and takes the first share, before the scheduler starts.
+    ///
+    /// # Errors
+    /// [`Error::Lease`] when PostgreSQL cannot be reached or the leases cannot be taken.
+    pub(crate) async fn join(
+        config: &CheckerConfig,
+        ownership: watch::Sender<Ownership>,
+        applied: watch::Receiver<u64>,
+        in_flight: Arc<InFlight>,
+        stats: Arc<Stats>,
+    ) -> Result<Self> {
+        let group = crate::buckets::lease_group(&config.kafka.topic, &config.location);
+        let lease = LeaseGroup::join(&config.database, &group)
+            .await
+            .map_err(|source| Error::Lease {
+                group: group.clone(),
+                source,
+            })?;
+        let mut keeper = Self {
+            database: config.database.clone(),
+            group,
+            every: config.rebalance_every,
+            lease: Some(lease),
+            members: 1,
+            held: BucketSet::default(),
+            generation: 0,
+            ownership,
+            applied,
+            in_flight,
+            stats,
+        };
+        keeper.rebalance().await.map_err(|source| Error::Lease {
+            group: keeper.group.clone(),
+            source,
+        })?;
+        tracing::info!(
+            group = %keeper.group,
+            members = keeper.members,
+            buckets = keeper.held.len(),
+            "joined the checkers of this location"
+        );
+        Ok(keeper)
+    }
+
+    /// Rebalances until `stop`, then leaves the group. Cancel `stop` only once the checks in
+    /// flight have ended: leaving hands every bucket over at once.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let mut rejoin_wait = REJOIN_MIN;
+        loop {
+            let wait = if self.lease.is_none() {
+                jittered(rejoin_wait)
+            } else if self.under_share() {
+                UNDER_SHARE_EVERY
+            } else {
+                jittered(self.every)
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            if self.lease.is_none() {
+                match LeaseGroup::join(&self.database, &self.group).await {
+                    Ok(lease) => {
+                        tracing::info!(group = %self.group, "joined the checkers of this location again");
+                        self.lease = Some(lease);
+                        rejoin_wait = REJOIN_MIN;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            group = %self.group,
+                            "cannot join the checkers of this location ({e}); retrying in up to {rejoin_wait:?}"
+                        );
+                        rejoin_wait = (rejoin_wait * 2).min(REJOIN_MAX);
+                        continue;
+                    }
+                }
+            }
+            let result = tokio::select! {
+                () = stop.cancelled() => break,
+                result = self.rebalance() => result,
+            };
+            if let Err(e) = result {
+                self.lost(&e);
+            }
+        }
+        self.leave().await;
+    }
+
+    fn under_share(&self) -> bool {
+        let share = (BUCKETS as usize).div_ceil(self.members.max(1) as usize);
+        self.held.len() < share
+    }
+
+    /// One rebalance: withdraws the surplus from the scheduler, waits for its checks, releases
+    /// it; takes free buckets up to the fair share.
+    async fn rebalance(&mut self) -> sitemon_core::Result<()> {
+        // Out of `self` while in use: when a step fails (or the future is dropped on stop),
+        // the connection is dropped with its locks.
+        let Some(mut lease) = self.lease.take() else {
+            return Ok(());
+        };
+        let plan = step("rebalancing the bucket leases", lease.rebalance(BUCKETS)).await?;
+        self.members = plan.members;
+        if !plan.surplus.is_empty() {
+            for bucket in &plan.surplus {
+                self.held.remove(*bucket);
+            }
+            let generation = self.publish();
+            // The scheduler applies it at once (or has stopped: `u64::MAX`), then the checks
+            // in flight end within their timeout.
+            let _ = self
+                .applied
+                .wait_for(|applied| *applied >= generation)
+                .await;
+            self.in_flight.drained(&plan.surplus).await;
+            for bucket in &plan.surplus {
+                step("giving a bucket lease back", lease.release(*bucket)).await?;
+            }
+            tracing::info!(
+                group = %self.group,
+                members = plan.members,
+                gave = plan.surplus.len(),
+                held = self.held.len(),
+                "gave buckets to the other checkers"
+            );
+        }
+        if !plan.acquired.is_empty() {
+            for bucket in &plan.acquired {
+                self.held.insert(*bucket);
+            }
+            self.publish();
+            tracing::info!(
+                group = %self.group,
+                members = plan.members,
+                took = plan.acquired.len(),
+                held = self.held.len(),
+                "took buckets"
+            );
+        }
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    /// Tells the scheduler the buckets held now; returns the change's generation.
+    fn publish(&mut self) -> u64 {
+        self.generation += 1;
+        self.ownership.send_replace(Ownership {
+            buckets: self.held,
+            generation: self.generation,
+        });
+        self.stats.buckets_held(self.held.len());
+        self.generation
+    }
+
+    /// The lease connection failed: stop every site at once, drop the connection (its locks
+    /// go with it) and join again later.
+    fn lost(&mut self, error: &sitemon_core::Error) {
+        tracing::error!(
+            group = %self.group,
+            "lost the bucket leases ({error}); checking no site until PostgreSQL answers again, \
+             so that no site is checked twice"
+        );
+        self.lease = None;
+        self.members = 1;
+        self.held = BucketSet::default();
+        self.publish();
+    }
+
+    async fn leave(mut self) {
+        self.held = BucketSet::default();
+        self.publish();
+        if let Some(lease) = self.lease.take() {
+            match tokio::time::timeout(LEASE_STEP_TIMEOUT, lease.leave()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(group = %self.group, "left the checkers of this location: handed every bucket over")
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    "leaving the lease group: {e}; the leases go with the connection"
+                ),
+                Err(_) => tracing::warn!(
+                    "leaving the lease group took too long; the leases go with the connection"
+                ),
+            }
+        }
+    }
+}
+
+/// Runs one lease step with [`LEASE_STEP_TIMEOUT`].
+async fn step<T>(
+    doing: &str,
+    future: impl Future<Output = sitemon_core::Result<T>>,
+) -> sitemon_core::Result<T> {
+    tokio::time::timeout(LEASE_STEP_TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sitemon_core::Error::Timeout {
+                operation: doing.to_owned(),
+                after: LEASE_STEP_TIMEOUT,
+            })
+        })
+}
+
+/// `every`, give or take a quarter at random, so that checkers started together do not
+/// rebalance in step.
+fn jittered(every: Duration) -> Duration {
+    let random = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
+    every.mul_f64(0.75 + random / 2.0)
+}
