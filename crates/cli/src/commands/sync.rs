@@ -17,6 +17,13 @@ pub(crate) struct SyncArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    options: SyncOptions,
+}
+
+/// The sync's own settings, shared by `sitemon sync` and `sitemon run`.
+#[derive(Debug, Args)]
+pub(crate) struct SyncOptions {
     /// The most events stored in one transaction.
     #[arg(long, env = "SITEMON_SYNC_BATCH_SIZE", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -40,21 +47,26 @@ enum Start {
     Latest,
 }
 
-impl SyncArgs {
-    fn config(&self) -> anyhow::Result<SyncConfig> {
-        let mut config = SyncConfig::new(self.db.config()?, self.kafka.config()?);
+impl SyncOptions {
+    /// The sync's configuration with these settings.
+    pub(crate) fn config(
+        &self,
+        database: sitemon_core::DatabaseConfig,
+        kafka: sitemon_core::KafkaConfig,
+    ) -> SyncConfig {
+        let mut config = SyncConfig::new(database, kafka);
         config.batch_size = self.batch_size as usize;
         config.batch_wait = Duration::from_millis(self.batch_wait);
         config.start = match self.start {
             Start::Earliest => StartFrom::Earliest,
             Start::Latest => StartFrom::Latest,
         };
-        Ok(config)
+        config
     }
 }
 
 pub(crate) async fn exec(args: SyncArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let config = args.options.config(args.db.config()?, args.kafka.config()?);
     let topic = config.kafka.topic.clone();
     let shutdown = crate::shutdown::on_signal();
     args.metrics.serve(&config.metrics, &shutdown).await?;
