@@ -140,11 +140,9 @@ impl Keeper {
                     }
                 }
             }
-            let result = tokio::select! {
-                () = stop.cancelled() => break,
-                result = self.rebalance() => result,
-            };
-            if let Err(e) = result {
+            // Not cut short by `stop`: a rebalance is bounded by its steps' timeouts, and
+            // finishing it keeps the lease connection for a clean leave.
+            if let Err(e) = self.rebalance().await {
                 self.lost(&e);
             }
         }
@@ -159,8 +157,8 @@ impl Keeper {
     /// One rebalance: withdraws the surplus from the scheduler, waits for its checks, releases
     /// it; takes free buckets up to the fair share.
     async fn rebalance(&mut self) -> sitemon_core::Result<()> {
-        // Out of `self` while in use: when a step fails (or the future is dropped on stop),
-        // the connection is dropped with its locks.
+        // Out of `self` while in use: when a step fails, the connection is dropped with its
+        // locks.
         let Some(mut lease) = self.lease.take() else {
             return Ok(());
         };
