@@ -14,10 +14,14 @@
 //! every [`UNDER_SHARE_EVERY`], so that a hand-over leaves a gap of about that much.
 //!
 //! When the lease connection fails (or a lease step takes longer than [`LEASE_STEP_TIMEOUT`]),
-//! the leases may be gone and another checker may take the buckets over: the checker stops
-//! scheduling every site at once (a short gap rather than double checks), drops the
-//! connection and joins again with backoff. On stop, [`crate::run`] lets the checks in flight
-//! end, then the keeper leaves the group, so the others take over on their next rebalance.
+//! the leases may be gone. The checker **keeps checking the buckets it had**, drops the
+//! connection and joins again with backoff; once it has joined again, the buckets it did not
+//! get back are withdrawn. The choice: a monitor must not go blind because its database
+//! restarts. While PostgreSQL is down for every checker nobody can take buckets over, so no
+//! site is checked twice; only a checker cut off from PostgreSQL *alone* may check sites
+//! that the others have taken over, until it reaches PostgreSQL again (double checks, never
+//! a gap). On stop, [`crate::run`] lets the checks in flight end, then the keeper leaves the
+//! group, so the others take over on their next rebalance.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +57,9 @@ pub(crate) struct Keeper {
     lease: Option<LeaseGroup>,
     /// Live members at the last rebalance.
     members: u32,
+    /// Set when the group was joined again after the lease connection failed: the next
+    /// rebalance withdraws the buckets that were not taken back.
+    reconcile: bool,
     /// The buckets the scheduler may schedule.
     held: BucketSet,
     generation: u64,
@@ -87,6 +94,7 @@ impl Keeper {
             every: config.rebalance_every,
             lease: Some(lease),
             members: 1,
+            reconcile: false,
             held: BucketSet::default(),
             generation: 0,
             ownership,
@@ -128,6 +136,7 @@ impl Keeper {
                     Ok(lease) => {
                         tracing::info!(group = %self.group, "joined the checkers of this location again");
                         self.lease = Some(lease);
+                        self.reconcile = true;
                         rejoin_wait = REJOIN_MIN;
                     }
                     Err(e) => {
@@ -164,6 +173,26 @@ impl Keeper {
         };
         let plan = step("rebalancing the bucket leases", lease.rebalance(BUCKETS)).await?;
         self.members = plan.members;
+        if std::mem::take(&mut self.reconcile) {
+            // Back after a lost lease connection: what this checker kept checking meanwhile
+            // but could not lease again belongs to another checker now.
+            let mut lost = 0;
+            for bucket in 0..BUCKETS {
+                if self.held.contains(bucket) && !lease.held().contains(&bucket) {
+                    self.held.remove(bucket);
+                    lost += 1;
+                }
+            }
+            if lost > 0 {
+                self.publish();
+                tracing::info!(
+                    group = %self.group,
+                    lost,
+                    held = self.held.len(),
+                    "stopped checking the buckets another checker took meanwhile"
+                );
+            }
+        }
         if !plan.surplus.is_empty() {
             for bucket in &plan.surplus {
                 self.held.remove(*bucket);
@@ -215,18 +244,16 @@ impl Keeper {
         self.generation
     }
 
-    /// The lease connection failed: stop every site at once, drop the connection (its locks
-    /// go with it) and join again later.
+    /// The lease connection failed: drop it (its locks go with it) and join again later,
+    /// checking the buckets held so far meanwhile (see the module docs).
     fn lost(&mut self, error: &sitemon_core::Error) {
         tracing::error!(
             group = %self.group,
-            "lost the bucket leases ({error}); checking no site until PostgreSQL answers again, \
-             so that no site is checked twice"
+            held = self.held.len(),
+            "lost the bucket leases ({error}); still checking the sites of the buckets held \
+             until PostgreSQL answers again"
         );
         self.lease = None;
-        self.members = 1;
-        self.held = BucketSet::default();
-        self.publish();
     }
 
     async fn leave(mut self) {

@@ -103,7 +103,8 @@ const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(10);
 /// Only for what prevents starting: an invalid configuration, a database or broker that
 /// cannot be reached, a missing topic that cannot be created, bucket leases that cannot be
 /// taken. Failed checks are events, and Kafka or PostgreSQL going away while running is
-/// waited out (while the lease connection is lost, no site is checked: see `keeper`).
+/// waited out (while the lease connection is lost, the sites held go on being checked: see
+/// `keeper`).
 pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<()> {
     config.validate()?;
     let prober =

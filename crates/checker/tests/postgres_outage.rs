@@ -1,0 +1,130 @@
+//! PostgreSQL stopped while the checker runs, then started again: the checker does not go
+//! blind. It keeps checking the sites it had (their events go to Kafka as usual), joins its
+//! lease group again when PostgreSQL is back, and goes on.
+//!
+//! This stops the shared test database, so it has a test binary of its own (cargo runs test
+//! binaries one after the other) and a guard that starts PostgreSQL again even when an
+//! assertion fails.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use sitemon_core::{NewSite, db};
+use sitemon_testkit::{TestDb, kafka_config, random_topic};
+use support::{TestServer, checker_config, wait_for_events};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// Starts PostgreSQL again when dropped, whatever happened.
+struct PostgresOutage {
+    stopped: bool,
+}
+
+impl PostgresOutage {
+    fn services(action: &str) {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services");
+        let status = Command::new(&script)
+            .arg(action)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {} {action}: {e}", script.display()));
+        assert!(
+            status.success(),
+            "{} {action} failed: {status}",
+            script.display()
+        );
+    }
+
+    fn begin() -> Self {
+        Self::services("stop-postgres");
+        Self { stopped: true }
+    }
+
+    fn end(&mut self) {
+        Self::services("start-postgres");
+        self.stopped = false;
+    }
+}
+
+impl Drop for PostgresOutage {
+    fn drop(&mut self) {
+        if self.stopped {
+            Self::services("start-postgres");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_go_on_while_the_database_is_down() {
+    support::init_logging();
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let http = TestServer::http().await;
+    let site = db::insert_site(
+        &db.pool,
+        &NewSite::new(&http.url("/ok"), 1, None).expect("site"),
+    )
+    .await
+    .expect("insert");
+    let shutdown = CancellationToken::new();
+    let checker = tokio::spawn(sitemon_checker::run(
+        checker_config(&db, kafka_config(&topic)),
+        shutdown.clone(),
+    ));
+    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
+        .await
+        .expect("kafka");
+    wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
+
+    let mut outage = PostgresOutage::begin();
+    let down_from = OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let down_until = OffsetDateTime::now_utc();
+    outage.end();
+
+    // After PostgreSQL is back the checker has joined its group again and still checks.
+    let back = OffsetDateTime::now_utc();
+    wait_for_events(&client, &topic, Duration::from_secs(30), |events| {
+        events
+            .iter()
+            .filter(|s| s.event.checked_at > back + time::Duration::seconds(5))
+            .count()
+            >= 3
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), checker)
+        .await
+        .expect("the checker stops in time")
+        .expect("no panic")
+        .expect("clean stop");
+
+    let mut checks: Vec<_> = support::read_all(&client, &topic)
+        .await
+        .into_iter()
+        .map(|s| s.event)
+        .filter(|e| e.website_id == site)
+        .collect();
+    checks.sort_by_key(|e| e.checked_at);
+    checks.dedup_by_key(|e| e.check_id);
+    let during = checks
+        .iter()
+        .filter(|e| e.checked_at > down_from && e.checked_at < down_until)
+        .count();
+    assert!(
+        during >= 9,
+        "only {during} checks in the 10 s PostgreSQL was down: the checker went blind"
+    );
+    for pair in checks.windows(2) {
+        let gap = pair[1].checked_at - pair[0].checked_at;
+        assert!(
+            gap < time::Duration::milliseconds(1500),
+            "a gap of {gap} between {} and {}",
+            pair[0].checked_at,
+            pair[1].checked_at
+        );
+    }
+    db.drop_database().await;
+}
