@@ -45,6 +45,8 @@ pub(crate) enum Command {
     Check(commands::check::CheckArgs),
     /// Consume the check events from Kafka into PostgreSQL, exactly once.
     Sync(commands::sync::SyncArgs),
+    /// Migrate, then check and sync in one process (still through Kafka): sitemon, small.
+    Run(commands::run::RunArgs),
 }
 
 /// Settings for every subcommand.

@@ -12,6 +12,19 @@ use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
 /// Arguments of `sitemon check`.
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
+    #[command(flatten)]
+    options: CheckOptions,
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// The checker's own settings, shared by `sitemon check` and `sitemon run`.
+#[derive(Debug, Args)]
+pub(crate) struct CheckOptions {
     /// Written into every event, so that checkers in several regions can each check every
     /// site and their results stay apart. Checkers with the same location (and topic) divide
     /// the sites among themselves; each location checks every site.
@@ -61,12 +74,6 @@ pub(crate) struct CheckArgs {
     /// (for sites behind a private CA).
     #[arg(long, env = "SITEMON_SITES_CA_FILE")]
     sites_ca_file: Option<PathBuf>,
-    #[command(flatten)]
-    db: DatabaseArgs,
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    metrics: MetricsArgs,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -82,9 +89,14 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-impl CheckArgs {
-    fn config(&self) -> anyhow::Result<CheckerConfig> {
-        let mut config = CheckerConfig::new(self.db.config()?, self.kafka.config()?);
+impl CheckOptions {
+    /// The checker's configuration with these settings, validated.
+    pub(crate) fn config(
+        &self,
+        database: sitemon_core::DatabaseConfig,
+        kafka: sitemon_core::KafkaConfig,
+    ) -> anyhow::Result<CheckerConfig> {
+        let mut config = CheckerConfig::new(database, kafka);
         config.location = self.location.clone();
         config.concurrency = self.concurrency as usize;
         config.timeout = self.timeout;
@@ -141,7 +153,9 @@ fn read_certificates(
 
 pub(crate) async fn exec(args: CheckArgs) -> anyhow::Result<()> {
     // Everything the user gave is validated before the first connection.
-    let mut config = args.config()?;
+    let mut config = args
+        .options
+        .config(args.db.config()?, args.kafka.config()?)?;
     let shutdown = crate::shutdown::on_signal();
     config.metrics = sitemon_core::metrics::Registry::new();
     args.metrics.serve(&config.metrics, &shutdown).await?;

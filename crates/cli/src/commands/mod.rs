@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod list_sites;
 pub(crate) mod migrate;
 pub(crate) mod remove_site;
+pub(crate) mod run;
 pub(crate) mod status;
 pub(crate) mod sync;
 pub(crate) mod topic;
@@ -24,6 +25,7 @@ pub(crate) async fn exec(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => status::exec(args).await,
         Command::Check(args) => check::exec(args).await,
         Command::Sync(args) => sync::exec(args).await,
+        Command::Run(args) => run::exec(args).await,
     }
 }
 

@@ -1,0 +1,91 @@
+//! `sitemon run`: the whole pipeline in one process. Migrates, makes sure the topic exists,
+//! then runs the checker and the sync side by side (still through Kafka) until
+//! SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses.
+
+use anyhow::Context as _;
+use clap::Args;
+use sitemon_core::kafka::{self, TopicCreation};
+use sitemon_core::metrics::Registry;
+
+use super::check::CheckOptions;
+use super::sync::SyncOptions;
+use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
+
+/// Arguments of `sitemon run`: those of `check` and of `sync` together.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    check: CheckOptions,
+    #[command(flatten)]
+    sync: SyncOptions,
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
+    let database = args.db.config()?;
+    let kafka_config = args.kafka.config()?;
+    let mut checker = args.check.config(database.clone(), kafka_config.clone())?;
+    let mut sync = args.sync.config(database, kafka_config.clone());
+
+    let pool = super::connect_db(&args.db).await?;
+    sitemon_core::db::migrate(&pool).await?;
+    pool.close().await;
+
+    // The sync needs the topic before it starts; the checker would create it too, but
+    // which of the two gets there first is a race.
+    let client = kafka::connect(&kafka_config).await?;
+    let topic = &kafka_config.topic;
+    match kafka::create_topic(
+        &client,
+        topic,
+        checker.partitions,
+        checker.replication_factor,
+    )
+    .await
+    .with_context(|| format!("topic {topic} is missing and cannot be created"))?
+    {
+        TopicCreation::Created => tracing::info!(
+            topic = %topic,
+            partitions = checker.partitions,
+            "created the topic"
+        ),
+        TopicCreation::AlreadyExists => {}
+    }
+    drop(client);
+
+    let shutdown = crate::shutdown::on_signal();
+    let registry = Registry::new();
+    checker.metrics = registry.clone();
+    sync.metrics = registry.clone();
+    args.metrics.serve(&registry, &shutdown).await?;
+
+    let mut checking = tokio::spawn(sitemon_checker::run(checker, shutdown.clone()));
+    let mut syncing = tokio::spawn(sitemon_sync::run(sync, shutdown.clone()));
+    // Both run until the stop signal. If one fails to start, the other is stopped too.
+    let (checked, synced) = tokio::select! {
+        checked = &mut checking => {
+            if !matches!(checked, Ok(Ok(()))) {
+                shutdown.cancel();
+            }
+            (checked, syncing.await)
+        }
+        synced = &mut syncing => {
+            if !matches!(synced, Ok(Ok(()))) {
+                shutdown.cancel();
+            }
+            (checking.await, synced)
+        }
+    };
+    checked
+        .context("the checker panicked")?
+        .context("the checker stopped")?;
+    synced
+        .context("the sync panicked")?
+        .context("the sync stopped")?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `sitemon run`: migrate, check and sync in one process, against the real services.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sitemon_testkit::{TestDb, random_topic, services};
+
+/// Kills the process if the test ends before stopping it.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A server answering 200 "ok" to everything, on a thread of its own.
+fn http_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0_u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    format!("http://{addr}/")
+}
+
+fn scrape(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.1 200").then_some(response)
+}
+
+/// The sum of the metric lines that start with `series`.
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn migrates_checks_and_stores_in_one_process() {
+    let db = TestDb::empty().await;
+    let topic = random_topic();
+    let metrics_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_sitemon"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", &services().kafka_brokers)
+        .env("KAFKA_TOPIC", &topic)
+        .args(["run", "--batch-wait", "50", "--partitions", "2"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut guard = Guard(child);
+
+    // `run` creates the schema; then a site appears and is checked and stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let migrated: bool = sqlx::query_scalar("SELECT to_regclass('websites') IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("asks");
+        if migrated {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sitemon run did not migrate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let site: i32 = sqlx::query_scalar(
+        "INSERT INTO websites (url, check_interval) VALUES ($1, 1) RETURNING id",
+    )
+    .bind(http_server())
+    .fetch_one(&db.pool)
+    .await
+    .expect("adds a site");
+    loop {
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM website_status WHERE website_id = $1 AND is_up",
+        )
+        .bind(site)
+        .fetch_one(&db.pool)
+        .await
+        .expect("counts");
+        if stored >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sitemon run stored {stored} checks of the site in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // One /metrics for both halves.
+    let metrics = scrape(metrics_port).expect("serves /metrics");
+    let checks = value(&metrics, "sitemon_checks_total{");
+    assert!(checks >= 3.0, "{metrics}");
+    let stored = value(&metrics, "sitemon_sync_events_total");
+    assert!(stored >= 3.0, "{metrics}");
+    assert!(
+        metrics.contains("sitemon_check_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sitemon_sync_partition_lag{"), "{metrics}");
+
+    let pid = guard.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = guard.0.wait().expect("waits");
+    let mut log = String::new();
+    if let Some(mut stderr) = guard.0.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert_eq!(status.code(), Some(0), "a clean stop: {log}");
+    db.drop_database().await;
+}
