@@ -13,6 +13,8 @@
 //! | `/down`     | 503, "maintenance"                                   |
 //! | `/moved`    | 301 to `/health`                                     |
 //! | anything else | 404                                                |
+//!
+//! The query string is ignored, so `/?a` and `/?b` are two sites with one page.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +44,8 @@ async fn serve(mut stream: TcpStream, flaky: Arc<AtomicU64>) {
         return;
     };
     let head = String::from_utf8_lossy(&request[..n]);
-    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/");
     let (status, extra_header, body) = match path {
         "/" => ("200 OK", "", "<h1>Welcome to the sitemon demo</h1>"),
         "/health" => ("200 OK", "", "status: ok"),
