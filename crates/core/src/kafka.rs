@@ -189,6 +189,10 @@ pub async fn create_topic(
     partitions: i32,
     replication_factor: i16,
 ) -> Result<TopicCreation> {
+    // Asked first, so that the common case does not make rskafka log a failed request.
+    if partition_count(client, topic).await?.is_some() {
+        return Ok(TopicCreation::AlreadyExists);
+    }
     let controller = client.controller_client().map_err(|source| Error::Kafka {
         operation: "create",
         topic: topic.to_owned(),
