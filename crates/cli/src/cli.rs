@@ -56,7 +56,7 @@ pub(crate) struct GlobalArgs {
     #[arg(
         long,
         env = "RUST_LOG",
-        default_value = "info,rskafka=error,sqlx=warn",
+        default_value = "info,rskafka=error,sqlx=error",
         global = true
     )]
     pub(crate) log: String,

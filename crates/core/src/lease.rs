@@ -103,7 +103,7 @@ impl LeaseGroup {
                         set_config('tcp_keepalives_count', '3', false),
                         set_config('application_name', $1, false)",
             )
-            .bind(format!("sitemon lease {name}"))
+            .bind(application_name(name))
             .execute(&mut conn),
         )
         .await?;
@@ -398,6 +398,18 @@ where
         .collect())
 }
 
+/// `sitemon lease <group>`, cut to the 63 bytes PostgreSQL keeps (it would otherwise cut it
+/// itself, with a notice at every join).
+fn application_name(group: &str) -> String {
+    let mut name = format!("sitemon lease {group}");
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
+}
+
 /// Runs one lease statement with [`STATEMENT_TIMEOUT`].
 async fn bounded<T>(
     doing: &'static str,
@@ -418,6 +430,13 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::class_key;
+
+    #[test]
+    fn application_names_fit_postgres() {
+        assert_eq!(super::application_name("g"), "sitemon lease g");
+        let long = super::application_name(&format!("check:{}:é", "t".repeat(60)));
+        assert!(long.len() <= 63 && long.starts_with("sitemon lease check:ttt"));
+    }
 
     #[test]
     fn class_keys_are_stable_and_distinct() {
