@@ -69,7 +69,15 @@ async fn migrates_checks_and_stores_in_one_process() {
         .env("DATABASE_URL", &db.url)
         .env("KAFKA_BROKERS", &services().kafka_brokers)
         .env("KAFKA_TOPIC", &topic)
-        .args(["run", "--batch-wait", "50", "--partitions", "2"])
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--batch-wait",
+            "50",
+            "--partitions",
+            "2",
+        ])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -144,5 +152,27 @@ async fn migrates_checks_and_stores_in_one_process() {
         let _ = stderr.read_to_string(&mut log);
     }
     assert_eq!(status.code(), Some(0), "a clean stop: {log}");
+
+    // --log-format json: every line one JSON object, for log shippers; no secret in them.
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 5, "{log}");
+    for line in lines {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
+    }
+    let password = db
+        .url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo.to_owned())
+        .expect("DATABASE_URL has user:password");
+    assert!(
+        !log.contains(&password),
+        "the log shows the database credentials"
+    );
     db.drop_database().await;
 }

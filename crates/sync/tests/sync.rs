@@ -397,12 +397,11 @@ async fn a_lost_lease_connection_stops_every_partition_rejoins_and_loses_nothing
             break pid;
         }
         if tokio::time::Instant::now() >= deadline {
-            let seen: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-                "SELECT datname::text, application_name FROM pg_stat_activity",
-            )
-            .fetch_all(&fixture.db.pool)
-            .await
-            .expect("pg_stat_activity");
+            let seen: Vec<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT datname::text, application_name FROM pg_stat_activity")
+                    .fetch_all(&fixture.db.pool)
+                    .await
+                    .expect("pg_stat_activity");
             panic!("no lease connection: {seen:?}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
