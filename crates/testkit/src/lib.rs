@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use sitemon_core::config::KafkaSettings;
+use sitemon_core::config::{KafkaSettings, Secret};
 use sitemon_core::{DatabaseConfig, KafkaConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -29,9 +29,17 @@ pub struct Services {
     pub kafka_brokers: String,
     /// `SITEMON_TEST_TLS_BROKERS`: the listener that requires a client certificate.
     pub tls_brokers: String,
+    /// `SITEMON_TEST_SASL_BROKERS`: the SASL_SSL listener (no client certificate), where
+    /// [`SASL_USERNAME`] exists for PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
+    pub sasl_brokers: String,
     /// `SITEMON_TEST_CERT_DIR`: `ca.pem`, `service.cert`, `service.key`.
     pub cert_dir: PathBuf,
 }
+
+/// The SASL user `scripts/services` creates on the SASL_SSL listener.
+pub const SASL_USERNAME: &str = "sitemon";
+/// The password of [`SASL_USERNAME`] (a throwaway, for every mechanism).
+pub const SASL_PASSWORD: &str = "sitemon-sasl";
 
 /// The configured services.
 ///
@@ -50,6 +58,7 @@ pub fn services() -> &'static Services {
             database_url: var("DATABASE_URL"),
             kafka_brokers: var("KAFKA_BROKERS"),
             tls_brokers: var("SITEMON_TEST_TLS_BROKERS"),
+            sasl_brokers: var("SITEMON_TEST_SASL_BROKERS"),
             cert_dir: PathBuf::from(var("SITEMON_TEST_CERT_DIR")),
         }
     })
@@ -79,6 +88,21 @@ pub fn tls_kafka_settings(topic: &str) -> KafkaSettings {
         ca_file: Some(services.cert_dir.join("ca.pem")),
         cert_file: Some(services.cert_dir.join("service.cert")),
         key_file: Some(services.cert_dir.join("service.key")),
+        ..KafkaSettings::default()
+    }
+}
+
+/// The settings of the SASL_SSL listener as our SASL user, with `mechanism` (`PLAIN`,
+/// `SCRAM-SHA-256` or `SCRAM-SHA-512`, as `KAFKA_SASL_MECHANISM` takes it) and our CA.
+pub fn sasl_kafka_settings(topic: &str, mechanism: &str) -> KafkaSettings {
+    let services = services();
+    KafkaSettings {
+        brokers: services.sasl_brokers.clone(),
+        topic: topic.to_owned(),
+        ca_file: Some(services.cert_dir.join("ca.pem")),
+        sasl_mechanism: Some(mechanism.to_owned()),
+        sasl_username: Some(SASL_USERNAME.to_owned()),
+        sasl_password: Some(Secret::new(SASL_PASSWORD)),
         ..KafkaSettings::default()
     }
 }
