@@ -1,0 +1,128 @@
+//! sitemon-core against the real Kafka broker: SASL over TLS, one test per mechanism.
+//!
+//! `scripts/services` runs a SASL_SSL listener (`SITEMON_TEST_SASL_BROKERS`) where the user
+//! `sitemon` exists for PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record;
+use sitemon_core::config::{SaslMechanism, Secret};
+use sitemon_core::kafka::{self, TopicCreation};
+use sitemon_core::{Error, KafkaConfig, KafkaSecurity};
+use sitemon_testkit::{SASL_PASSWORD, random_topic, sasl_kafka_settings};
+
+/// The validated configuration of the SASL_SSL listener with `mechanism`, on a new topic.
+fn sasl_config(mechanism: &str) -> KafkaConfig {
+    KafkaConfig::new(sasl_kafka_settings(&random_topic(), mechanism)).expect("valid SASL settings")
+}
+
+/// Connects with `config` (SASL over TLS), creates its topic, produces one record and reads
+/// it back, then deletes the topic.
+async fn round_trip(config: &KafkaConfig) {
+    let client = kafka::connect(config).await.expect("connects");
+    let topic = &config.topic;
+    assert_eq!(
+        kafka::create_topic(&client, topic, 2, 1)
+            .await
+            .expect("creates"),
+        TopicCreation::Created
+    );
+    assert_eq!(
+        kafka::partition_count(&client, topic).await.expect("lists"),
+        Some(2)
+    );
+
+    let record = Record {
+        key: Some(b"7".to_vec()),
+        value: Some(br#"{"hello":"sasl"}"#.to_vec()),
+        headers: BTreeMap::new(),
+        timestamp: chrono::Utc::now(),
+    };
+    let partition = client
+        .partition_client(topic.as_str(), 1, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let offsets = partition
+        .produce(vec![record.clone()], Compression::NoCompression)
+        .await
+        .expect("produces");
+    assert_eq!(offsets, [0]);
+
+    let (records, high_watermark) = partition
+        .fetch_records(0, 1..1_000_000, 1_000)
+        .await
+        .expect("fetches");
+    assert_eq!(high_watermark, 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, 0);
+    assert_eq!(records[0].record.key, record.key);
+    assert_eq!(records[0].record.value, record.value);
+
+    kafka::delete_topic(&client, topic).await.expect("deletes");
+}
+
+/// The configuration carries `expected`, so a test names the mechanism it really used.
+#[track_caller]
+fn assert_mechanism(config: &KafkaConfig, expected: SaslMechanism) {
+    assert!(
+        matches!(
+            &config.security,
+            KafkaSecurity::SaslTls { mechanism, ca_file: Some(_), .. } if *mechanism == expected
+        ),
+        "{:?}",
+        config.security
+    );
+}
+
+#[tokio::test]
+async fn sasl_plain_round_trip() {
+    let config = sasl_config("PLAIN");
+    assert_mechanism(&config, SaslMechanism::Plain);
+    round_trip(&config).await;
+}
+
+#[tokio::test]
+async fn sasl_scram_sha_256_round_trip() {
+    let config = sasl_config("SCRAM-SHA-256");
+    assert_mechanism(&config, SaslMechanism::ScramSha256);
+    round_trip(&config).await;
+}
+
+#[tokio::test]
+async fn sasl_scram_sha_512_round_trip() {
+    let config = sasl_config("SCRAM-SHA-512");
+    assert_mechanism(&config, SaslMechanism::ScramSha512);
+    round_trip(&config).await;
+}
+
+/// A wrong password is refused by the broker for every mechanism, and reported as a
+/// connection error that names the brokers and never shows either password.
+#[tokio::test]
+async fn wrong_password_is_refused() {
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let mut settings = sasl_kafka_settings(&random_topic(), mechanism);
+        settings.sasl_password = Some(Secret::new("not-the-password"));
+        let config = KafkaConfig::new(settings).expect("valid SASL settings");
+        let error = kafka::connect_with_backoff(&config, kafka::backoff(Duration::from_secs(3)))
+            .await
+            .expect_err(&format!("{mechanism}: the broker refuses a wrong password"));
+        assert!(
+            matches!(error, Error::KafkaConnect { .. }),
+            "{mechanism}: unexpected error: {error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "cannot connect to Kafka at {}",
+                config.brokers_display()
+            )),
+            "{mechanism}: {message}"
+        );
+        assert!(
+            !message.contains("not-the-password") && !message.contains(SASL_PASSWORD),
+            "{mechanism}: a password in {message:?}"
+        );
+    }
+}
