@@ -1,0 +1,82 @@
+//! The `sitemon` binary over SASL/SCRAM on TLS: the settings come from the `KAFKA_SASL_*`
+//! environment variables, as a user gives them.
+
+use std::process::{Command, Output};
+
+use sitemon_testkit::{random_topic, sasl_kafka_settings};
+
+/// A `sitemon` command with only the Kafka settings of the SASL_SSL listener, as
+/// `SCRAM-SHA-256` user (what `scripts/services env --sasl` exports).
+fn sitemon_sasl(topic: &str, password: &str) -> Command {
+    let settings = sasl_kafka_settings(topic, "SCRAM-SHA-256");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
+    for var in [
+        "DATABASE_URL",
+        "KAFKA_BROKERS",
+        "KAFKA_TOPIC",
+        "KAFKA_CA_FILE",
+        "KAFKA_CERT_FILE",
+        "KAFKA_KEY_FILE",
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("KAFKA_BROKERS", &settings.brokers)
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_CA_FILE", settings.ca_file.expect("set"))
+        .env(
+            "KAFKA_SASL_MECHANISM",
+            settings.sasl_mechanism.expect("set"),
+        )
+        .env("KAFKA_SASL_USERNAME", settings.sasl_username.expect("set"))
+        .env("KAFKA_SASL_PASSWORD", password);
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("runs the sitemon binary")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn topic_create_and_delete_over_sasl_scram() {
+    let topic = random_topic();
+    let password = sitemon_testkit::SASL_PASSWORD;
+
+    let output = run(sitemon_sasl(&topic, password).args(["topic", "create", "--partitions", "2"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("created topic {topic}")),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(sitemon_sasl(&topic, password).args(["topic", "delete"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("deleted topic {topic}")),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn wrong_sasl_password_is_one_line_without_the_password() {
+    let topic = random_topic();
+    let output = run(sitemon_sasl(&topic, "not-the-password").args(["topic", "create"]));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(
+        err.starts_with("error: cannot connect to Kafka at "),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
+}
