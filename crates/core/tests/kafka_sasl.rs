@@ -29,10 +29,19 @@ async fn round_trip(config: &KafkaConfig) {
             .expect("creates"),
         TopicCreation::Created
     );
-    assert_eq!(
-        kafka::partition_count(&client, topic).await.expect("lists"),
-        Some(2)
-    );
+    // CreateTopics returns once the controller has the topic; the broker's metadata may
+    // list it a moment later.
+    let partitions = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match kafka::partition_count(&client, topic).await.expect("lists") {
+                Some(count) => break count,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the new topic shows in the metadata");
+    assert_eq!(partitions, 2);
 
     let record = Record {
         key: Some(b"7".to_vec()),
