@@ -1,25 +1,16 @@
 //! `sitemon check` end to end: the binary against the real services, sites added and
 //! removed with `sitemon add-site` / `remove-site` while it runs, SIGTERM for a clean stop.
 
+mod support;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use sitemon_core::CheckEvent;
 use sitemon_testkit::{TestDb, random_topic, services};
+use support::{http_server, sitemon};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn sitemon(db: &TestDb, topic: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BROKERS", &services().kafka_brokers)
-        .env("KAFKA_TOPIC", topic);
-    command
-}
 
 fn run(mut command: Command) -> Output {
     command.output().expect("sitemon runs")
@@ -48,29 +39,6 @@ impl Drop for Checker {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A server answering 200 to everything.
-async fn http_server() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0_u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    )
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// Every event in the topic so far, by site, in check order, read with `kcat` (librdkafka:

@@ -3,6 +3,8 @@
 //! stopped with SIGTERM, locations never share, and `/metrics` agrees with the topic (read
 //! with rskafka up to each partition's high watermark).
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,21 +13,11 @@ use std::time::Duration;
 
 use rskafka::client::partition::UnknownTopicHandling;
 use sitemon_core::{CheckEvent, kafka};
-use sitemon_testkit::{TestDb, kafka_config, random_topic, services};
+use sitemon_testkit::{TestDb, kafka_config, random_topic};
+use support::{http_server, sitemon};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-
-fn sitemon(db: &TestDb, topic: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BROKERS", &services().kafka_brokers)
-        .env("KAFKA_TOPIC", topic);
-    command
-}
 
 /// A running `sitemon check`, killed if the test fails before stopping it.
 struct Checker {
@@ -167,34 +159,6 @@ impl Metrics {
             .map(|(_, value)| value)
             .sum()
     }
-}
-
-/// A server answering 200, or 500 on paths that contain `/500`.
-async fn http_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0_u8; 4096];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let status = if head.contains("/500") {
-                    "500 Internal Server Error"
-                } else {
-                    "200 OK"
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// Registers `urls` with a 1 s interval; returns their ids.

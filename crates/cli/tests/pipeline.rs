@@ -1,6 +1,8 @@
 //! The whole pipeline: `sitemon check` → the real Kafka → `sitemon sync` → the real
 //! PostgreSQL. Every event in the topic must be exactly one row, field for field.
 
+mod support;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,31 +11,20 @@ use rskafka::client::partition::UnknownTopicHandling;
 use serde_json::Value;
 use sitemon_core::CheckEvent;
 use sitemon_core::kafka;
-use sitemon_testkit::{TestDb, kafka_config, random_topic, services};
+use sitemon_testkit::{TestDb, kafka_config, random_topic};
 use sqlx::Row as _;
+use support::sitemon;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PARTITIONS: i32 = 3;
-
-fn sitemon(db: &TestDb, topic: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BROKERS", &services().kafka_brokers)
-        .env("KAFKA_TOPIC", topic)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    command
-}
 
 /// A child process that is killed if the test ends before it was stopped.
 struct Process(Option<Child>);
 
 impl Process {
     fn start(mut command: Command) -> Self {
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
         Self(Some(command.spawn().expect("sitemon starts")))
     }
 

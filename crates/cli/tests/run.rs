@@ -1,11 +1,13 @@
 //! `sitemon run`: migrate, check and sync in one process, against the real services.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
+use std::io::Read as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sitemon_testkit::{TestDb, random_topic, services};
+use support::{free_port, http_server, scrape, sum_values};
 
 /// Kills the process if the test ends before stopping it.
 struct Guard(Child);
@@ -17,52 +19,11 @@ impl Drop for Guard {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A server answering 200 "ok" to everything, on a thread of its own.
-fn http_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0_u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    format!("http://{addr}/")
-}
-
-fn scrape(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.1 200").then_some(response)
-}
-
-/// The sum of the metric lines that start with `series`.
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn migrates_checks_and_stores_in_one_process() {
     let db = TestDb::empty().await;
     let topic = random_topic();
-    let metrics_port = free_port();
+    let metrics_addr = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_sitemon"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -78,7 +39,7 @@ async fn migrates_checks_and_stores_in_one_process() {
             "--partitions",
             "2",
         ])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--metrics-addr", &metrics_addr.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -104,7 +65,7 @@ async fn migrates_checks_and_stores_in_one_process() {
     let site: i32 = sqlx::query_scalar(
         "INSERT INTO websites (url, check_interval) VALUES ($1, 1) RETURNING id",
     )
-    .bind(http_server())
+    .bind(format!("http://{}/", http_server().await))
     .fetch_one(&db.pool)
     .await
     .expect("adds a site");
@@ -127,10 +88,10 @@ async fn migrates_checks_and_stores_in_one_process() {
     }
 
     // One /metrics for both halves.
-    let metrics = scrape(metrics_port).expect("serves /metrics");
-    let checks = value(&metrics, "sitemon_checks_total{");
+    let metrics = scrape(metrics_addr).expect("serves /metrics");
+    let checks = sum_values(&metrics, "sitemon_checks_total{");
     assert!(checks >= 3.0, "{metrics}");
-    let stored = value(&metrics, "sitemon_sync_events_total");
+    let stored = sum_values(&metrics, "sitemon_sync_events_total");
     assert!(stored >= 3.0, "{metrics}");
     assert!(
         metrics.contains("sitemon_check_duration_seconds_bucket"),

@@ -1,13 +1,15 @@
 //! `sitemon sync` as a process: crash safety under `kill -9`, a clean exit on SIGTERM, and
 //! one clear line when it cannot start.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sitemon_core::NewSite;
 use sitemon_testkit::{TestDb, kafka_config, random_topic, services};
-use std::io::Write as _;
+use support::{count, event_json, kcat_produce, random, scrape, series_value, terminate};
 
 /// The most the test waits for the sync to catch up: a bound against hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -36,57 +38,6 @@ fn sitemon_sync(db: &TestDb, topic: &str) -> Command {
     command
 }
 
-/// A pseudo-random number from the clock, for kill moments and ids.
-fn random() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos();
-    (nanos as u64).wrapping_mul(6364136223846793005) >> 20
-}
-
-/// A realistic check event as the checker writes it (this crate does not depend on uuid or
-/// time, so the JSON is built by hand).
-fn event_json(website_id: i32, n: u64) -> Vec<u8> {
-    let check_id = format!(
-        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
-        random() as u32,
-        n & 0xffff,
-        website_id & 0xfff,
-        n >> 16 & 0xfff,
-        random() & 0xffff_ffff_ffff
-    );
-    let up = n % 5 != 0;
-    serde_json::json!({
-        "schema": 1,
-        "check_id": check_id,
-        "website_id": website_id,
-        "url": format!("https://site-{website_id}.example/"),
-        "location": "eu-north",
-        "checked_at": "2026-11-28T13:14:15.123456Z",
-        "up": up,
-        "status_code": if up { 200 } else { 503 },
-        "response_time_ms": 12.5 + (n % 100) as f64,
-        "regex": null,
-        "regex_matched": null,
-        "error": null,
-        "timings_ms": {"dns": 0.4, "connect": 1.1, "tls": 6.0, "ttfb": 10.0, "total": 12.5},
-        "redirects": 0,
-        "final_url": format!("https://site-{website_id}.example/"),
-        "tls_cert_not_after": "2027-03-01T12:00:00Z",
-    })
-    .to_string()
-    .into_bytes()
-}
-
-async fn count(db: &TestDb, sql: &str, topic: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .bind(topic)
-        .fetch_one(&db.pool)
-        .await
-        .expect("count")
-}
-
 async fn stored(db: &TestDb, topic: &str) -> i64 {
     count(
         db,
@@ -94,39 +45,6 @@ async fn stored(db: &TestDb, topic: &str) -> i64 {
         topic,
     )
     .await
-}
-
-/// Produces `key\tvalue` lines to one partition with kcat, and waits for the broker's
-/// acknowledgement.
-fn kcat_produce(topic: &str, partition: i32, lines: &[u8]) {
-    let mut kcat = Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            &services().kafka_brokers,
-            "-t",
-            topic,
-            "-K",
-            "\t",
-            "-X",
-            "acks=all",
-        ])
-        .args(["-p", &partition.to_string()])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat runs (scripts/services up installs it)");
-    kcat.stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines)
-        .expect("kcat reads");
-    let output = kcat.wait_with_output().expect("kcat exits");
-    assert!(
-        output.status.success(),
-        "kcat failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Waits until the child's stderr has a line containing `needle` (its signal handler is
@@ -152,14 +70,6 @@ fn wait_for_line(child: &mut Child, needle: &'static str) -> std::thread::JoinHa
     wait.recv_timeout(PATIENCE)
         .unwrap_or_else(|_| panic!("the sync never logged {needle:?}"));
     reader
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +120,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
                     lines.push(b'\n');
                 }
                 for (partition, lines) in by_partition {
-                    kcat_produce(&topic, partition, &lines);
+                    kcat_produce(&topic, Some(partition), &lines);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -300,26 +210,6 @@ async fn a_missing_topic_is_one_line_and_status_1() {
     db.drop_database().await;
 }
 
-/// `GET /metrics` from `addr`, or `None` while nothing answers there yet.
-fn scrape(addr: std::net::SocketAddr) -> Option<String> {
-    use std::io::Read as _;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: sitemon\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
-/// The value of the series written exactly as `series` (name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_consumed() {
     const PARTITIONS: i32 = 3;
@@ -359,7 +249,7 @@ async fn metrics_count_what_was_consumed() {
     future["schema"] = serde_json::json!(99);
     line(sites[0], future.to_string().as_bytes());
     line(sites[1], &event_json(i32::MAX, 1001));
-    kcat_produce(&topic, 0, &lines);
+    kcat_produce(&topic, Some(0), &lines);
     let total = 95;
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
@@ -381,7 +271,7 @@ async fn metrics_count_what_was_consumed() {
     }
     // The partitions' lag falls to 0 once the readers have fetched past the end.
     let lag = |text: &str, p: i32| {
-        metric(
+        series_value(
             text,
             &format!("sitemon_sync_partition_lag{{topic=\"{topic}\",partition=\"{p}\"}}"),
         )
@@ -402,7 +292,8 @@ async fn metrics_count_what_was_consumed() {
     let log = started.join().expect("stderr reader");
     assert!(status.success(), "exit {status:?}: {log}");
 
-    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    let value =
+        |series: &str| series_value(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
     assert_eq!(value("sitemon_sync_events_total"), 90.0);
     assert_eq!(value("sitemon_sync_duplicates_total"), 0.0);
     for (reason, n) in [

@@ -5,17 +5,19 @@
 //! Who holds which partition is read from PostgreSQL's lock table
 //! (`sitemon_core::lease::holders`) and from each worker's `/metrics`.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sitemon_core::NewSite;
 use sitemon_testkit::{TestDb, kafka_config, random_topic, services, unique_name};
+use support::{count, event_json, first_value, free_port, kcat_produce};
 
 /// What issue 5 asks: a dead worker's partitions, and a newcomer's share, within 15 s.
 const TAKEOVER: Duration = Duration::from_secs(15);
@@ -72,28 +74,16 @@ impl Worker {
 
     /// The worker's metrics, or `None` while it is not serving them yet.
     fn scrape(&self) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: sitemon\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+        support::scrape(self.metrics)
     }
 
     /// `sitemon_sync_leases_held`, once the worker serves its metrics.
     fn leases_held(&self) -> Option<f64> {
-        metric(&self.scrape()?, "sitemon_sync_leases_held{")
+        first_value(&self.scrape()?, "sitemon_sync_leases_held{")
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        support::terminate(&self.child);
     }
 
     fn log(&self) -> String {
@@ -110,84 +100,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The value of the first series whose line starts with `prefix` (a name, or a name and
-/// the opening brace of its labels).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("an address")
-}
-
-fn random() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos();
-    (nanos as u64).wrapping_mul(6364136223846793005) >> 20
-}
-
-/// A check event as the checker writes it, with a unique `check_id`.
-fn event_json(website_id: i32, n: u64) -> Vec<u8> {
-    let check_id = format!(
-        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
-        random() as u32,
-        n & 0xffff,
-        website_id & 0xfff,
-        n >> 16 & 0xfff,
-        random() & 0xffff_ffff_ffff
-    );
-    serde_json::json!({
-        "schema": 1,
-        "check_id": check_id,
-        "website_id": website_id,
-        "url": format!("https://site-{website_id}.example/"),
-        "location": "eu-north",
-        "checked_at": "2026-11-28T13:14:15.123456Z",
-        "up": true,
-        "status_code": 200,
-        "response_time_ms": 12.5,
-        "regex": null,
-        "regex_matched": null,
-        "error": null,
-        "timings_ms": {"dns": 0.4, "connect": 1.1, "tls": 6.0, "ttfb": 10.0, "total": 12.5},
-        "redirects": 0,
-        "final_url": null,
-        "tls_cert_not_after": null,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// Produces `key\tvalue` lines with kcat (keys spread over the partitions by its
-/// partitioner), and waits for the broker's acknowledgement.
-fn kcat_produce(topic: &str, lines: &[u8]) {
-    let mut kcat = Command::new("kcat")
-        .args(["-P", "-b", &services().kafka_brokers, "-t", topic])
-        .args(["-K", "\t", "-X", "acks=all"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat runs (scripts/services up installs it)");
-    kcat.stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines)
-        .expect("kcat reads");
-    let output = kcat.wait_with_output().expect("kcat exits");
-    assert!(
-        output.status.success(),
-        "kcat failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Resource → backend pid of the holder's lease connection.
@@ -230,14 +142,6 @@ async fn wait_for_shares(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn count(db: &TestDb, sql: &str, topic: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .bind(topic)
-        .fetch_one(&db.pool)
-        .await
-        .expect("count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +190,7 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
                     lines.extend_from_slice(&value);
                     lines.push(b'\n');
                 }
-                kcat_produce(&topic, &lines);
+                kcat_produce(&topic, None, &lines);
                 round += 1;
                 std::thread::sleep(Duration::from_millis(200));
             }
