@@ -9,55 +9,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use sitemon_core::{NewSite, db};
-use sitemon_testkit::{TestDb, kafka_config, random_topic};
+use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
 use support::{TestServer, checker_config, wait_for_events};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-
-/// Starts the broker again when dropped, whatever happened.
-struct KafkaOutage {
-    stopped: bool,
-}
-
-impl KafkaOutage {
-    fn services(action: &str) {
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services");
-        let status = Command::new(&script)
-            .arg(action)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {} {action}: {e}", script.display()));
-        assert!(
-            status.success(),
-            "{} {action} failed: {status}",
-            script.display()
-        );
-    }
-
-    fn begin() -> Self {
-        let mut outage = Self { stopped: true };
-        Self::services("stop-kafka");
-        outage.stopped = true;
-        outage
-    }
-
-    fn end(&mut self) {
-        Self::services("start-kafka");
-        self.stopped = false;
-    }
-}
-
-impl Drop for KafkaOutage {
-    fn drop(&mut self) {
-        if self.stopped {
-            Self::services("start-kafka");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_made_while_the_broker_is_down_arrive_afterwards() {
@@ -83,7 +41,7 @@ async fn events_made_while_the_broker_is_down_arrive_afterwards() {
     assert!(before.len() >= 3);
     drop(client);
 
-    let mut outage = KafkaOutage::begin();
+    let mut outage = Outage::begin(Service::Kafka);
     let down_from = OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let down_until = OffsetDateTime::now_utc();

@@ -8,53 +8,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use sitemon_core::{NewSite, db};
-use sitemon_testkit::{TestDb, kafka_config, random_topic};
+use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
 use support::{TestServer, checker_config, wait_for_events};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-
-/// Starts PostgreSQL again when dropped, whatever happened.
-struct PostgresOutage {
-    stopped: bool,
-}
-
-impl PostgresOutage {
-    fn services(action: &str) {
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services");
-        let status = Command::new(&script)
-            .arg(action)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {} {action}: {e}", script.display()));
-        assert!(
-            status.success(),
-            "{} {action} failed: {status}",
-            script.display()
-        );
-    }
-
-    fn begin() -> Self {
-        Self::services("stop-postgres");
-        Self { stopped: true }
-    }
-
-    fn end(&mut self) {
-        Self::services("start-postgres");
-        self.stopped = false;
-    }
-}
-
-impl Drop for PostgresOutage {
-    fn drop(&mut self) {
-        if self.stopped {
-            Self::services("start-postgres");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_go_on_while_the_database_is_down() {
@@ -78,7 +38,7 @@ async fn checks_go_on_while_the_database_is_down() {
         .expect("kafka");
     wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
 
-    let mut outage = PostgresOutage::begin();
+    let mut outage = Outage::begin(Service::Postgres);
     let down_from = OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let down_until = OffsetDateTime::now_utc();

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{Fixture, event, services_script};
+use common::{Fixture, event};
+use sitemon_testkit::services_script;
 
 /// Starts PostgreSQL again however the test ends, so that no later test finds it down.
 struct PostgresRunning;

@@ -196,6 +196,77 @@ pub fn connect_options(url: &str) -> PgConnectOptions {
     url.parse().expect("a valid postgres URL")
 }
 
+/// Runs `scripts/services COMMAND` (`stop-kafka`, `start-postgres`, `restart-postgres`...)
+/// and waits for it.
+///
+/// # Panics
+/// When the script fails.
+pub fn services_script(command: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
+    let status = std::process::Command::new(script)
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        status.success(),
+        "scripts/services {command} failed: {status}"
+    );
+}
+
+/// A service of `scripts/services` that a test can stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The Kafka broker (every listener).
+    Kafka,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A service stopped for a test: started again by [`Outage::end`], or when dropped, however
+/// the test ends, so that no later test finds it down.
+///
+/// Stopping a shared service disturbs every test that runs at that moment: a test that uses
+/// it belongs in a test binary of its own (cargo runs test binaries one after the other).
+#[derive(Debug)]
+pub struct Outage {
+    service: Service,
+    stopped: bool,
+}
+
+impl Outage {
+    /// Stops `service` (`scripts/services stop-...`).
+    pub fn begin(service: Service) -> Self {
+        services_script(&format!("stop-{}", service.name()));
+        Self {
+            service,
+            stopped: true,
+        }
+    }
+
+    /// Starts the service again and waits until it answers.
+    pub fn end(&mut self) {
+        services_script(&format!("start-{}", self.service.name()));
+        self.stopped = false;
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if self.stopped {
+            services_script(&format!("start-{}", self.service.name()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::url_with_database;

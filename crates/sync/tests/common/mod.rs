@@ -321,13 +321,3 @@ pub fn now() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
 async fn retry_pause(_error: rskafka::client::error::Error) {
     tokio::time::sleep(Duration::from_millis(250)).await;
 }
-
-/// Runs `scripts/services <command>` (for example `restart-postgres`).
-pub fn services_script(command: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services");
-    let status = std::process::Command::new(script)
-        .arg(command)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(status.success(), "scripts/services {command} failed");
-}
