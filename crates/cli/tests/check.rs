@@ -178,11 +178,17 @@ async fn follows_sites_added_and_removed_while_running_and_stops_on_sigterm() {
         .filter(|e| e.checked_at > removed_at + time::Duration::seconds(3))
         .collect();
     assert!(late.is_empty(), "checks after removal: {late:?}");
-    assert!(all[&first].len() >= 8, "{}", all[&first].len());
-    // Every check made before the stop was flushed: one event a second, no gaps.
+    // Every check made before the stop was flushed: one event a second, no gaps, up to the
+    // stop (a fixed count would depend on how long the phases above took).
+    assert!(all[&first].len() >= 5, "{}", all[&first].len());
     for pair in all[&first].windows(2) {
         assert!(pair[1].checked_at - pair[0].checked_at < time::Duration::milliseconds(1500));
     }
+    let last = all[&first].last().expect("checks").checked_at;
+    assert!(
+        last > removed_at + time::Duration::seconds(3),
+        "the first site was no longer checked after the removal of the second: last {last}"
+    );
     db.drop_database().await;
 }
 
