@@ -178,7 +178,8 @@ pub enum TopicCreation {
     AlreadyExists,
 }
 
-/// Creates a topic; a topic that exists already is not an error.
+/// Creates a topic; a topic that exists already is not an error. Returns once the topic
+/// shows in the cluster's metadata.
 ///
 /// # Errors
 /// [`Error::Kafka`] when the broker refuses (for example a replication factor larger than
@@ -206,7 +207,23 @@ pub async fn create_topic(
     )
     .await?;
     match created {
-        Ok(()) => Ok(TopicCreation::Created),
+        Ok(()) => {
+            // CreateTopics returns once the controller has the topic; the brokers' metadata
+            // may list it a moment later. Callers (the sync starting right after `run`
+            // created the topic, say) must see what they just created.
+            bounded(
+                format!("waiting for topic {topic} to show in the metadata"),
+                ADMIN_TIMEOUT,
+                async {
+                    while partition_count(client, topic).await?.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok::<_, Error>(())
+                },
+            )
+            .await??;
+            Ok(TopicCreation::Created)
+        }
         Err(KafkaError::ServerError {
             protocol_error: ProtocolError::TopicAlreadyExists,
             ..

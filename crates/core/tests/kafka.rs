@@ -1,14 +1,11 @@
 //! sitemon-core against the real Kafka broker: plaintext and mutual TLS.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rskafka::client::Client;
-use rskafka::client::partition::{Compression, UnknownTopicHandling};
-use rskafka::record::Record;
 use sitemon_core::kafka::{self, TopicCreation};
 use sitemon_core::{Error, KafkaConfig};
-use sitemon_testkit::{kafka_config, random_topic, tls_kafka_settings};
+use sitemon_testkit::{kafka_config, produce_and_read_back, random_topic, tls_kafka_settings};
 
 /// Creates `config.topic` (twice: the second is not an error), produces one record and reads
 /// it back from the partition it went to.
@@ -32,31 +29,7 @@ async fn round_trip(config: &KafkaConfig) {
         Some(3)
     );
 
-    let record = Record {
-        key: Some(b"42".to_vec()),
-        value: Some(br#"{"hello":"kafka"}"#.to_vec()),
-        headers: BTreeMap::new(),
-        timestamp: chrono::Utc::now(),
-    };
-    let partition = client
-        .partition_client(topic.as_str(), 2, UnknownTopicHandling::Retry)
-        .await
-        .expect("partition client");
-    let offsets = partition
-        .produce(vec![record.clone()], Compression::NoCompression)
-        .await
-        .expect("produces");
-    assert_eq!(offsets, [0]);
-
-    let (records, high_watermark) = partition
-        .fetch_records(0, 1..1_000_000, 1_000)
-        .await
-        .expect("fetches");
-    assert_eq!(high_watermark, 1);
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].offset, 0);
-    assert_eq!(records[0].record.key, record.key);
-    assert_eq!(records[0].record.value, record.value);
+    produce_and_read_back(&client, topic, 2).await;
 
     delete(&client, topic).await;
 }

@@ -196,6 +196,36 @@ pub fn connect_options(url: &str) -> PgConnectOptions {
     url.parse().expect("a valid postgres URL")
 }
 
+/// Produces one record to `partition` of `topic` and reads it back, asserting it is the
+/// only record there: the round trip every listener (plaintext, mTLS, SASL) must pass.
+pub async fn produce_and_read_back(client: &rskafka::client::Client, topic: &str, partition: i32) {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    let record = rskafka::record::Record {
+        key: Some(b"42".to_vec()),
+        value: Some(br#"{"hello":"kafka"}"#.to_vec()),
+        headers: std::collections::BTreeMap::new(),
+        timestamp: chrono::Utc::now(),
+    };
+    let partition = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let offsets = partition
+        .produce(vec![record.clone()], Compression::NoCompression)
+        .await
+        .expect("produces");
+    assert_eq!(offsets, [0]);
+    let (records, high_watermark) = partition
+        .fetch_records(0, 1..1_000_000, 1_000)
+        .await
+        .expect("fetches");
+    assert_eq!(high_watermark, 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, 0);
+    assert_eq!(records[0].record.key, record.key);
+    assert_eq!(records[0].record.value, record.value);
+}
+
 /// Runs `scripts/services COMMAND` (`stop-kafka`, `start-postgres`, `restart-postgres`...)
 /// and waits for it.
 ///
