@@ -15,6 +15,8 @@
 //!   PostgreSQL advisory locks.
 //! - [`metrics`]: counters and histograms in the Prometheus text format, and `/metrics`.
 //! - [`report`]: the operator's view of the history (`sitemon status`).
+//! - [`retry`]: [`retry::Backoff`] between attempts and [`retry::timeout`] around every call
+//!   that can hang.
 //! - [`error`]: this crate's [`Error`].
 //!
 //! # Example
@@ -41,6 +43,7 @@ pub mod kafka;
 pub mod lease;
 pub mod metrics;
 pub mod report;
+pub mod retry;
 pub mod site;
 
 pub use config::{
