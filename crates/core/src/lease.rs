@@ -26,6 +26,7 @@ use sqlx::{Connection as _, PgConnection, PgExecutor};
 
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result};
+use crate::retry;
 
 /// How long one lease statement may take before the lease connection counts as lost.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +48,6 @@ pub struct Rebalance {
 pub struct LeaseGroup {
     /// The dedicated session that holds every lock of this member.
     conn: PgConnection,
-    /// The group's name, for messages.
-    name: String,
     /// First key of the resource locks.
     resource_class: i32,
     /// First key of the membership locks.
@@ -71,28 +70,95 @@ fn class_key(kind: &str, group: &str) -> i32 {
     (hash & 0x7fff_ffff) as i32
 }
 
+/// The granted advisory locks of the current database with first key `classid`: the one
+/// place that reads `pg_locks`. Advisory locks taken with two `int4` keys show
+/// `objsubid = 2`, the first key in `classid` and the second in `objid`.
+macro_rules! granted_locks {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT classid::bigint AS class, objid::bigint AS resource, pid FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            $($rest),*
+        )
+    };
+}
+
+/// The fair share of `total` resources among `members`: `ceil(total / members)`.
+fn share(total: i32, members: u32) -> usize {
+    usize::try_from(total.max(0))
+        .unwrap_or(0)
+        .div_ceil(members.max(1) as usize)
+}
+
+/// What one member should do to move towards its fair share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Resources to try to take, best first.
+    pub(crate) take: Vec<i32>,
+    /// Resources held beyond the share, to hand back once unused.
+    pub(crate) surplus: Vec<i32>,
+}
+
+/// Decides, from one look at the lock table, which resources a member takes and which it
+/// gives back. `held` are the member's resources, `taken` every resource some member
+/// (this one included) holds, `total` the number of resources (`0..total`), `members` the
+/// live members, and `me` a number of the member's own (its random id) from which it starts
+/// looking, so that members joining together do not all race for resource 0.
+///
+/// Resources that no longer exist (`>= total`) are surplus first, then the highest numbers
+/// beyond the share; free resources are taken up to the share.
+pub(crate) fn plan(
+    held: &BTreeSet<i32>,
+    taken: &BTreeSet<i32>,
+    total: i32,
+    members: u32,
+    me: i32,
+) -> Plan {
+    let total = total.max(0);
+    let share = share(total, members);
+    let mut surplus: Vec<i32> = held.iter().copied().filter(|r| *r >= total).collect();
+    let in_range = held.len() - surplus.len();
+    surplus.extend(
+        held.iter()
+            .rev()
+            .filter(|r| **r < total)
+            .take(in_range.saturating_sub(share)),
+    );
+    let need = share.saturating_sub(held.len());
+    let take = if need == 0 || total == 0 {
+        Vec::new()
+    } else {
+        let start = me.rem_euclid(total);
+        (start..total)
+            .chain(0..start)
+            .filter(|r| !held.contains(r) && !taken.contains(r))
+            .take(need)
+            .collect()
+    };
+    Plan { take, surplus }
+}
+
 impl LeaseGroup {
     /// Joins the group `name` (e.g. `sync:website_status`) on a new dedicated connection.
     ///
     /// # Errors
     /// [`Error::DatabaseConnect`] when PostgreSQL cannot be reached; [`Error::Database`].
     pub async fn join(config: &DatabaseConfig, name: &str) -> Result<Self> {
-        let connect = PgConnection::connect_with(config.options());
-        let mut conn = match tokio::time::timeout(crate::db::CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                return Err(Error::DatabaseConnect {
+        let connect = async {
+            PgConnection::connect_with(config.options())
+                .await
+                .map_err(|e| Error::DatabaseConnect {
                     target: config.target().to_owned(),
                     reason: crate::error::one_line(&e.to_string()),
-                });
-            }
-            Err(_) => {
-                return Err(Error::DatabaseConnect {
-                    target: config.target().to_owned(),
-                    reason: format!("no answer within {:?}", crate::db::CONNECT_TIMEOUT),
-                });
-            }
+                })
         };
+        let mut conn = retry::timeout(
+            &format!("connecting to PostgreSQL at {}", config.target()),
+            crate::db::CONNECT_TIMEOUT,
+            connect,
+        )
+        .await?;
         // A member that vanishes without closing its connection (a lost network) must lose
         // its locks soon: keepalive probes after 5 s idle, every 2 s, 3 tries.
         bounded(
@@ -129,7 +195,6 @@ impl LeaseGroup {
         };
         Ok(Self {
             conn,
-            name: name.to_owned(),
             resource_class: class_key("sitemon-lease", name),
             member_class,
             member_id,
@@ -149,11 +214,6 @@ impl LeaseGroup {
         }
     }
 
-    /// The group's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The resources this member holds.
     pub fn held(&self) -> &BTreeSet<i32> {
         &self.held
@@ -165,91 +225,59 @@ impl LeaseGroup {
     /// [`Error::Database`] when the lease connection is gone: every lease is lost then, and
     /// the caller must stop using all of them.
     pub async fn members(&mut self) -> Result<u32> {
-        let count: i64 = bounded(
-            "counting the lease group's members",
-            sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND classid::bigint = $1",
-            )
-            .bind(i64::from(self.member_class))
-            .fetch_one(&mut self.conn),
+        Ok(self.look().await?.0)
+    }
+
+    /// One look at the lock table: the live members, and the resources some member holds.
+    async fn look(&mut self) -> Result<(u32, BTreeSet<i32>)> {
+        let rows: Vec<(i64, i64, i32)> = bounded(
+            "looking at the lease group",
+            sqlx::query_as(granted_locks!(" AND classid::bigint IN ($1, $2)"))
+                .bind(i64::from(self.member_class))
+                .bind(i64::from(self.resource_class))
+                .fetch_all(&mut self.conn),
         )
         .await?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX).max(1))
+        let member_class = i64::from(self.member_class);
+        let members = rows
+            .iter()
+            .filter(|(class, ..)| *class == member_class)
+            .count();
+        let taken = rows
+            .iter()
+            .filter(|(class, ..)| *class != member_class)
+            .filter_map(|(_, resource, _)| i32::try_from(*resource).ok())
+            .collect();
+        Ok((u32::try_from(members).unwrap_or(u32::MAX).max(1), taken))
     }
 
     /// Takes free resources up to this member's fair share of `total` (`0..total`) and names
     /// the resources it holds beyond that share.
     ///
+    /// Two round trips whatever the number of resources (a checker's 256 buckets over a
+    /// WAN): one look at the lock table, then one statement that tries exactly the
+    /// resources [`plan`] picked. A resource another member took meanwhile is simply not
+    /// granted; the next rebalance tries again.
+    ///
     /// # Errors
     /// [`Error::Database`] when the lease connection is gone: every lease is lost then.
     pub async fn rebalance(&mut self, total: i32) -> Result<Rebalance> {
-        let total = total.max(0);
-        let members = self.members().await?;
-        let share = usize::try_from(total)
-            .unwrap_or(0)
-            .div_ceil(members as usize);
-        let mut plan = Rebalance {
-            members,
-            ..Rebalance::default()
-        };
-        // Resources that no longer exist are surplus first, then the highest numbers.
-        plan.surplus
-            .extend(self.held.iter().copied().filter(|r| *r >= total));
-        let in_range = self.held.iter().filter(|r| **r < total).count();
-        plan.surplus.extend(
-            self.held
-                .iter()
-                .rev()
-                .filter(|r| **r < total)
-                .take(in_range.saturating_sub(share)),
-        );
-        let need = share.saturating_sub(self.held.len());
-        if need > 0 && total > 0 {
-            // One look at the lock table for the free resources, then one statement that
-            // tries exactly `need` of them: two round trips whatever the number of resources
-            // (a checker's 256 buckets over a WAN). A resource another member took meanwhile
-            // is simply not granted; the next rebalance tries again.
-            let taken = self.taken().await?;
-            // Start at a place of our own, so that joining members do not all race for 0.
-            let start = self.member_id % total;
-            let candidates: Vec<i32> = (start..total)
-                .chain(0..start)
-                .filter(|r| !self.held.contains(r) && !taken.contains(r))
-                .take(need)
-                .collect();
-            if !candidates.is_empty() {
-                let mut granted = self.try_lock_all(&candidates).await?;
-                granted.sort_unstable_by_key(|r| candidates.iter().position(|c| c == r));
-                for resource in granted {
-                    self.held.insert(resource);
-                    plan.acquired.push(resource);
-                }
+        let (members, taken) = self.look().await?;
+        let Plan { take, surplus } = plan(&self.held, &taken, total, members, self.member_id);
+        let mut acquired = Vec::new();
+        if !take.is_empty() {
+            let mut granted = self.try_lock_all(&take).await?;
+            granted.sort_unstable_by_key(|r| take.iter().position(|c| c == r));
+            for resource in granted {
+                self.held.insert(resource);
+                acquired.push(resource);
             }
         }
-        Ok(plan)
-    }
-
-    /// The resources of this group some member holds now, from `pg_locks`.
-    async fn taken(&mut self) -> Result<BTreeSet<i32>> {
-        let rows: Vec<i64> = bounded(
-            "listing the leases taken",
-            sqlx::query_scalar(
-                "SELECT objid::bigint FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND classid::bigint = $1",
-            )
-            .bind(i64::from(self.resource_class))
-            .fetch_all(&mut self.conn),
-        )
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| i32::try_from(r).ok())
-            .collect())
+        Ok(Rebalance {
+            acquired,
+            surplus,
+            members,
+        })
     }
 
     /// Tries to lock every one of `resources` (each exactly once); returns those granted.
@@ -292,11 +320,14 @@ impl LeaseGroup {
     pub async fn still_holds(&mut self, resource: i32) -> Result<bool> {
         bounded(
             "checking a lease",
-            sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks
-                   WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                     AND pid = pg_backend_pid() AND classid::bigint = $1 AND objid::bigint = $2)",
-            )
+            sqlx::query_scalar(concat!(
+                "SELECT EXISTS (",
+                granted_locks!(
+                    " AND pid = pg_backend_pid() AND classid::bigint = $1",
+                    " AND objid::bigint = $2"
+                ),
+                ")"
+            ))
             .bind(i64::from(self.resource_class))
             .bind(i64::from(resource))
             .fetch_one(&mut self.conn),
@@ -352,13 +383,14 @@ impl LeaseHolder {
         wanted.dedup();
         let granted: i64 = bounded(
             "checking the leases",
-            sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $1
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND ((classid::bigint = $2 AND objid::bigint = $3)
-                        OR (classid::bigint = $4 AND objid::bigint = ANY($5::bigint[])))",
-            )
+            sqlx::query_scalar(concat!(
+                "SELECT count(*) FROM (",
+                granted_locks!(
+                    " AND pid = $1 AND ((classid::bigint = $2 AND objid::bigint = $3)",
+                    " OR (classid::bigint = $4 AND objid::bigint = ANY($5::bigint[])))"
+                ),
+                ") AS held"
+            ))
             .bind(self.backend_pid)
             .bind(i64::from(self.member_class))
             .bind(i64::from(self.member_id))
@@ -380,21 +412,16 @@ pub async fn holders<'e, E>(executor: E, name: &str) -> Result<std::collections:
 where
     E: PgExecutor<'e>,
 {
-    let rows: Vec<(i64, i32)> = bounded(
+    let rows: Vec<(i64, i64, i32)> = bounded(
         "listing the lease holders",
-        sqlx::query_as(
-            "SELECT objid::bigint, pid FROM pg_locks
-             WHERE locktype = 'advisory' AND granted AND objsubid = 2
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid::bigint = $1",
-        )
-        .bind(i64::from(class_key("sitemon-lease", name)))
-        .fetch_all(executor),
+        sqlx::query_as(granted_locks!(" AND classid::bigint = $1"))
+            .bind(i64::from(class_key("sitemon-lease", name)))
+            .fetch_all(executor),
     )
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(resource, pid)| Some((i32::try_from(resource).ok()?, pid)))
+        .filter_map(|(_, resource, pid)| Some((i32::try_from(resource).ok()?, pid)))
         .collect())
 }
 
@@ -415,21 +442,76 @@ async fn bounded<T>(
     doing: &'static str,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
-        Ok(result) => result.map_err(|source| Error::Database {
+    let statement = async {
+        statement.await.map_err(|source| Error::Database {
             doing,
             source: Box::new(source),
-        }),
-        Err(_) => Err(Error::Timeout {
-            operation: doing.to_owned(),
-            after: STATEMENT_TIMEOUT,
-        }),
-    }
+        })
+    };
+    retry::timeout(doing, STATEMENT_TIMEOUT, statement).await
 }
 
 #[cfg(test)]
 mod tests {
-    use super::class_key;
+    use std::collections::BTreeSet;
+
+    use super::{Plan, class_key, plan};
+
+    fn set(items: &[i32]) -> BTreeSet<i32> {
+        items.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_lone_member_takes_everything_free_from_its_own_start() {
+        let p = plan(&set(&[]), &set(&[1]), 6, 1, 10);
+        assert_eq!(p.surplus, Vec::<i32>::new());
+        assert_eq!(
+            p.take,
+            vec![4, 5, 0, 2, 3],
+            "starts at 10 % 6, skips the taken 1"
+        );
+    }
+
+    #[test]
+    fn takes_only_up_to_the_ceiling_share() {
+        // 7 resources, 3 members: a share of 3.
+        let p = plan(&set(&[0]), &set(&[0, 1, 2, 3]), 7, 3, 0);
+        assert_eq!(p.take, vec![4, 5], "two more to reach 3");
+        assert!(p.surplus.is_empty());
+    }
+
+    #[test]
+    fn gives_back_the_highest_beyond_the_share_and_vanished_ones_first() {
+        // 6 resources, 2 members: a share of 3; 9 no longer exists.
+        let held = set(&[0, 1, 2, 3, 4, 9]);
+        let p = plan(&held, &held, 6, 2, 0);
+        assert_eq!(p.surplus, vec![9, 4, 3]);
+        assert!(p.take.is_empty());
+    }
+
+    #[test]
+    fn no_resources_means_everything_held_is_surplus() {
+        let p = plan(&set(&[0, 1]), &set(&[0, 1]), 0, 1, 3);
+        assert_eq!(
+            p,
+            Plan {
+                take: vec![],
+                surplus: vec![0, 1]
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_share_takes_nothing_and_zero_members_counts_as_one() {
+        let p = plan(&set(&[2, 3]), &set(&[2, 3]), 4, 2, 0);
+        assert_eq!(p, Plan::default());
+        let p = plan(&set(&[]), &set(&[]), 3, 0, -7);
+        assert_eq!(
+            p.take,
+            vec![2, 0, 1],
+            "a negative id starts at its Euclidean remainder"
+        );
+    }
 
     #[test]
     fn application_names_fit_postgres() {
