@@ -25,8 +25,6 @@ pub(crate) const CHANNEL: &str = "sitemon_sites";
 const COALESCE: Duration = Duration::from_millis(100);
 /// The most a steady stream of notifications may delay a reload.
 const COALESCE_MAX: Duration = Duration::from_millis(1000);
-/// How long one reload query may take.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A site as the checker uses it: URL and regex parsed once, per change of the row.
 #[derive(Debug)]
@@ -122,12 +120,7 @@ pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener, String> {
 
 /// Loads every site once.
 pub(crate) async fn load(pool: &PgPool) -> sitemon_core::Result<Vec<Site>> {
-    sitemon_core::kafka::bounded(
-        "loading the sites",
-        RELOAD_TIMEOUT,
-        sitemon_core::db::list_sites(pool),
-    )
-    .await?
+    sitemon_core::db::list_sites(pool).await
 }
 
 /// Keeps `sites` up to date with the table until `shutdown`.

@@ -1,6 +1,7 @@
 //! The PostgreSQL side both ends share: the pool, the embedded migrations, and the
 //! `websites` table.
 
+use std::future::Future;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -10,6 +11,7 @@ pub use sqlx::postgres::PgPool;
 
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result, one_line};
+use crate::retry;
 use crate::site::{NewSite, Site};
 
 /// The schema, from `migrations/`, embedded in every binary.
@@ -17,6 +19,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// How long connecting (or waiting for a free pooled connection) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one statement on the `websites` table (add, remove, list) may take.
+pub const SITE_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens a pool of at most `max_connections` and proves it works with one round trip.
 ///
@@ -39,6 +43,17 @@ pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<Pg
             "no answer within {CONNECT_TIMEOUT:?}"
         ))),
     }
+}
+
+/// Runs one statement for at most `after`: its error becomes [`Error::Database`] and its
+/// timeout [`Error::Timeout`], both naming what it was `doing`.
+pub(crate) async fn bounded<T>(
+    doing: &'static str,
+    after: Duration,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T> {
+    let statement = async { statement.await.map_err(db_error(doing)) };
+    retry::timeout(doing, after, statement).await
 }
 
 fn describe_connect_error(error: &sqlx::Error) -> String {
@@ -74,27 +89,33 @@ fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
 ///
 /// # Errors
 /// [`Error::DuplicateUrl`] with the existing id when the URL is registered already;
-/// [`Error::Database`] otherwise.
+/// [`Error::Database`] or [`Error::Timeout`] otherwise.
 pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
-    let inserted: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO websites (url, check_interval, up_regex) VALUES ($1, $2, $3)
-         ON CONFLICT (url) DO NOTHING
-         RETURNING id",
+    let inserted: Option<i32> = bounded(
+        "adding the site",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query_scalar(
+            "INSERT INTO websites (url, check_interval, up_regex) VALUES ($1, $2, $3)
+             ON CONFLICT (url) DO NOTHING
+             RETURNING id",
+        )
+        .bind(site.url())
+        .bind(site.check_interval())
+        .bind(site.up_regex())
+        .fetch_optional(pool),
     )
-    .bind(site.url())
-    .bind(site.check_interval())
-    .bind(site.up_regex())
-    .fetch_optional(pool)
-    .await
-    .map_err(db_error("adding the site"))?;
+    .await?;
     if let Some(id) = inserted {
         return Ok(id);
     }
-    let existing_id: Option<i32> = sqlx::query_scalar("SELECT id FROM websites WHERE url = $1")
-        .bind(site.url())
-        .fetch_optional(pool)
-        .await
-        .map_err(db_error("looking up the existing site"))?;
+    let existing_id: Option<i32> = bounded(
+        "looking up the existing site",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query_scalar("SELECT id FROM websites WHERE url = $1")
+            .bind(site.url())
+            .fetch_optional(pool),
+    )
+    .await?;
     match existing_id {
         Some(existing_id) => Err(Error::DuplicateUrl {
             url: site.url().to_owned(),
@@ -111,16 +132,19 @@ pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
 /// Removes a site; its history goes with it (`ON DELETE CASCADE`).
 ///
 /// # Errors
-/// [`Error::UnknownSite`] when no site has this id.
+/// [`Error::UnknownSite`] when no site has this id; [`Error::Database`], [`Error::Timeout`].
 pub async fn delete_site(pool: &PgPool, id: i64) -> Result<()> {
     let Ok(id32) = i32::try_from(id) else {
         return Err(Error::UnknownSite { id });
     };
-    let deleted = sqlx::query("DELETE FROM websites WHERE id = $1")
-        .bind(id32)
-        .execute(pool)
-        .await
-        .map_err(db_error("removing the site"))?;
+    let deleted = bounded(
+        "removing the site",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query("DELETE FROM websites WHERE id = $1")
+            .bind(id32)
+            .execute(pool),
+    )
+    .await?;
     if deleted.rows_affected() == 0 {
         return Err(Error::UnknownSite { id });
     }
@@ -130,10 +154,13 @@ pub async fn delete_site(pool: &PgPool, id: i64) -> Result<()> {
 /// Every registered site, by id.
 ///
 /// # Errors
-/// [`Error::Database`].
+/// [`Error::Database`], [`Error::Timeout`].
 pub async fn list_sites(pool: &PgPool) -> Result<Vec<Site>> {
-    sqlx::query_as("SELECT id, url, check_interval, up_regex FROM websites ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .map_err(db_error("listing the sites"))
+    bounded(
+        "listing the sites",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query_as("SELECT id, url, check_interval, up_regex FROM websites ORDER BY id")
+            .fetch_all(pool),
+    )
+    .await
 }

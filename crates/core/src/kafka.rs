@@ -1,9 +1,8 @@
 //! Building an rskafka [`Client`] from a [`KafkaConfig`], and the topic utilities.
 //!
 //! rskafka 0.6 retries forever and has no timeouts of its own: every call here is bounded by
-//! a `tokio::time::timeout`, and the client's retries back off with a deadline.
+//! [`retry::timeout`], and the client's retries back off with a deadline.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ClientCertFiles, KafkaConfig, KafkaSecurity, SaslMechanism};
 use crate::error::{Error, Result};
+use crate::retry;
 
 /// How long connecting to the cluster (the first metadata round trip) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -200,28 +200,27 @@ pub async fn create_topic(
         source: Box::new(source),
     })?;
     let timeout_ms = i32::try_from(ADMIN_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
-    let created = bounded(
-        format!("creating topic {topic}"),
-        ADMIN_TIMEOUT,
-        controller.create_topic(topic, partitions, replication_factor, timeout_ms),
-    )
+    let create = controller.create_topic(topic, partitions, replication_factor, timeout_ms);
+    let created = retry::timeout(&format!("creating topic {topic}"), ADMIN_TIMEOUT, async {
+        Ok::<_, Error>(create.await)
+    })
     .await?;
     match created {
         Ok(()) => {
             // CreateTopics returns once the controller has the topic; the brokers' metadata
             // may list it a moment later. Callers (the sync starting right after `run`
             // created the topic, say) must see what they just created.
-            bounded(
-                format!("waiting for topic {topic} to show in the metadata"),
+            retry::timeout(
+                &format!("waiting for topic {topic} to show in the metadata"),
                 ADMIN_TIMEOUT,
                 async {
                     while partition_count(client, topic).await?.is_none() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Ok::<_, Error>(())
+                    Ok(())
                 },
             )
-            .await??;
+            .await?;
             Ok(TopicCreation::Created)
         }
         Err(KafkaError::ServerError {
@@ -247,17 +246,17 @@ pub async fn delete_topic(client: &Client, topic: &str) -> Result<()> {
         source: Box::new(source),
     })?;
     let timeout_ms = i32::try_from(ADMIN_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
-    bounded(
-        format!("deleting topic {topic}"),
-        ADMIN_TIMEOUT,
-        controller.delete_topic(topic, timeout_ms),
-    )
-    .await?
-    .map_err(|source| Error::Kafka {
-        operation: "delete",
-        topic: topic.to_owned(),
-        source: Box::new(source),
-    })
+    let delete = async {
+        controller
+            .delete_topic(topic, timeout_ms)
+            .await
+            .map_err(|source| Error::Kafka {
+                operation: "delete",
+                topic: topic.to_owned(),
+                source: Box::new(source),
+            })
+    };
+    retry::timeout(&format!("deleting topic {topic}"), ADMIN_TIMEOUT, delete).await
 }
 
 /// The number of partitions of `topic`, or `None` when it does not exist.
@@ -265,36 +264,17 @@ pub async fn delete_topic(client: &Client, topic: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Kafka`], [`Error::Timeout`].
 pub async fn partition_count(client: &Client, topic: &str) -> Result<Option<usize>> {
-    let topics = bounded(
-        format!("listing topics for {topic}"),
-        ADMIN_TIMEOUT,
-        client.list_topics(),
-    )
-    .await?
-    .map_err(|source| Error::Kafka {
-        operation: "describe",
-        topic: topic.to_owned(),
-        source: Box::new(source),
-    })?;
+    let list = async {
+        client.list_topics().await.map_err(|source| Error::Kafka {
+            operation: "describe",
+            topic: topic.to_owned(),
+            source: Box::new(source),
+        })
+    };
+    let topics =
+        retry::timeout(&format!("listing topics for {topic}"), ADMIN_TIMEOUT, list).await?;
     Ok(topics
         .into_iter()
         .find(|t| t.name == topic)
         .map(|t| t.partitions.len()))
-}
-
-/// Runs `future` with a deadline, naming the operation if it passes.
-///
-/// # Errors
-/// [`Error::Timeout`].
-pub async fn bounded<T>(
-    operation: impl Into<String>,
-    after: Duration,
-    future: impl Future<Output = T>,
-) -> Result<T> {
-    tokio::time::timeout(after, future)
-        .await
-        .map_err(|_| Error::Timeout {
-            operation: operation.into(),
-            after,
-        })
 }

@@ -442,13 +442,7 @@ async fn bounded<T>(
     doing: &'static str,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T> {
-    let statement = async {
-        statement.await.map_err(|source| Error::Database {
-            doing,
-            source: Box::new(source),
-        })
-    };
-    retry::timeout(doing, STATEMENT_TIMEOUT, statement).await
+    crate::db::bounded(doing, STATEMENT_TIMEOUT, statement).await
 }
 
 #[cfg(test)]

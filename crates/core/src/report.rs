@@ -85,16 +85,7 @@ pub async fn site_statuses(pool: &PgPool, window: Duration) -> Result<Vec<SiteSt
     )
     .bind(window.as_secs_f64())
     .fetch_all(pool);
-    match tokio::time::timeout(STATUS_TIMEOUT, query).await {
-        Ok(result) => result.map_err(|source| Error::Database {
-            doing: "computing the status of the sites",
-            source: Box::new(source),
-        }),
-        Err(_) => Err(Error::Timeout {
-            operation: "computing the status of the sites".into(),
-            after: STATUS_TIMEOUT,
-        }),
-    }
+    crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, query).await
 }
 
 /// Parses a duration such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).

@@ -57,7 +57,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Doubling from `initial` to `max`, a quarter of jitter either way, no deadline.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub const fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
@@ -68,7 +68,7 @@ impl Backoff {
     }
 
     /// A period: `every`, give or take a quarter, for ever.
-    pub fn every(every: Duration) -> Self {
+    pub const fn every(every: Duration) -> Self {
         Self {
             multiplier: 1.0,
             ..Self::new(every, every)
@@ -77,13 +77,13 @@ impl Backoff {
 
     /// The same, with this jitter.
     #[must_use]
-    pub fn with_jitter(self, jitter: f64) -> Self {
+    pub const fn with_jitter(self, jitter: f64) -> Self {
         Self { jitter, ..self }
     }
 
     /// The same, giving up `deadline` after the start.
     #[must_use]
-    pub fn with_deadline(self, deadline: Duration) -> Self {
+    pub const fn with_deadline(self, deadline: Duration) -> Self {
         Self {
             deadline: Some(deadline),
             ..self

@@ -4,7 +4,7 @@
 //! the writer as one [`Chunk`] over a bounded channel: when PostgreSQL is slow the channel
 //! fills, the send waits, and the reader stops fetching. Kafka errors (a broker restart)
 //! are retried here with backoff and jitter, from the same offset; they never reach the
-//! writer. The lease keeper (`keeper.rs`) starts a reader when it takes a partition's lease
+//! writer. The session (`session.rs`) starts a reader when it takes a partition's lease
 //! and stops it before giving the lease away.
 
 use std::sync::Arc;
@@ -13,13 +13,14 @@ use std::time::Duration;
 use rskafka::client::Client;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use sitemon_core::retry::{self, Retry};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::StartFrom;
 use crate::batch::Chunk;
+use crate::config::StartFrom;
 use crate::decode::{Message, decode};
 use crate::error::{Error, Result};
 use crate::offsets;
@@ -89,7 +90,7 @@ impl Readers {
             shared: self.clone(),
             partition,
             next,
-            failures: 0,
+            retry: crate::RETRY.start(),
             stop: stop.clone(),
         };
         Ok(RunningReader {
@@ -123,19 +124,16 @@ impl Readers {
         partition: i32,
         call: impl Future<Output = Result<T, KafkaError>>,
     ) -> Result<T> {
-        match tokio::time::timeout(KAFKA_TIMEOUT, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(Error::Kafka {
+        let call = async {
+            call.await.map_err(|source| Error::Kafka {
                 operation,
                 topic: self.topic.clone(),
                 partition,
                 source: Box::new(source),
-            }),
-            Err(_) => Err(Error::Timeout {
-                operation: format!("Kafka: {operation} {}/{partition}", self.topic),
-                after: KAFKA_TIMEOUT,
-            }),
-        }
+            })
+        };
+        let named = format!("Kafka: {operation} {}/{partition}", self.topic);
+        retry::timeout(&named, KAFKA_TIMEOUT, call).await
     }
 }
 
@@ -146,8 +144,8 @@ struct Reader {
     partition: i32,
     /// The next offset to fetch.
     next: i64,
-    /// Failures in a row, for the backoff.
-    failures: u32,
+    /// The waits after failures in a row.
+    retry: Retry,
     /// Cancelled when the partition is given away or the session ends.
     stop: CancellationToken,
 }
@@ -171,11 +169,10 @@ impl Reader {
                 result = step => result,
             };
             match result {
-                Ok(()) => self.failures = 0,
+                Ok(()) => self.retry.reset(),
                 Err(e) => {
                     client = None;
-                    self.failures += 1;
-                    let wait = crate::backoff(self.failures);
+                    let wait = self.retry.next_wait().unwrap_or(crate::RETRY.max);
                     tracing::warn!(
                         partition = self.partition,
                         "{e}; retrying from offset {} in {wait:?}",
@@ -192,32 +189,22 @@ impl Reader {
 
     /// One fetch, handed to the writer.
     async fn step(&mut self, client: &PartitionClient) -> Result<()> {
-        let fetched = tokio::time::timeout(
-            KAFKA_TIMEOUT,
-            client.fetch_records(self.next, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS),
-        )
-        .await;
+        let fetch = client.fetch_records(self.next, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS);
+        let named = format!("Kafka: fetch from {}/{}", self.shared.topic, self.partition);
+        let fetched =
+            retry::timeout(&named, KAFKA_TIMEOUT, async { Ok::<_, Error>(fetch.await) }).await?;
         let (records, high_watermark) = match fetched {
-            Ok(Ok(fetched)) => fetched,
-            Ok(Err(KafkaError::ServerError {
+            Ok(fetched) => fetched,
+            Err(KafkaError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
-            })) => return self.out_of_range(client).await,
-            Ok(Err(source)) => {
+            }) => return self.out_of_range(client).await,
+            Err(source) => {
                 return Err(Error::Kafka {
                     operation: "fetch from",
                     topic: self.shared.topic.clone(),
                     partition: self.partition,
                     source: Box::new(source),
-                });
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    operation: format!(
-                        "Kafka: fetch from {}/{}",
-                        self.shared.topic, self.partition
-                    ),
-                    after: KAFKA_TIMEOUT,
                 });
             }
         };

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sitemon_core::retry;
+
 /// Everything that can stop the sync.
 ///
 /// Once the sync has started, [`crate::run`] retries every one of these with backoff: they
@@ -112,17 +114,21 @@ pub(crate) fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| Error::Database { doing, source }
 }
 
-/// Runs an sqlx future with a deadline.
+/// Runs an sqlx future for at most `after`, naming what it was `doing` if it fails.
 pub(crate) async fn bounded_db<T>(
     doing: &'static str,
     after: Duration,
     future: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(after, future).await {
-        Ok(result) => result.map_err(db(doing)),
-        Err(_) => Err(Error::Timeout {
-            operation: format!("PostgreSQL while {doing}"),
+    let future = async { future.await.map_err(db(doing)) };
+    retry::timeout(&format!("PostgreSQL while {doing}"), after, future).await
+}
+
+impl retry::TimedOut for Error {
+    fn timed_out(operation: &str, after: Duration) -> Self {
+        Self::Timeout {
+            operation: operation.to_owned(),
             after,
-        }),
+        }
     }
 }

@@ -26,12 +26,14 @@
 //! in transaction mode.
 //!
 //! # Layout
-//! - [`run`] and [`SyncConfig`] (here): the entry point. It connects, then runs *sessions*
+//! - [`run`] (here): the entry point. It connects, then runs *sessions*
 //!   until `shutdown`; a session ends on the first error that the readers cannot retry in
 //!   place (PostgreSQL gone, a stored offset that moved, the lease connection lost). [`run`]
 //!   then waits with backoff and jitter and starts a new session from the stored offsets.
-//! - `keeper.rs`: a session: joins the lease group, rebalances, starts the readers of the
-//!   partitions it takes, stops (and flushes) those it gives away, then leaves.
+//! - `config.rs`: [`SyncConfig`], [`StartFrom`], [`CHANNEL_CHUNKS`].
+//! - `session.rs`: one session: joins the lease group, starts the writer, rebalances, starts
+//!   the readers of the partitions it takes, stops (and flushes) those it gives away, then
+//!   leaves.
 //! - `consumer.rs`: one fetch loop per partition held; Kafka errors and offsets lost to
 //!   retention.
 //! - `decode.rs`: one message → one row or one reject.
@@ -67,91 +69,33 @@
 //! ```
 
 mod batch;
+mod config;
 mod consumer;
 mod decode;
 pub mod error;
-mod keeper;
 mod offsets;
+mod session;
 mod stats;
 mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sitemon_core::metrics::Registry;
-use sitemon_core::{DatabaseConfig, KafkaConfig};
+use sitemon_core::KafkaConfig;
+use sitemon_core::retry::Backoff;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{CHANNEL_CHUNKS, StartFrom, SyncConfig};
 pub use error::{Error, Result};
 
 use crate::stats::Stats;
 
-/// How many fetched chunks (each at most about 1 MiB) may wait for the writer.
-pub const CHANNEL_CHUNKS: usize = 8;
-
-/// Where a partition without a stored offset starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartFrom {
-    /// At the oldest message still in the partition: the whole history.
-    #[default]
-    Earliest,
-    /// At the end: only events published from now on. Applies to the partitions that exist
-    /// when the sync starts; partitions added later are always read from their beginning.
-    Latest,
-}
-
-/// What [`run`] needs.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SyncConfig {
-    /// The database that holds `websites`, `website_status` and the offsets.
-    pub database: DatabaseConfig,
-    /// The brokers and the topic of the check events.
-    pub kafka: KafkaConfig,
-    /// The most messages in one transaction: larger batches store faster, and hold more
-    /// memory and longer transactions.
-    pub batch_size: usize,
-    /// How long the first message of a batch may wait for more: the latency a quiet topic
-    /// sees.
-    pub batch_wait: Duration,
-    /// Where partitions without a stored offset start.
-    pub start: StartFrom,
-    /// How often the progress line is logged.
-    pub progress_every: Duration,
-    /// How often the topic is asked for new partitions.
-    pub partition_poll_every: Duration,
-    /// How often this worker rebalances the partition leases with the other workers (give or
-    /// take a quarter, at random): the longest a dead worker's partitions, or a newcomer's
-    /// share, wait for it.
-    pub rebalance_every: Duration,
-    /// Where the sync's metrics are registered (`sitemon_sync_*`): serve it to Prometheus
-    /// with [`sitemon_core::metrics::serve`]. The default is a registry of its own that
-    /// nobody reads.
-    pub metrics: Registry,
-}
-
-impl SyncConfig {
-    /// The defaults: batches of 5,000 or 200 ms, the whole history, progress every 5 s,
-    /// new partitions looked for every 10 s, leases rebalanced every 2 s, metrics in a
-    /// registry of their own.
-    pub fn new(database: DatabaseConfig, kafka: KafkaConfig) -> Self {
-        Self {
-            database,
-            kafka,
-            batch_size: 5_000,
-            batch_wait: Duration::from_millis(200),
-            start: StartFrom::Earliest,
-            progress_every: Duration::from_secs(5),
-            partition_poll_every: Duration::from_secs(10),
-            rebalance_every: Duration::from_secs(2),
-            metrics: Registry::new(),
-        }
-    }
-}
-
 /// How long rskafka may retry one request before it gives up and we retry ourselves.
 const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(20);
+/// The waits between failed sessions, and between a reader's failed fetches: 250 ms doubling
+/// up to 30 s, give or take a quarter so that many workers do not retry in step.
+pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 /// A session that lasted this long was healthy: the next failure backs off from the start.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// The pooled connections: the writer's, plus one for starting new partitions. The lease
@@ -212,7 +156,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         async move { stats.report(every, stop).await }
     });
     let mut client = Some(Arc::new(client));
-    let mut failures = 0;
+    let mut retry = RETRY.start();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
         let result = async {
@@ -220,7 +164,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
                 Some(client) => client,
                 None => Arc::new(connect_kafka(&config.kafka).await?),
             };
-            keeper::session(
+            session::run(
                 &config,
                 &pool,
                 client,
@@ -232,7 +176,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         }
         .await;
         if started.elapsed() >= HEALTHY_SESSION {
-            failures = 0;
+            retry.reset();
         }
         let Err(e) = result else { continue };
         if shutdown.is_cancelled() {
@@ -241,8 +185,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
             );
             break;
         }
-        failures += 1;
-        let wait = backoff(failures);
+        let wait = retry.next_wait().unwrap_or(RETRY.max);
         tracing::error!("{e}; going on from the stored offsets in {wait:?}");
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -258,34 +201,4 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
 async fn connect_kafka(config: &KafkaConfig) -> Result<rskafka::client::Client> {
     let backoff = sitemon_core::kafka::backoff(KAFKA_RETRY_DEADLINE);
     Ok(sitemon_core::kafka::connect_with_backoff(config, backoff).await?)
-}
-
-/// The wait before retry number `failures` (from 1): 250 ms doubling up to 30 s, each
-/// drawn at random between half and all of it, so that many workers do not retry in step.
-pub(crate) fn backoff(failures: u32) -> Duration {
-    let ceiling = Duration::from_millis(250)
-        .saturating_mul(1 << failures.saturating_sub(1).min(7))
-        .min(Duration::from_secs(30));
-    // A v4 UUID is 122 random bits from the OS; enough jitter without another dependency.
-    let random = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
-    ceiling.mul_f64(0.5 + random / 2.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_to_a_cap_with_jitter() {
-        for failures in 1..40 {
-            let wait = backoff(failures);
-            let ceiling =
-                Duration::from_millis(250 << (failures - 1).min(7)).min(Duration::from_secs(30));
-            assert!(
-                wait >= ceiling / 2 && wait <= ceiling,
-                "{failures}: {wait:?}"
-            );
-        }
-    }
 }

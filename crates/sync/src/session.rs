@@ -1,4 +1,4 @@
-//! The lease keeper: one session's share of the topic's partitions.
+//! A session: the lease group, the readers of the partitions held, and the writer.
 //!
 //! Every `sitemon sync` on a topic joins the lease group [`crate::lease_group`] on a
 //! dedicated PostgreSQL connection ([`LeaseGroup`]), and every [`SyncConfig::rebalance_every`]
@@ -23,22 +23,23 @@ use std::time::Duration;
 
 use rskafka::client::Client;
 use sitemon_core::lease::LeaseGroup;
+use sitemon_core::retry::Backoff;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{CHANNEL_CHUNKS, StartFrom, SyncConfig};
 use crate::consumer::{Readers, RunningReader};
 use crate::error::{Error, Result};
 use crate::stats::Stats;
 use crate::writer::{ToWriter, Writer};
-use crate::{CHANNEL_CHUNKS, StartFrom, SyncConfig};
 
 /// Runs one session: joins the lease group, reads the partitions it holds and writes them,
 /// until `shutdown` (then `Ok`, after the last commit and leaving the group) or the first
 /// error that needs a fresh start.
-pub(crate) async fn session(
+pub(crate) async fn run(
     config: &SyncConfig,
     pool: &PgPool,
     client: Arc<Client>,
@@ -76,7 +77,7 @@ pub(crate) async fn session(
         let (finish, abandon) = (shutdown.clone(), abandon.clone());
         async move { writer.run(receiver, finish, abandon).await }
     });
-    let mut keeper = Keeper {
+    let mut session = Session {
         lease,
         readers: Readers {
             client,
@@ -91,19 +92,19 @@ pub(crate) async fn session(
         initial_partitions,
         start: config.start,
     };
-    let result = keeper
+    let result = session
         .keep(
             config.rebalance_every,
             config.partition_poll_every,
             shutdown,
         )
         .await;
-    keeper.end(result, &abandon).await
+    session.end(result, &abandon).await
 }
 
 /// One session's leases, readers and writer.
 #[derive(Debug)]
-struct Keeper {
+struct Session {
     /// This worker's place in the group, on its dedicated connection.
     lease: LeaseGroup,
     readers: Readers,
@@ -119,8 +120,9 @@ struct Keeper {
     start: StartFrom,
 }
 
-impl Keeper {
-    /// Rebalances now and every `every` until `shutdown` (`Ok`) or an error.
+impl Session {
+    /// Rebalances now and every `every` (give or take a quarter, so that workers started
+    /// together do not rebalance in step) until `shutdown` (`Ok`) or an error.
     async fn keep(
         &mut self,
         every: Duration,
@@ -128,6 +130,7 @@ impl Keeper {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let mut next_poll = Instant::now() + poll_every;
+        let mut rebalances = Backoff::every(every).start();
         loop {
             tokio::select! {
                 biased;
@@ -145,7 +148,7 @@ impl Keeper {
                     self.writer = None;
                     return Err(writer_failure(result));
                 }
-                _ = tokio::time::sleep(jittered(every)) => {}
+                _ = tokio::time::sleep(rebalances.next_wait().unwrap_or(every)) => {}
             }
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + poll_every;
@@ -321,11 +324,4 @@ fn writer_failure(result: Result<Result<()>, tokio::task::JoinError>) -> Error {
         Ok(Ok(())) => Error::Task("the writer stopped".into()),
         Err(e) => Error::Task(format!("the writer failed: {e}")),
     }
-}
-
-/// `every`, give or take a quarter at random, so that workers started together do not
-/// rebalance in step.
-fn jittered(every: Duration) -> Duration {
-    let random = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
-    every.mul_f64(0.75 + random / 2.0)
 }

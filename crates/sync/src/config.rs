@@ -1,0 +1,69 @@
+//! What [`crate::run`] needs: [`SyncConfig`] and its companions.
+
+use std::time::Duration;
+
+use sitemon_core::metrics::Registry;
+use sitemon_core::{DatabaseConfig, KafkaConfig};
+
+/// How many fetched chunks (each at most about 1 MiB) may wait for the writer.
+pub const CHANNEL_CHUNKS: usize = 8;
+
+/// Where a partition without a stored offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// At the oldest message still in the partition: the whole history.
+    #[default]
+    Earliest,
+    /// At the end: only events published from now on. Applies to the partitions that exist
+    /// when the sync starts; partitions added later are always read from their beginning.
+    Latest,
+}
+
+/// What [`run`] needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SyncConfig {
+    /// The database that holds `websites`, `website_status` and the offsets.
+    pub database: DatabaseConfig,
+    /// The brokers and the topic of the check events.
+    pub kafka: KafkaConfig,
+    /// The most messages in one transaction: larger batches store faster, and hold more
+    /// memory and longer transactions.
+    pub batch_size: usize,
+    /// How long the first message of a batch may wait for more: the latency a quiet topic
+    /// sees.
+    pub batch_wait: Duration,
+    /// Where partitions without a stored offset start.
+    pub start: StartFrom,
+    /// How often the progress line is logged.
+    pub progress_every: Duration,
+    /// How often the topic is asked for new partitions.
+    pub partition_poll_every: Duration,
+    /// How often this worker rebalances the partition leases with the other workers (give or
+    /// take a quarter, at random): the longest a dead worker's partitions, or a newcomer's
+    /// share, wait for it.
+    pub rebalance_every: Duration,
+    /// Where the sync's metrics are registered (`sitemon_sync_*`): serve it to Prometheus
+    /// with [`sitemon_core::metrics::serve`]. The default is a registry of its own that
+    /// nobody reads.
+    pub metrics: Registry,
+}
+
+impl SyncConfig {
+    /// The defaults: batches of 5,000 or 200 ms, the whole history, progress every 5 s,
+    /// new partitions looked for every 10 s, leases rebalanced every 2 s, metrics in a
+    /// registry of their own.
+    pub fn new(database: DatabaseConfig, kafka: KafkaConfig) -> Self {
+        Self {
+            database,
+            kafka,
+            batch_size: 5_000,
+            batch_wait: Duration::from_millis(200),
+            start: StartFrom::Earliest,
+            progress_every: Duration::from_secs(5),
+            partition_poll_every: Duration::from_secs(10),
+            rebalance_every: Duration::from_secs(2),
+            metrics: Registry::new(),
+        }
+    }
+}
