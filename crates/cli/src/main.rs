@@ -1,5 +1,6 @@
 //! The `sitemon` binary: parses the command line and calls the library crates.
 
+mod args;
 mod cli;
 mod commands;
 mod output;
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return report(&anyhow::Error::new(e).context("cannot start the async runtime")),
     };
-    match runtime.block_on(commands::exec(cli.command)) {
+    match runtime.block_on(cli.command.exec()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e),
     }
@@ -38,6 +39,10 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         let _ = error.print();
         return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
     }
+    if let Some(message) = invalid_value(error) {
+        eprintln!("error: {message} (see --help)");
+        return ExitCode::from(2);
+    }
     let rendered = error.render().to_string();
     let message: Vec<&str> = rendered
         .lines()
@@ -52,6 +57,21 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// A value our own parser refused, as `invalid --FLAG: REASON` (the words of every other
+/// setting error), instead of clap's longer sentence.
+fn invalid_value(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::ValueValidation {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?;
+    let reason = std::error::Error::source(error)?.downcast_ref::<args::InvalidValue>()?;
+    Some(format!("invalid {flag}: {reason}"))
+}
+
 /// Prints the error as one line on stderr and picks the exit status: 2 when the
 /// configuration given was unusable, 1 for everything that failed at run time.
 fn report(error: &anyhow::Error) -> ExitCode {
@@ -60,11 +80,6 @@ fn report(error: &anyhow::Error) -> ExitCode {
         "error: {}",
         message.split_whitespace().collect::<Vec<_>>().join(" ")
     );
-    let usage = error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sitemon_core::Error>(),
-            Some(sitemon_core::Error::Config { .. })
-        )
-    });
+    let usage = error.chain().any(|cause| cause.is::<args::Usage>());
     ExitCode::from(if usage { 2 } else { 1 })
 }

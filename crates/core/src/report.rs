@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result, excerpt};
+use crate::error::Result;
 
 /// How long the status query may take.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,7 +50,7 @@ pub struct SiteStatus {
 /// the window's numbers from one range scan of the same index.
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`] after [`STATUS_TIMEOUT`].
+/// [`crate::Error::Database`], [`crate::Error::Timeout`] after [`STATUS_TIMEOUT`].
 pub async fn site_statuses(pool: &PgPool, window: Duration) -> Result<Vec<SiteStatus>> {
     let query = sqlx::query_as::<_, SiteStatus>(
         "WITH recent AS (
@@ -86,60 +86,4 @@ pub async fn site_statuses(pool: &PgPool, window: Duration) -> Result<Vec<SiteSt
     .bind(window.as_secs_f64())
     .fetch_all(pool);
     crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, query).await
-}
-
-/// Parses a duration such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
-///
-/// # Errors
-/// [`Error::Config`] for anything else, or a duration of zero or over ten years.
-pub fn parse_duration(input: &str) -> Result<Duration> {
-    let invalid = || Error::Config {
-        setting: "--since",
-        reason: format!(
-            "{:?} is not a duration such as 90s, 30m, 24h or 7d",
-            excerpt(input)
-        ),
-    };
-    let trimmed = input.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let seconds_per_unit = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(invalid()),
-    };
-    let seconds = number.checked_mul(seconds_per_unit).ok_or_else(invalid)?;
-    if seconds == 0 || seconds > 10 * 366 * 86_400 {
-        return Err(invalid());
-    }
-    Ok(Duration::from_secs(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s").ok(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90").ok(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m").ok(), Some(Duration::from_secs(1_800)));
-        assert_eq!(
-            parse_duration("24h").ok(),
-            Some(Duration::from_secs(86_400))
-        );
-        assert_eq!(
-            parse_duration("7d").ok(),
-            Some(Duration::from_secs(604_800))
-        );
-        for bad in ["", "h", "0s", "1y", "-5m", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 }

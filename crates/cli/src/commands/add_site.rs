@@ -4,7 +4,7 @@ use clap::Args;
 use sitemon_core::NewSite;
 use sitemon_core::site::DEFAULT_INTERVAL_SECS;
 
-use crate::cli::DatabaseArgs;
+use crate::args::DatabaseArgs;
 
 /// Arguments of `sitemon add-site`.
 #[derive(Debug, Args)]
@@ -24,7 +24,7 @@ pub(crate) struct AddSiteArgs {
 pub(crate) async fn exec(args: AddSiteArgs) -> anyhow::Result<()> {
     // Validate everything before touching the database.
     let site = NewSite::new(&args.url, args.interval, args.regex.as_deref())?;
-    let pool = super::connect_db(&args.db).await?;
+    let pool = args.db.connect().await?;
     let id = sitemon_core::db::insert_site(&pool, &site).await?;
     println!("{id}");
     Ok(())

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use sitemon_checker::{CheckerConfig, Compression};
 
-use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
+use crate::args::{DatabaseArgs, KafkaArgs, MetricsArgs, Usage};
 
 /// Arguments of `sitemon check`.
 #[derive(Debug, Args)]
@@ -34,9 +34,9 @@ pub(crate) struct CheckOptions {
     #[arg(long, env = "SITEMON_CONCURRENCY", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
-    /// Limit for a whole check in seconds (fractions allowed), redirects included.
+    /// Limit for a whole check, redirects included: 2s, 500ms, or seconds (fractions allowed).
     /// Default: the smaller of 10 s and the site's interval.
-    #[arg(long, env = "SITEMON_TIMEOUT", value_parser = parse_seconds)]
+    #[arg(long, env = "SITEMON_TIMEOUT", value_parser = crate::args::period)]
     timeout: Option<Duration>,
     /// How much of a body is read and searched by the site's regex.
     #[arg(long, env = "SITEMON_MAX_BODY_BYTES", default_value_t = 1 << 20,
@@ -64,29 +64,16 @@ pub(crate) struct CheckOptions {
     #[arg(long, env = "SITEMON_LINGER_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     linger_ms: u64,
-    /// Seconds between two progress lines in the log.
-    #[arg(long, env = "SITEMON_PROGRESS_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    /// Time between two progress lines in the log: 5s, 1m, or seconds.
+    #[arg(long, env = "SITEMON_PROGRESS_INTERVAL", default_value = "5s", value_parser = crate::args::period)]
     progress_interval: Duration,
-    /// On stop, how long buffered events may take to reach Kafka, in seconds.
-    #[arg(long, env = "SITEMON_FLUSH_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    /// On stop, how long buffered events may take to reach Kafka: 30s, 2m, or seconds.
+    #[arg(long, env = "SITEMON_FLUSH_TIMEOUT", default_value = "30s", value_parser = crate::args::period)]
     flush_timeout: Duration,
     /// Extra CA certificates (PEM) trusted for the checked sites, besides the Mozilla roots
     /// (for sites behind a private CA).
     #[arg(long, env = "SITEMON_SITES_CA_FILE")]
     sites_ca_file: Option<PathBuf>,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!(
-            "{text:?} must be more than 0 and at most 86400 seconds"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl CheckOptions {
@@ -104,7 +91,7 @@ impl CheckOptions {
         config.compression = self
             .compression
             .parse::<Compression>()
-            .map_err(|e| usage("--compression", e))?;
+            .map_err(Usage::new)?;
         config.buffer_events = usize::try_from(self.buffer_events)?;
         config.partitions = self.partitions;
         config.replication_factor = self.replication_factor;
@@ -115,20 +102,11 @@ impl CheckOptions {
             config.extra_root_certs = read_certificates(path)?;
         }
         config.validate().map_err(|e| match e {
-            sitemon_checker::Error::Config { setting, reason } => {
-                anyhow::Error::new(sitemon_core::Error::Config { setting, reason })
-            }
+            e @ sitemon_checker::Error::Config { .. } => anyhow::Error::new(Usage::new(e)),
             other => other.into(),
         })?;
         Ok(config)
     }
-}
-
-fn usage(setting: &'static str, error: sitemon_checker::Error) -> anyhow::Error {
-    anyhow::Error::new(sitemon_core::Error::Config {
-        setting,
-        reason: error.to_string(),
-    })
 }
 
 fn read_certificates(

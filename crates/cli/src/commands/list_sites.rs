@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::DatabaseArgs;
+use crate::args::DatabaseArgs;
 use crate::output::Table;
 
 /// Arguments of `sitemon list-sites`.
@@ -16,7 +16,7 @@ pub(crate) struct ListSitesArgs {
 }
 
 pub(crate) async fn exec(args: ListSitesArgs) -> anyhow::Result<()> {
-    let pool = super::connect_db(&args.db).await?;
+    let pool = args.db.connect().await?;
     let sites = sitemon_core::db::list_sites(&pool).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&sites)?);

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::DatabaseArgs;
+use crate::args::DatabaseArgs;
 
 /// Arguments of `sitemon migrate`.
 #[derive(Debug, Args)]
@@ -12,7 +12,7 @@ pub(crate) struct MigrateArgs {
 }
 
 pub(crate) async fn exec(args: MigrateArgs) -> anyhow::Result<()> {
-    let pool = super::connect_db(&args.db).await?;
+    let pool = args.db.connect().await?;
     sitemon_core::db::migrate(&pool).await?;
     eprintln!(
         "database {} is at schema version {}",

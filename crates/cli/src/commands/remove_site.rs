@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::DatabaseArgs;
+use crate::args::DatabaseArgs;
 
 /// Arguments of `sitemon remove-site`.
 #[derive(Debug, Args)]
@@ -15,7 +15,7 @@ pub(crate) struct RemoveSiteArgs {
 }
 
 pub(crate) async fn exec(args: RemoveSiteArgs) -> anyhow::Result<()> {
-    let pool = super::connect_db(&args.db).await?;
+    let pool = args.db.connect().await?;
     sitemon_core::db::delete_site(&pool, args.id).await?;
     eprintln!("removed site {} and its history", args.id);
     Ok(())

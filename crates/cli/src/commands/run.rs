@@ -9,7 +9,7 @@ use sitemon_core::metrics::Registry;
 
 use super::check::CheckOptions;
 use super::sync::SyncOptions;
-use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
+use crate::args::{DatabaseArgs, KafkaArgs, MetricsArgs};
 
 /// Arguments of `sitemon run`: those of `check` and of `sync` together.
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let mut checker = args.check.config(database.clone(), kafka_config.clone())?;
     let mut sync = args.sync.config(database, kafka_config.clone());
 
-    let pool = super::connect_db(&args.db).await?;
+    let pool = args.db.connect().await?;
     sitemon_core::db::migrate(&pool).await?;
     pool.close().await;
 

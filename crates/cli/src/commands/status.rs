@@ -1,21 +1,22 @@
 //! `sitemon status`: every site's state and numbers over a window.
 
 use std::io::IsTerminal as _;
+use std::time::Duration;
 
 use clap::Args;
 use sitemon_core::report::{self, SiteStatus};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::DatabaseArgs;
+use crate::args::DatabaseArgs;
 use crate::output::Table;
 
 /// Arguments of `sitemon status`.
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// The window for uptime, percentiles and the number of checks: 90s, 30m, 24h, 7d...
-    #[arg(long, default_value = "24h")]
-    since: String,
+    #[arg(long, default_value = "24h", value_parser = Since::parse)]
+    since: Since,
     /// Print a JSON array for scripts: `id`, `url`, `check_interval`, `last_checked_at`, `up`,
     /// `last_status_code`, `last_error_kind`, `uptime_pct`, `p50_ms`, `p95_ms`, `p99_ms`,
     /// `checks`, `tls_cert_not_after` (null where unknown).
@@ -25,16 +26,32 @@ pub(crate) struct StatusArgs {
     db: DatabaseArgs,
 }
 
+/// `--since`: the window, and the words the user gave for it (the table's header).
+#[derive(Debug, Clone)]
+struct Since {
+    text: String,
+    window: Duration,
+}
+
+impl Since {
+    fn parse(text: &str) -> Result<Self, crate::args::InvalidValue> {
+        Ok(Self {
+            text: text.trim().to_owned(),
+            window: crate::args::window(text)?,
+        })
+    }
+}
+
 pub(crate) async fn exec(args: StatusArgs) -> anyhow::Result<()> {
-    let window = report::parse_duration(&args.since)?;
-    let pool = super::connect_db(&args.db).await?;
+    let window = args.since.window;
+    let pool = args.db.connect().await?;
     let statuses = report::site_statuses(&pool, window).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
         return Ok(());
     }
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    print!("{}", table(&statuses, &args.since, colour));
+    print!("{}", table(&statuses, &args.since.text, colour));
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sitemon_sync::{StartFrom, SyncConfig};
 
-use crate::cli::{DatabaseArgs, KafkaArgs, MetricsArgs};
+use crate::args::{DatabaseArgs, KafkaArgs, MetricsArgs};
 
 /// Arguments of `sitemon sync`.
 #[derive(Debug, Args)]

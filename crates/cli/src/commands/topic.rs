@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 use sitemon_core::kafka::{self, DEFAULT_PARTITIONS, TopicCreation};
 
-use crate::cli::KafkaArgs;
+use crate::args::KafkaArgs;
 
 /// `sitemon topic ...`
 #[derive(Debug, Subcommand)]
