@@ -101,6 +101,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order: for metrics, reports and tests that list them.
+    pub const ALL: [Self; 9] = [
+        Self::InvalidUrl,
+        Self::Dns,
+        Self::Connect,
+        Self::Tls,
+        Self::Timeout,
+        Self::Http,
+        Self::TooManyRedirects,
+        Self::Body,
+        Self::InvalidRegex,
+    ];
+
     /// The name on the wire and in `website_status.error_kind`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -259,19 +272,12 @@ mod tests {
 
     #[test]
     fn error_kind_names_match_serde() {
-        for kind in [
-            ErrorKind::InvalidUrl,
-            ErrorKind::Dns,
-            ErrorKind::Connect,
-            ErrorKind::Tls,
-            ErrorKind::Timeout,
-            ErrorKind::Http,
-            ErrorKind::TooManyRedirects,
-            ErrorKind::Body,
-            ErrorKind::InvalidRegex,
-        ] {
+        for kind in ErrorKind::ALL {
             assert_eq!(serde_json::to_value(kind).expect("json"), kind.as_str());
         }
+        let names: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len(), "each kind once");
     }
 
     #[test]

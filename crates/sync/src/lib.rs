@@ -7,11 +7,9 @@
 //! reads on from the stored offsets.
 //!
 //! Every message becomes exactly one row: a `website_status` row, or, when it cannot, a
-//! `website_status_rejects` row with its raw bytes and a reason that starts with one of
-//! `empty value (tombstone)`, `empty value`, `not JSON`, `wrong shape`,
-//! `unknown schema version`, `status_code`, `the value holds a \u0000`, `website_id N is not
-//! in websites`. A message whose `check_id` (or offset) is stored already stores nothing:
-//! it is the same check, replayed or retried by a producer.
+//! `website_status_rejects` row with its raw bytes and the reason (`decode.rs` decides
+//! which). A message whose `check_id` (or offset) is stored already stores nothing: it is
+//! the same check, replayed or retried by a producer.
 //!
 //! # Several workers
 //! Any number of syncs on one topic (on one machine or several) divide its partitions: each
