@@ -267,8 +267,9 @@ pub fn validate_topic(topic: &str) -> Result<()> {
 /// Where the database is, parsed from a `postgres://` URL.
 ///
 /// `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert`
-/// in the URL are honoured.
-#[derive(Debug, Clone)]
+/// in the URL are honoured. Its `Debug` shows the target and the user, never the password
+/// (sqlx's `PgConnectOptions` would print it).
+#[derive(Clone)]
 pub struct DatabaseConfig {
     options: PgConnectOptions,
     target: String,
@@ -315,6 +316,16 @@ impl DatabaseConfig {
     /// The driver's options.
     pub fn options(&self) -> &PgConnectOptions {
         &self.options
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("target", &self.target)
+            .field("user", &self.options.get_username())
+            .field("ssl_mode", &self.options.get_ssl_mode())
+            .finish_non_exhaustive()
     }
 }
 
@@ -402,7 +413,9 @@ mod tests {
             DatabaseConfig::from_url("postgres://u:secret@db.example:6543/app?sslmode=require")
                 .expect("valid");
         assert_eq!(config.target(), "db.example:6543/app");
-        assert!(!format!("{:?}", config.target()).contains("secret"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("db.example:6543/app") && debug.contains("\"u\""), "{debug}");
         assert!(DatabaseConfig::from_url("").is_err());
         let message = DatabaseConfig::from_url("postgres://u:pw@h:notaport/db")
             .expect_err("bad port")
