@@ -27,6 +27,7 @@
 //! - `schedule`: when each site is due (the wall-clock grid); only the held buckets' sites;
 //!   bounded concurrency; missed ticks skipped.
 //! - `check` and `probe`: one check, from the planned start to the event.
+//! - `target`: a site URL taken apart for connecting, and where a redirect leads.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
 //! - `producer`: per-partition lanes over rskafka's `BatchProducer`, the bounded buffer.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
@@ -67,6 +68,7 @@ mod producer;
 mod schedule;
 mod sites;
 mod stats;
+mod target;
 mod tls_expiry;
 
 use std::sync::Arc;

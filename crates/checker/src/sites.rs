@@ -17,7 +17,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::Target;
+use crate::target::Target;
 
 /// The channel the trigger notifies.
 pub(crate) const CHANNEL: &str = "sitemon_sites";
