@@ -24,8 +24,10 @@
 //! - [`buckets`]: the bucket of a site and the lease group (the contract between checkers).
 //! - `keeper`: this checker's share of the buckets, rebalanced every
 //!   [`CheckerConfig::rebalance_every`]; surplus released after its checks in flight end.
-//! - `schedule`: when each site is due (the wall-clock grid); only the held buckets' sites;
-//!   bounded concurrency; missed ticks skipped.
+//! - `schedule`: when each site is due; only the held buckets' sites; bounded concurrency;
+//!   missed ticks skipped.
+//! - `grid`: the wall-clock grid itself: a site's phase, the clock mapping, snapping a
+//!   moment to the grid.
 //! - `check` and `probe`: one check, from the planned start to the event.
 //! - `target`: a site URL taken apart for connecting, and where a redirect leads.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
@@ -61,6 +63,7 @@ pub mod buckets;
 mod check;
 pub mod config;
 pub mod error;
+mod grid;
 mod keeper;
 pub mod partitioner;
 mod probe;
@@ -86,7 +89,8 @@ use crate::buckets::{BUCKETS, BucketSet, InFlight, Ownership};
 use crate::check::Checks;
 use crate::keeper::Keeper;
 use crate::producer::{Producer, ProducerSettings};
-use crate::schedule::{Clock, Scheduler, Shares};
+use crate::grid::Clock;
+use crate::schedule::{Scheduler, Shares};
 use crate::stats::Stats;
 
 /// The deadline rskafka's own retries get for one request; our lanes retry beyond it.
