@@ -66,6 +66,12 @@ pub enum Error {
     },
 }
 
+impl sitemon_core::retry::TimedOut for Error {
+    fn timed_out(operation: &str, after: std::time::Duration) -> Self {
+        Self::Core(sitemon_core::Error::timed_out(operation, after))
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -87,9 +87,9 @@ pub use error::{Error, Result};
 
 use crate::buckets::{BUCKETS, BucketSet, InFlight, Ownership};
 use crate::check::Checks;
+use crate::grid::Clock;
 use crate::keeper::Keeper;
 use crate::producer::{Producer, ProducerSettings};
-use crate::grid::Clock;
 use crate::schedule::{Scheduler, Shares};
 use crate::stats::Stats;
 
@@ -122,10 +122,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         })?;
 
     let pool = sitemon_core::db::connect(&config.database, 2).await?;
-    let listener = sites::listen(&pool).await.map_err(|reason| Error::Listen {
-        target: config.database.target().to_owned(),
-        reason,
-    })?;
+    let listener = sites::listen(&pool, config.database.target()).await?;
     let mut book = sites::SiteBook::default();
     let list = book.update(sites::load(&pool).await?);
     tracing::info!(sites = list.len(), "loaded the sites");

@@ -24,6 +24,7 @@ use rskafka::client::producer::aggregator::RecordAggregator;
 use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
 use rskafka::record::Record;
 use sitemon_core::CheckEvent;
+use sitemon_core::retry::{self, Backoff};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -300,7 +301,7 @@ impl Lanes {
         let settings = &shared.settings;
         let partition = lane as i32;
         let mut producer: Option<BatchProducer<RecordAggregator>> = None;
-        let mut retry = RETRY_MIN;
+        let mut retry = retry_backoff().start();
         let mut failing_since: Option<Instant> = None;
         let mut last_warning: Option<Instant> = None;
         loop {
@@ -353,7 +354,7 @@ impl Lanes {
                             "Kafka takes events again"
                         );
                     }
-                    retry = RETRY_MIN;
+                    retry.reset();
                 }
                 Err(reason) => {
                     Stats::add(&shared.stats.produce_failures, 1);
@@ -371,8 +372,9 @@ impl Lanes {
                     // A fresh producer: the old one's background flush is aborted with it.
                     producer = None;
                     shared.requeue(lane, batch);
-                    tokio::time::sleep(jitter(retry)).await;
-                    retry = (retry * 2).min(RETRY_MAX);
+                    // No deadline: a lane retries for as long as it runs.
+                    let wait = retry.next_wait().unwrap_or(RETRY_MAX);
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -380,16 +382,31 @@ impl Lanes {
 
     async fn open(&self, partition: i32) -> Result<BatchProducer<RecordAggregator>, String> {
         let settings = &self.shared.settings;
-        let client = tokio::time::timeout(
-            OPEN_TIMEOUT,
+        let open = async {
             self.client
-                .partition_client(&settings.topic, partition, UnknownTopicHandling::Retry),
+                .partition_client(&settings.topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|source| sitemon_core::Error::Kafka {
+                    operation: "open a partition of",
+                    topic: settings.topic.clone(),
+                    source: Box::new(source),
+                })
+        };
+        let client = retry::timeout(
+            &format!("opening partition {partition} of topic {}", settings.topic),
+            OPEN_TIMEOUT,
+            open,
         )
         .await
-        .map_err(|_| format!("no answer within {OPEN_TIMEOUT:?}"))?
         .map_err(|e| crate::error::chain(&e))?;
         Ok(batch_producer(Arc::new(client), settings))
     }
+}
+
+/// How a failing lane waits between attempts: from [`RETRY_MIN`], doubling up to
+/// [`RETRY_MAX`], give or take a quarter so that lanes (and checkers) do not retry in step.
+fn retry_backoff() -> Backoff {
+    Backoff::new(RETRY_MIN, RETRY_MAX)
 }
 
 fn batch_producer(
@@ -437,13 +454,6 @@ async fn produce(
             None => Ok(()),
         },
     }
-}
-
-/// `base` give or take a quarter, so that lanes (and checkers) do not retry in step.
-fn jitter(base: Duration) -> Duration {
-    let random = uuid::Uuid::new_v4().as_u128() as u64;
-    let fraction = (random >> 11) as f64 / (1_u64 << 53) as f64; // [0, 1)
-    base.mul_f64(0.75 + fraction / 2.0)
 }
 
 #[cfg(test)]
@@ -500,10 +510,16 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_a_quarter() {
+    fn a_failing_lane_waits_longer_each_time_give_or_take_a_quarter() {
+        let mut retry = retry_backoff().start();
+        let mut base = RETRY_MIN;
         for _ in 0..1000 {
-            let d = jitter(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(750) && d <= Duration::from_millis(1250));
+            let wait = retry.next_wait().expect("no deadline");
+            assert!(
+                wait >= base.mul_f64(0.75) && wait <= base.mul_f64(1.25),
+                "{wait:?} is not {base:?} give or take a quarter"
+            );
+            base = (base * 2).min(RETRY_MAX);
         }
     }
 }
