@@ -33,17 +33,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A partition's leader could not be reached at start.
-    #[error("cannot open partition {partition} of topic {topic}: {reason}")]
-    Partition {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// Why.
-        reason: String,
-    },
-
     /// Listening for changes of the `websites` table failed at start.
     #[error("cannot listen for site changes on PostgreSQL at {target}: {reason}")]
     Listen {
