@@ -11,13 +11,11 @@
 //! oldest event of all is dropped and counted.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
+use futures::future::join_all;
 use rskafka::client::Client;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::producer::aggregator::RecordAggregator;
@@ -419,37 +417,21 @@ fn batch_producer(
         .build(RecordAggregator::new(settings.max_batch_bytes))
 }
 
-/// Produces `batch` as one request: every record is pushed into the aggregator in order
-/// (each produce future's first poll pushes its record), then all wait for the flush.
+/// Produces `batch` as one request.
 async fn produce(
     producer: &BatchProducer<RecordAggregator>,
     batch: &[Pending],
 ) -> Result<(), String> {
-    type Produce<'a> =
-        Pin<Box<dyn Future<Output = rskafka::client::producer::Result<i64>> + Send + 'a>>;
-    let mut pending: Vec<Produce<'_>> = batch
-        .iter()
-        .map(|p| Box::pin(producer.produce(p.record.clone())) as Produce<'_>)
-        .collect();
-    let mut failure = None;
-    let all = std::future::poll_fn(|cx| {
-        pending.retain_mut(|future| match future.as_mut().poll(cx) {
-            Poll::Ready(Ok(_)) => false,
-            Poll::Ready(Err(e)) => {
-                failure.get_or_insert(e);
-                false
-            }
-            Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    });
+    // Each produce future pushes its record into the aggregator on its first poll (under a
+    // lock that does not wait), then waits for the flush: the records' order in the request,
+    // hence a site's events' order in the partition, is the order of the first polls.
+    // `join_all` polls every future first in the order given: in a loop up to 30 futures,
+    // beyond through `FuturesOrdered`, whose run queue is first in, first out and holds each
+    // new future once (futures-util 0.3). The test `join_all_polls_first_in_order` pins it.
+    let all = join_all(batch.iter().map(|p| producer.produce(p.record.clone())));
     match tokio::time::timeout(PRODUCE_TIMEOUT, all).await {
         Err(_) => Err(format!("no answer within {PRODUCE_TIMEOUT:?}")),
-        Ok(()) => match failure {
+        Ok(results) => match results.into_iter().find_map(Result::err) {
             Some(e) => Err(crate::error::chain(&e)),
             None => Ok(()),
         },
@@ -520,6 +502,33 @@ mod tests {
                 "{wait:?} is not {base:?} give or take a quarter"
             );
             base = (base * 2).min(RETRY_MAX);
+        }
+    }
+
+    #[tokio::test]
+    async fn join_all_polls_first_in_order() {
+        for count in [1, 3, 30, 31, 100, 1_000] {
+            let order = Mutex::new(Vec::new());
+            // Some futures finish on their first poll, some wake themselves and wait (two of
+            // those make `FuturesUnordered` hand control back before it polls the rest).
+            let futures = (0..count).map(|i| {
+                let order = &order;
+                let mut polled = false;
+                std::future::poll_fn(move |cx| {
+                    if !polled {
+                        polled = true;
+                        order.lock().expect("order").push(i);
+                        if i % 3 != 0 {
+                            cx.waker().wake_by_ref();
+                            return std::task::Poll::Pending;
+                        }
+                    }
+                    std::task::Poll::Ready(())
+                })
+            });
+            join_all(futures).await;
+            let order = order.into_inner().expect("order");
+            assert_eq!(order, (0..count).collect::<Vec<_>>(), "{count} futures");
         }
     }
 }
