@@ -1,8 +1,7 @@
 //! The error type of `sitemon-checker`.
 //!
-//! Only what stops the checker as a whole is an [`Error`]: bad configuration, a database or
-//! broker that cannot be reached at start, a topic that cannot be created. A failed check is
-//! not an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set.
+//! Only what stops the checker as a whole, at start, is an [`Error`]. A failed check is not
+//! an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set.
 
 /// Everything that can stop [`run`](crate::run).
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,10 @@
 //! quarter), rebalances the [`BUCKETS`]:
 //! - buckets it **takes** are published to the scheduler at once; their sites start at their
 //!   next grid point, continuing the previous owner's cadence;
-//! - buckets it **gives away** (beyond its fair share `ceil(256 / W)` now that another checker
-//!   has joined) are first withdrawn from the scheduler; once the scheduler has applied that
-//!   and the checks in flight of those buckets have ended, their leases are released.
+//! - buckets it **gives away** (beyond its fair share `ceil(BUCKETS / W)` now that another
+//!   checker has joined) are first withdrawn from the scheduler; once the scheduler has
+//!   applied that and the checks in flight of those buckets have ended, their leases are
+//!   released.
 //!
 //! While under its fair share (another checker has yet to give buckets away) it rebalances
 //! every [`UNDER_SHARE_EVERY`], so that a hand-over leaves a gap of about that much.
@@ -275,8 +276,8 @@ impl Keeper {
         self.held = BucketSet::default();
         self.publish();
         if let Some(lease) = self.lease.take() {
-            match retry::timeout("leaving the lease group", LEASE_STEP_TIMEOUT, lease.leave()).await
-            {
+            let left = retry::timeout("leaving the lease group", LEASE_STEP_TIMEOUT, lease.leave());
+            match left.await {
                 Ok(()) => {
                     tracing::info!(group = %self.group, "left the checkers of this location: handed every bucket over")
                 }

@@ -2,7 +2,7 @@
 //! [`CheckEvent`](sitemon_core::CheckEvent) per check to Kafka.
 //!
 //! Each check is an HTTP GET over a fresh connection (DNS, TCP, TLS and time to first byte
-//! timed separately), follows up to 5 redirects, reads the body up to a cap and searches it
+//! timed separately), follows a few redirects, reads the body up to a cap and searches it
 //! with the site's regex. Sites are checked start to start on their interval, on a grid
 //! anchored to wall-clock time whose phases (a hash of the site id) spread the checks over
 //! the interval; the list follows the `websites` table within seconds. Events are keyed by
@@ -106,9 +106,7 @@ const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(10);
 /// and returns.
 ///
 /// # Errors
-/// Only for what prevents starting: an invalid configuration, a database or broker that
-/// cannot be reached, a missing topic that cannot be created, bucket leases that cannot be
-/// taken. Failed checks are events, and Kafka or PostgreSQL going away while running is
+/// Only for what prevents starting (see [`Error`]). Failed checks are events, and Kafka or PostgreSQL going away while running is
 /// waited out (while the lease connection is lost, the sites held go on being checked: see
 /// `keeper`).
 pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<()> {
