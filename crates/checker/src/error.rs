@@ -1,8 +1,7 @@
 //! The error type of `sitemon-checker`.
 //!
-//! Only what stops the checker as a whole is an [`Error`]: bad configuration, a database or
-//! broker that cannot be reached at start, a topic that cannot be created. A failed check is
-//! not an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set.
+//! Only what stops the checker as a whole, at start, is an [`Error`]. A failed check is not
+//! an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set.
 
 /// Everything that can stop [`run`](crate::run).
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +32,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A partition's leader could not be reached at start.
-    #[error("cannot open partition {partition} of topic {topic}: {reason}")]
-    Partition {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// Why.
-        reason: String,
-    },
-
     /// Listening for changes of the `websites` table failed at start.
     #[error("cannot listen for site changes on PostgreSQL at {target}: {reason}")]
     Listen {
@@ -64,6 +52,12 @@ pub enum Error {
         /// Why.
         source: sitemon_core::Error,
     },
+}
+
+impl sitemon_core::retry::TimedOut for Error {
+    fn timed_out(operation: &str, after: std::time::Duration) -> Self {
+        Self::Core(sitemon_core::Error::timed_out(operation, after))
+    }
 }
 
 /// `Result` with this crate's [`Error`].

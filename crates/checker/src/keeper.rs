@@ -6,9 +6,10 @@
 //! quarter), rebalances the [`BUCKETS`]:
 //! - buckets it **takes** are published to the scheduler at once; their sites start at their
 //!   next grid point, continuing the previous owner's cadence;
-//! - buckets it **gives away** (beyond its fair share `ceil(256 / W)` now that another checker
-//!   has joined) are first withdrawn from the scheduler; once the scheduler has applied that
-//!   and the checks in flight of those buckets have ended, their leases are released.
+//! - buckets it **gives away** (beyond its fair share `ceil(BUCKETS / W)` now that another
+//!   checker has joined) are first withdrawn from the scheduler; once the scheduler has
+//!   applied that and the checks in flight of those buckets have ended, their leases are
+//!   released.
 //!
 //! While under its fair share (another checker has yet to give buckets away) it rebalances
 //! every [`UNDER_SHARE_EVERY`], so that a hand-over leaves a gap of about that much.
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use sitemon_core::DatabaseConfig;
 use sitemon_core::lease::LeaseGroup;
+use sitemon_core::retry::{self, Backoff};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -118,15 +120,19 @@ impl Keeper {
     /// Rebalances until `stop`, then leaves the group. Cancel `stop` only once the checks in
     /// flight have ended: leaving hands every bucket over at once.
     pub(crate) async fn run(mut self, stop: CancellationToken) {
-        let mut rejoin_wait = REJOIN_MIN;
+        // Jittered, so that checkers started together do not rebalance or join in step.
+        let mut rebalance = Backoff::every(self.every).start();
+        let mut rejoin = Backoff::new(REJOIN_MIN, REJOIN_MAX).start();
         loop {
             let wait = if self.lease.is_none() {
-                jittered(rejoin_wait)
+                rejoin.next_wait()
             } else if self.under_share() {
-                UNDER_SHARE_EVERY
+                Some(UNDER_SHARE_EVERY)
             } else {
-                jittered(self.every)
+                rebalance.next_wait()
             };
+            // Neither backoff has a deadline: `None` never comes.
+            let wait = wait.unwrap_or(REJOIN_MAX);
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
@@ -137,14 +143,14 @@ impl Keeper {
                         tracing::info!(group = %self.group, "joined the checkers of this location again");
                         self.lease = Some(lease);
                         self.reconcile = true;
-                        rejoin_wait = REJOIN_MIN;
+                        rejoin.reset();
                     }
                     Err(e) => {
                         tracing::warn!(
                             group = %self.group,
-                            "cannot join the checkers of this location ({e}); retrying in up to {rejoin_wait:?}"
+                            attempts = rejoin.attempts(),
+                            "cannot join the checkers of this location ({e}); trying again with backoff"
                         );
-                        rejoin_wait = (rejoin_wait * 2).min(REJOIN_MAX);
                         continue;
                     }
                 }
@@ -171,7 +177,12 @@ impl Keeper {
         let Some(mut lease) = self.lease.take() else {
             return Ok(());
         };
-        let plan = step("rebalancing the bucket leases", lease.rebalance(BUCKETS)).await?;
+        let plan = retry::timeout(
+            "rebalancing the bucket leases",
+            LEASE_STEP_TIMEOUT,
+            lease.rebalance(BUCKETS),
+        )
+        .await?;
         self.members = plan.members;
         if std::mem::take(&mut self.reconcile) {
             // Back after a lost lease connection: what this checker kept checking meanwhile
@@ -206,7 +217,12 @@ impl Keeper {
                 .await;
             self.in_flight.drained(&plan.surplus).await;
             for bucket in &plan.surplus {
-                step("giving a bucket lease back", lease.release(*bucket)).await?;
+                retry::timeout(
+                    "giving a bucket lease back",
+                    LEASE_STEP_TIMEOUT,
+                    lease.release(*bucket),
+                )
+                .await?;
             }
             tracing::info!(
                 group = %self.group,
@@ -260,39 +276,16 @@ impl Keeper {
         self.held = BucketSet::default();
         self.publish();
         if let Some(lease) = self.lease.take() {
-            match tokio::time::timeout(LEASE_STEP_TIMEOUT, lease.leave()).await {
-                Ok(Ok(())) => {
+            let left = retry::timeout("leaving the lease group", LEASE_STEP_TIMEOUT, lease.leave());
+            match left.await {
+                Ok(()) => {
                     tracing::info!(group = %self.group, "left the checkers of this location: handed every bucket over")
                 }
-                Ok(Err(e)) => tracing::warn!(
-                    "leaving the lease group: {e}; the leases go with the connection"
-                ),
-                Err(_) => tracing::warn!(
-                    "leaving the lease group took too long; the leases go with the connection"
+                Err(e) => tracing::warn!(
+                    group = %self.group,
+                    "could not leave the lease group ({e}); the leases go with the connection"
                 ),
             }
         }
     }
-}
-
-/// Runs one lease step with [`LEASE_STEP_TIMEOUT`].
-async fn step<T>(
-    doing: &str,
-    future: impl Future<Output = sitemon_core::Result<T>>,
-) -> sitemon_core::Result<T> {
-    tokio::time::timeout(LEASE_STEP_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| {
-            Err(sitemon_core::Error::Timeout {
-                operation: doing.to_owned(),
-                after: LEASE_STEP_TIMEOUT,
-            })
-        })
-}
-
-/// `every`, give or take a quarter at random, so that checkers started together do not
-/// rebalance in step.
-fn jittered(every: Duration) -> Duration {
-    let random = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
-    every.mul_f64(0.75 + random / 2.0)
 }

@@ -2,7 +2,7 @@
 //! [`CheckEvent`](sitemon_core::CheckEvent) per check to Kafka.
 //!
 //! Each check is an HTTP GET over a fresh connection (DNS, TCP, TLS and time to first byte
-//! timed separately), follows up to 5 redirects, reads the body up to a cap and searches it
+//! timed separately), follows a few redirects, reads the body up to a cap and searches it
 //! with the site's regex. Sites are checked start to start on their interval, on a grid
 //! anchored to wall-clock time whose phases (a hash of the site id) spread the checks over
 //! the interval; the list follows the `websites` table within seconds. Events are keyed by
@@ -24,9 +24,12 @@
 //! - [`buckets`]: the bucket of a site and the lease group (the contract between checkers).
 //! - `keeper`: this checker's share of the buckets, rebalanced every
 //!   [`CheckerConfig::rebalance_every`]; surplus released after its checks in flight end.
-//! - `schedule`: when each site is due (the wall-clock grid); only the held buckets' sites;
-//!   bounded concurrency; missed ticks skipped.
+//! - `schedule`: when each site is due; only the held buckets' sites; bounded concurrency;
+//!   missed ticks skipped.
+//! - `grid`: the wall-clock grid itself: a site's phase, the clock mapping, snapping a
+//!   moment to the grid.
 //! - `check` and `probe`: one check, from the planned start to the event.
+//! - `target`: a site URL taken apart for connecting, and where a redirect leads.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
 //! - `producer`: per-partition lanes over rskafka's `BatchProducer`, the bounded buffer.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
@@ -60,6 +63,7 @@ pub mod buckets;
 mod check;
 pub mod config;
 pub mod error;
+mod grid;
 mod keeper;
 pub mod partitioner;
 mod probe;
@@ -67,6 +71,7 @@ mod producer;
 mod schedule;
 mod sites;
 mod stats;
+mod target;
 mod tls_expiry;
 
 use std::sync::Arc;
@@ -82,9 +87,10 @@ pub use error::{Error, Result};
 
 use crate::buckets::{BUCKETS, BucketSet, InFlight, Ownership};
 use crate::check::Checks;
+use crate::grid::Clock;
 use crate::keeper::Keeper;
 use crate::producer::{Producer, ProducerSettings};
-use crate::schedule::{Clock, Scheduler, Shares};
+use crate::schedule::{Scheduler, Shares};
 use crate::stats::Stats;
 
 /// The deadline rskafka's own retries get for one request; our lanes retry beyond it.
@@ -100,9 +106,7 @@ const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(10);
 /// and returns.
 ///
 /// # Errors
-/// Only for what prevents starting: an invalid configuration, a database or broker that
-/// cannot be reached, a missing topic that cannot be created, bucket leases that cannot be
-/// taken. Failed checks are events, and Kafka or PostgreSQL going away while running is
+/// Only for what prevents starting (see [`Error`]). Failed checks are events, and Kafka or PostgreSQL going away while running is
 /// waited out (while the lease connection is lost, the sites held go on being checked: see
 /// `keeper`).
 pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<()> {
@@ -116,10 +120,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         })?;
 
     let pool = sitemon_core::db::connect(&config.database, 2).await?;
-    let listener = sites::listen(&pool).await.map_err(|reason| Error::Listen {
-        target: config.database.target().to_owned(),
-        reason,
-    })?;
+    let listener = sites::listen(&pool, config.database.target()).await?;
     let mut book = sites::SiteBook::default();
     let list = book.update(sites::load(&pool).await?);
     tracing::info!(sites = list.len(), "loaded the sites");

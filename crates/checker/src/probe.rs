@@ -22,71 +22,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::chain;
+use crate::target::Target;
 use crate::tls_expiry::not_after;
 
 /// The most redirects a check follows; one more is a `too_many_redirects` failure.
 pub(crate) const MAX_REDIRECTS: u32 = 5;
-
-/// A site URL taken apart for connecting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    /// The URL as given (for the event's `url` and `final_url`).
-    pub(crate) url: String,
-    https: bool,
-    /// The host without IPv6 brackets, for DNS and SNI.
-    host: String,
-    port: u16,
-    /// `host[:port]` as the URL wrote it, for the `Host` header.
-    authority: String,
-    /// The origin-form request target: `/path?query`.
-    path_and_query: String,
-}
-
-impl Target {
-    /// Parses an absolute http(s) URL with the same rules `sitemon add-site` applies.
-    pub(crate) fn parse(url: &str) -> Result<Self, String> {
-        let uri = sitemon_core::site::validate_url(url).map_err(|e| e.to_string())?;
-        let https = uri
-            .scheme_str()
-            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
-        let raw_host = uri.host().unwrap_or_default();
-        let host = raw_host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(raw_host)
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h))
-            .unwrap_or(raw_host)
-            .to_owned();
-        let path_and_query = uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let path_and_query = if path_and_query.is_empty() {
-            "/".to_owned()
-        } else {
-            path_and_query
-        };
-        Ok(Self {
-            url: url.to_owned(),
-            https,
-            host,
-            port,
-            authority,
-            path_and_query,
-        })
-    }
-
-    fn origin(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.https { "https" } else { "http" },
-            self.authority
-        )
-    }
-}
 
 /// What one check found; [`crate::check`] turns it into a `CheckEvent`.
 #[derive(Debug, Clone, Default)]
@@ -234,7 +174,7 @@ impl Prober {
                     ),
                 ));
             }
-            let next = resolve_location(&target, &location).map_err(|reason| {
+            let next = target.redirect(&location).map_err(|reason| {
                 Failure::new(
                     ErrorKind::Http,
                     format!("{} redirects to {location:?}: {reason}", target.url),
@@ -430,86 +370,6 @@ async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
     ))
 }
 
-/// Resolves a `Location` header against the URL that sent it (RFC 3986 section 5.2, for
-/// the reference shapes servers send).
-pub(crate) fn resolve_location(base: &Target, location: &str) -> Result<Target, String> {
-    let location = location.trim();
-    let location = location.split_once('#').map_or(location, |(l, _)| l);
-    let scheme = if base.https { "https" } else { "http" };
-    let absolute = if has_scheme(location) {
-        location.to_owned()
-    } else if let Some(rest) = location.strip_prefix("//") {
-        format!("{scheme}://{rest}")
-    } else if location.starts_with('/') {
-        format!("{}{}", base.origin(), remove_dot_segments(location))
-    } else if location.is_empty() {
-        base.url.clone()
-    } else {
-        let (base_path, _) = base
-            .path_and_query
-            .split_once('?')
-            .unwrap_or((&base.path_and_query, ""));
-        if location.starts_with('?') {
-            format!("{}{base_path}{location}", base.origin())
-        } else {
-            let directory = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
-            let merged = format!("{directory}{location}");
-            let merged = if merged.starts_with('/') {
-                merged
-            } else {
-                format!("/{merged}")
-            };
-            format!("{}{}", base.origin(), remove_dot_segments(&merged))
-        }
-    };
-    Target::parse(&absolute)
-}
-
-fn has_scheme(reference: &str) -> bool {
-    match reference.split_once(':') {
-        Some((scheme, _)) => {
-            let mut chars = scheme.chars();
-            chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-                && !scheme.contains('/')
-        }
-        None => false,
-    }
-}
-
-/// Removes `.` and `..` segments from an absolute path (the query is left alone).
-fn remove_dot_segments(path_and_query: &str) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path_and_query, None),
-    };
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, segment) in segments.iter().enumerate() {
-        match *segment {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if i == last {
-                    out.push("");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    let mut result = format!("/{}", out.join("/"));
-    if let Some(query) = query {
-        result.push('?');
-        result.push_str(query);
-    }
-    result
-}
-
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -521,50 +381,6 @@ fn add(phase: &mut Option<f64>, duration: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn target(url: &str) -> Target {
-        Target::parse(url).expect(url)
-    }
-
-    #[test]
-    fn parses_what_a_connection_needs() {
-        let t = target("https://user@Example.com:8443/a/b?q=1");
-        assert_eq!(
-            (t.https, t.host.as_str(), t.port),
-            (true, "Example.com", 8443)
-        );
-        assert_eq!(t.authority, "Example.com:8443");
-        assert_eq!(t.path_and_query, "/a/b?q=1");
-        let t = target("http://[::1]/");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.authority.as_str()),
-            ("::1", 80, "[::1]")
-        );
-        assert_eq!(target("http://example.com").path_and_query, "/");
-        assert!(Target::parse("ftp://example.com/").is_err());
-        assert!(Target::parse("not a url").is_err());
-    }
-
-    #[test]
-    fn resolves_redirect_locations() {
-        let base = target("http://a.example:8080/dir/page?x=1");
-        let cases = [
-            ("https://b.example/new", "https://b.example/new"),
-            ("//c.example/p", "http://c.example/p"),
-            ("/root", "http://a.example:8080/root"),
-            ("other", "http://a.example:8080/dir/other"),
-            ("../up?y=2", "http://a.example:8080/up?y=2"),
-            ("./same/", "http://a.example:8080/dir/same/"),
-            ("?y=2", "http://a.example:8080/dir/page?y=2"),
-            ("/a/./b/../c#frag", "http://a.example:8080/a/c"),
-            ("", "http://a.example:8080/dir/page?x=1"),
-        ];
-        for (location, expected) in cases {
-            let resolved = resolve_location(&base, location).expect(location);
-            assert_eq!(resolved.url, expected, "{location}");
-        }
-        assert!(resolve_location(&base, "mailto:x@example.com").is_err());
-    }
 
     #[test]
     fn up_needs_2xx_no_error_and_a_matching_regex() {

@@ -11,19 +11,18 @@
 //! oldest event of all is dropped and counted.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
+use futures::future::join_all;
 use rskafka::client::Client;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::producer::aggregator::RecordAggregator;
 use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
 use rskafka::record::Record;
 use sitemon_core::CheckEvent;
+use sitemon_core::retry::{self, Backoff};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -300,7 +299,7 @@ impl Lanes {
         let settings = &shared.settings;
         let partition = lane as i32;
         let mut producer: Option<BatchProducer<RecordAggregator>> = None;
-        let mut retry = RETRY_MIN;
+        let mut retry = retry_backoff().start();
         let mut failing_since: Option<Instant> = None;
         let mut last_warning: Option<Instant> = None;
         loop {
@@ -353,7 +352,7 @@ impl Lanes {
                             "Kafka takes events again"
                         );
                     }
-                    retry = RETRY_MIN;
+                    retry.reset();
                 }
                 Err(reason) => {
                     Stats::add(&shared.stats.produce_failures, 1);
@@ -371,8 +370,9 @@ impl Lanes {
                     // A fresh producer: the old one's background flush is aborted with it.
                     producer = None;
                     shared.requeue(lane, batch);
-                    tokio::time::sleep(jitter(retry)).await;
-                    retry = (retry * 2).min(RETRY_MAX);
+                    // No deadline: a lane retries for as long as it runs.
+                    let wait = retry.next_wait().unwrap_or(RETRY_MAX);
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -380,16 +380,31 @@ impl Lanes {
 
     async fn open(&self, partition: i32) -> Result<BatchProducer<RecordAggregator>, String> {
         let settings = &self.shared.settings;
-        let client = tokio::time::timeout(
-            OPEN_TIMEOUT,
+        let open = async {
             self.client
-                .partition_client(&settings.topic, partition, UnknownTopicHandling::Retry),
+                .partition_client(&settings.topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|source| sitemon_core::Error::Kafka {
+                    operation: "open a partition of",
+                    topic: settings.topic.clone(),
+                    source: Box::new(source),
+                })
+        };
+        let client = retry::timeout(
+            &format!("opening partition {partition} of topic {}", settings.topic),
+            OPEN_TIMEOUT,
+            open,
         )
         .await
-        .map_err(|_| format!("no answer within {OPEN_TIMEOUT:?}"))?
         .map_err(|e| crate::error::chain(&e))?;
         Ok(batch_producer(Arc::new(client), settings))
     }
+}
+
+/// How a failing lane waits between attempts: from [`RETRY_MIN`], doubling up to
+/// [`RETRY_MAX`], give or take a quarter so that lanes (and checkers) do not retry in step.
+fn retry_backoff() -> Backoff {
+    Backoff::new(RETRY_MIN, RETRY_MAX)
 }
 
 fn batch_producer(
@@ -402,48 +417,25 @@ fn batch_producer(
         .build(RecordAggregator::new(settings.max_batch_bytes))
 }
 
-/// Produces `batch` as one request: every record is pushed into the aggregator in order
-/// (each produce future's first poll pushes its record), then all wait for the flush.
+/// Produces `batch` as one request.
 async fn produce(
     producer: &BatchProducer<RecordAggregator>,
     batch: &[Pending],
 ) -> Result<(), String> {
-    type Produce<'a> =
-        Pin<Box<dyn Future<Output = rskafka::client::producer::Result<i64>> + Send + 'a>>;
-    let mut pending: Vec<Produce<'_>> = batch
-        .iter()
-        .map(|p| Box::pin(producer.produce(p.record.clone())) as Produce<'_>)
-        .collect();
-    let mut failure = None;
-    let all = std::future::poll_fn(|cx| {
-        pending.retain_mut(|future| match future.as_mut().poll(cx) {
-            Poll::Ready(Ok(_)) => false,
-            Poll::Ready(Err(e)) => {
-                failure.get_or_insert(e);
-                false
-            }
-            Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    });
+    // Each produce future pushes its record into the aggregator on its first poll (under a
+    // lock that does not wait), then waits for the flush: the records' order in the request,
+    // hence a site's events' order in the partition, is the order of the first polls.
+    // `join_all` polls every future first in the order given: in a loop up to 30 futures,
+    // beyond through `FuturesOrdered`, whose run queue is first in, first out and holds each
+    // new future once (futures-util 0.3). The test `join_all_polls_first_in_order` pins it.
+    let all = join_all(batch.iter().map(|p| producer.produce(p.record.clone())));
     match tokio::time::timeout(PRODUCE_TIMEOUT, all).await {
         Err(_) => Err(format!("no answer within {PRODUCE_TIMEOUT:?}")),
-        Ok(()) => match failure {
+        Ok(results) => match results.into_iter().find_map(Result::err) {
             Some(e) => Err(crate::error::chain(&e)),
             None => Ok(()),
         },
     }
-}
-
-/// `base` give or take a quarter, so that lanes (and checkers) do not retry in step.
-fn jitter(base: Duration) -> Duration {
-    let random = uuid::Uuid::new_v4().as_u128() as u64;
-    let fraction = (random >> 11) as f64 / (1_u64 << 53) as f64; // [0, 1)
-    base.mul_f64(0.75 + fraction / 2.0)
 }
 
 #[cfg(test)]
@@ -500,10 +492,43 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_a_quarter() {
+    fn a_failing_lane_waits_longer_each_time_give_or_take_a_quarter() {
+        let mut retry = retry_backoff().start();
+        let mut base = RETRY_MIN;
         for _ in 0..1000 {
-            let d = jitter(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(750) && d <= Duration::from_millis(1250));
+            let wait = retry.next_wait().expect("no deadline");
+            assert!(
+                wait >= base.mul_f64(0.75) && wait <= base.mul_f64(1.25),
+                "{wait:?} is not {base:?} give or take a quarter"
+            );
+            base = (base * 2).min(RETRY_MAX);
+        }
+    }
+
+    #[tokio::test]
+    async fn join_all_polls_first_in_order() {
+        for count in [1, 3, 30, 31, 100, 1_000] {
+            let order = Mutex::new(Vec::new());
+            // Some futures finish on their first poll, some wake themselves and wait (two of
+            // those make `FuturesUnordered` hand control back before it polls the rest).
+            let futures = (0..count).map(|i| {
+                let order = &order;
+                let mut polled = false;
+                std::future::poll_fn(move |cx| {
+                    if !polled {
+                        polled = true;
+                        order.lock().expect("order").push(i);
+                        if i % 3 != 0 {
+                            cx.waker().wake_by_ref();
+                            return std::task::Poll::Pending;
+                        }
+                    }
+                    std::task::Poll::Ready(())
+                })
+            });
+            join_all(futures).await;
+            let order = order.into_inner().expect("order");
+            assert_eq!(order, (0..count).collect::<Vec<_>>(), "{count} futures");
         }
     }
 }

@@ -3,7 +3,8 @@
 //! `concurrency` checks at once, and only the sites of the buckets this checker holds.
 //!
 //! **The grid.** A site's checks are planned at `UNIX_EPOCH + phase + k * interval`, where
-//! the phase is a hash of the site id scaled to the interval ([`phase`]). The grid depends on
+//! the phase is a hash of the site id scaled to the interval (the maths is in
+//! [`crate::grid`]). The grid depends on
 //! nothing but the site and the clock, so every checker computes the same one: when a bucket
 //! moves to another checker, the new owner continues the site's cadence instead of starting a
 //! new one, and a site is not checked twice in one interval during a hand-over (up to the
@@ -28,7 +29,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -36,140 +37,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::buckets::{InFlight, Ownership};
+use crate::grid::{Clock, next_tick, phase};
 use crate::sites::{SiteList, SiteSpec};
 use crate::stats::Stats;
 
 /// A site that appears while the checker runs gets its first check within this time (spread
 /// by id, so that a bulk insert does not fire at once).
 pub(crate) const NEW_SITE_SPREAD: Duration = Duration::from_secs(2);
-
-/// How often the mapping from the monotonic clock to wall-clock time is read again, so that
-/// the grid follows the system clock's corrections.
-const RESYNC_EVERY: Duration = Duration::from_secs(1);
-
-/// Where in `[0, interval)` a site's checks fall: a Fibonacci hash of its id, so consecutive
-/// ids land far apart and the load is even. Integer maths only: every checker, on every
-/// machine, computes the same phase.
-pub(crate) fn phase(site_id: i32, interval: Duration) -> Duration {
-    let hash = u64::from(site_id as u32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let fraction = u128::from(hash >> 11); // 53 bits: a fraction of 2^53
-    let nanos = (fraction * interval.as_nanos()) >> 53;
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
-
-/// The first planned start after `now` on the grid `planned + k * interval`, with how many
-/// grid points (ticks) were passed over.
-pub(crate) fn next_tick(planned: Instant, interval: Duration, now: Instant) -> (Instant, u64) {
-    let next = planned + interval;
-    if next > now {
-        return (next, 0);
-    }
-    let behind = now - next;
-    let skipped = (behind.as_nanos() / interval.as_nanos().max(1)) as u64 + 1;
-    let next = next + interval * u32::try_from(skipped).unwrap_or(u32::MAX);
-    (next, skipped)
-}
-
-/// Maps the monotonic clock the scheduler sleeps on to wall-clock time, where the grid is.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    /// A moment of the monotonic clock...
-    instant: Instant,
-    /// ...and the wall-clock time then, in nanoseconds since the Unix epoch.
-    wall: u128,
-    /// Whether [`Clock::resync`] reads the system clock (tests use a fixed mapping).
-    system: bool,
-}
-
-impl Clock {
-    /// The system clock's mapping now.
-    pub(crate) fn system() -> Self {
-        Self {
-            instant: Instant::now(),
-            wall: system_now(),
-            system: true,
-        }
-    }
-
-    /// A fixed mapping: `Instant::now()` is `wall` after the epoch (for tests with paused
-    /// time).
-    #[cfg(test)]
-    pub(crate) fn fixed(wall: Duration) -> Self {
-        Self {
-            instant: Instant::now(),
-            wall: wall.as_nanos(),
-            system: false,
-        }
-    }
-
-    /// Reads the system clock again if the mapping is older than [`RESYNC_EVERY`].
-    fn resync(&mut self, now: Instant) {
-        if self.system && now.saturating_duration_since(self.instant) >= RESYNC_EVERY {
-            *self = Self::system();
-        }
-    }
-
-    fn wall_of(&self, at: Instant) -> u128 {
-        if at >= self.instant {
-            self.wall + (at - self.instant).as_nanos()
-        } else {
-            self.wall.saturating_sub((self.instant - at).as_nanos())
-        }
-    }
-
-    fn instant_of(&self, wall: u128) -> Instant {
-        let nanos = |n: u128| Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX));
-        if wall >= self.wall {
-            self.instant + nanos(wall - self.wall)
-        } else {
-            self.instant
-                .checked_sub(nanos(self.wall - wall))
-                .unwrap_or(self.instant)
-        }
-    }
-
-    /// The site's first grid point at or after `at`.
-    pub(crate) fn next_on_grid(&self, at: Instant, interval: Duration, phase: Duration) -> Instant {
-        let (wall, interval, phase) = (
-            self.wall_of(at),
-            interval.as_nanos().max(1),
-            phase.as_nanos(),
-        );
-        let point = if wall <= phase {
-            phase
-        } else {
-            phase + (wall - phase).div_ceil(interval) * interval
-        };
-        self.instant_of(point)
-    }
-
-    /// The site's grid point nearest to `at`.
-    pub(crate) fn nearest_on_grid(
-        &self,
-        at: Instant,
-        interval: Duration,
-        phase: Duration,
-    ) -> Instant {
-        let (wall, interval, phase) = (
-            self.wall_of(at),
-            interval.as_nanos().max(1),
-            phase.as_nanos(),
-        );
-        let point = if wall <= phase {
-            phase
-        } else {
-            phase + (wall - phase + interval / 2) / interval * interval
-        };
-        self.instant_of(point)
-    }
-}
-
-fn system_now() -> u128 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
 
 struct Entry {
     spec: Arc<SiteSpec>,
@@ -357,9 +231,10 @@ where
                     drop(permit);
                 });
             }
-            // Back on the grid (a new site's first check may be off it), then one tick on.
-            let on_grid = self.clock.nearest_on_grid(at, interval, phase);
-            let (next, skipped) = next_tick(on_grid, interval, Instant::now());
+            // The grid point nearest to one interval after this start (a new site's first
+            // start may be off the grid), unless the checker fell behind.
+            let due = self.clock.next_on_grid(at + interval / 2, interval, phase);
+            let (next, skipped) = next_tick(due, interval, Instant::now());
             if skipped > 0 {
                 Stats::add(&self.stats.skipped_ticks, skipped);
                 tracing::warn!(
@@ -556,36 +431,6 @@ mod tests {
             .filter(|(site, _)| *site == id)
             .map(|(_, at)| *at)
             .collect()
-    }
-
-    #[test]
-    fn phase_is_within_the_interval_and_spread() {
-        let interval = Duration::from_secs(10);
-        let mut per_second = [0_u32; 10];
-        for id in 1..=10_000 {
-            let phase = phase(id, interval);
-            assert!(phase < interval);
-            per_second[phase.as_secs() as usize] += 1;
-        }
-        assert!(
-            per_second.iter().all(|&n| (900..=1100).contains(&n)),
-            "{per_second:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn next_tick_skips_missed_ticks() {
-        let t0 = Instant::now();
-        let second = Duration::from_secs(1);
-        assert_eq!(next_tick(t0, 2 * second, t0 + second), (t0 + 2 * second, 0));
-        assert_eq!(
-            next_tick(t0, 2 * second, t0 + 2 * second),
-            (t0 + 4 * second, 1)
-        );
-        assert_eq!(
-            next_tick(t0, 2 * second, t0 + 5 * second),
-            (t0 + 6 * second, 2)
-        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,11 +13,13 @@ use std::time::Duration;
 use regex::Regex;
 use sitemon_core::Site;
 use sitemon_core::db::PgPool;
+use sitemon_core::retry;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::Target;
+use crate::error::{Error, Result};
+use crate::target::Target;
 
 /// The channel the trigger notifies.
 pub(crate) const CHANNEL: &str = "sitemon_sites";
@@ -102,23 +104,29 @@ impl SiteBook {
 }
 
 /// Starts listening before the first load, so that no change between the two is missed.
-pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener, String> {
+///
+/// # Errors
+/// [`Error::Listen`], or a timeout naming `target` (`host:port/database`).
+pub(crate) async fn listen(pool: &PgPool, target: &str) -> Result<PgListener> {
     let listen = async {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
         Ok::<_, sqlx::Error>(listener)
     };
-    match tokio::time::timeout(sitemon_core::db::CONNECT_TIMEOUT, listen).await {
-        Ok(Ok(listener)) => Ok(listener),
-        Ok(Err(e)) => Err(crate::error::chain(&e)),
-        Err(_) => Err(format!(
-            "no answer within {:?}",
-            sitemon_core::db::CONNECT_TIMEOUT
-        )),
-    }
+    retry::timeout(
+        &format!("listening for site changes on PostgreSQL at {target}"),
+        sitemon_core::db::CONNECT_TIMEOUT,
+        async {
+            listen.await.map_err(|e| Error::Listen {
+                target: target.to_owned(),
+                reason: crate::error::chain(&e),
+            })
+        },
+    )
+    .await
 }
 
-/// Loads every site once.
+/// Loads every site once (bounded by [`sitemon_core::db::SITE_QUERY_TIMEOUT`]).
 pub(crate) async fn load(pool: &PgPool) -> sitemon_core::Result<Vec<Site>> {
     sitemon_core::db::list_sites(pool).await
 }
