@@ -50,12 +50,12 @@ pub struct CheckerConfig {
     /// default `max.message.bytes`.
     pub max_batch_bytes: usize,
     /// How often a progress line is logged. Default 5 s.
-    pub progress_interval: Duration,
+    pub progress_every: Duration,
     /// How often the whole site list is reloaded, besides the reloads notifications cause.
     /// Default 30 s.
-    pub reload_interval: Duration,
+    pub reload_every: Duration,
     /// How often the topic's partition count is read again. Default 60 s.
-    pub metadata_interval: Duration,
+    pub partition_poll_every: Duration,
     /// On stop, how long buffered events may take to reach Kafka. Default 30 s.
     pub flush_timeout: Duration,
     /// CA certificates trusted for checked sites besides the Mozilla roots (for sites
@@ -94,9 +94,9 @@ impl CheckerConfig {
             replication_factor: 1,
             linger: Duration::from_millis(10),
             max_batch_bytes: 512 << 10,
-            progress_interval: Duration::from_secs(5),
-            reload_interval: Duration::from_secs(30),
-            metadata_interval: Duration::from_secs(60),
+            progress_every: Duration::from_secs(5),
+            reload_every: Duration::from_secs(30),
+            partition_poll_every: Duration::from_secs(60),
             flush_timeout: Duration::from_secs(30),
             extra_root_certs: Vec::new(),
             share_with_peers: true,
@@ -149,9 +149,9 @@ impl CheckerConfig {
             return invalid("max_batch_bytes", "it must be from 16 KiB to 16 MiB");
         }
         for (setting, every) in [
-            ("progress_interval", self.progress_interval),
-            ("reload_interval", self.reload_interval),
-            ("metadata_interval", self.metadata_interval),
+            ("progress_every", self.progress_every),
+            ("reload_every", self.reload_every),
+            ("partition_poll_every", self.partition_poll_every),
             ("rebalance_every", self.rebalance_every),
         ] {
             if every.is_zero() {

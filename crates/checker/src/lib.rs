@@ -189,20 +189,20 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         listener,
         book,
         sites_tx,
-        config.reload_interval,
+        config.reload_every,
         background.clone(),
     ));
     let metadata = tokio::spawn(follow_partitions(
         Arc::clone(&client),
         config.kafka.topic.clone(),
         Arc::clone(&lanes),
-        config.metadata_interval,
+        config.partition_poll_every,
         background.clone(),
     ));
     let progress = tokio::spawn(log_progress(
         Arc::clone(&stats),
         producer.clone(),
-        config.progress_interval,
+        config.progress_every,
         background.clone(),
     ));
 

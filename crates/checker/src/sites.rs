@@ -137,10 +137,10 @@ pub(crate) async fn follow(
     mut listener: PgListener,
     mut book: SiteBook,
     sites: watch::Sender<SiteList>,
-    reload_interval: Duration,
+    reload_every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut reload_tick = tokio::time::interval(reload_interval);
+    let mut reload_tick = tokio::time::interval(reload_every);
     reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reload_tick.reset();
     loop {

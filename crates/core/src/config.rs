@@ -415,7 +415,10 @@ mod tests {
         assert_eq!(config.target(), "db.example:6543/app");
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
-        assert!(debug.contains("db.example:6543/app") && debug.contains("\"u\""), "{debug}");
+        assert!(
+            debug.contains("db.example:6543/app") && debug.contains("\"u\""),
+            "{debug}"
+        );
         assert!(DatabaseConfig::from_url("").is_err());
         let message = DatabaseConfig::from_url("postgres://u:pw@h:notaport/db")
             .expect_err("bad port")

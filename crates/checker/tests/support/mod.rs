@@ -153,7 +153,7 @@ pub async fn closed_port() -> u16 {
 pub fn checker_config(db: &sitemon_testkit::TestDb, kafka: KafkaConfig) -> CheckerConfig {
     let mut config = CheckerConfig::new(DatabaseConfig::from_url(&db.url).expect("db url"), kafka);
     config.location = "test-location".into();
-    config.progress_interval = Duration::from_secs(1);
+    config.progress_every = Duration::from_secs(1);
     config.flush_timeout = Duration::from_secs(20);
     config
 }

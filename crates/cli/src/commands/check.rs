@@ -96,7 +96,7 @@ impl CheckOptions {
         config.partitions = self.partitions;
         config.replication_factor = self.replication_factor;
         config.linger = Duration::from_millis(self.linger_ms);
-        config.progress_interval = self.progress_interval;
+        config.progress_every = self.progress_interval;
         config.flush_timeout = self.flush_timeout;
         if let Some(path) = &self.sites_ca_file {
             config.extra_root_certs = read_certificates(path)?;
