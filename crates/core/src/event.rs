@@ -101,6 +101,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order: for whatever lists them (the metrics' `error_kind`
+    /// label, reports).
+    pub const ALL: [Self; 9] = [
+        Self::InvalidUrl,
+        Self::Dns,
+        Self::Connect,
+        Self::Tls,
+        Self::Timeout,
+        Self::Http,
+        Self::TooManyRedirects,
+        Self::Body,
+        Self::InvalidRegex,
+    ];
+
     /// The name on the wire and in `website_status.error_kind`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -162,6 +176,25 @@ pub enum EventDecodeError {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn every_error_kind_is_listed_once() {
+        // A new kind fails to compile here until it is added to `ErrorKind::ALL` too.
+        let position = |kind: ErrorKind| match kind {
+            ErrorKind::InvalidUrl => 0,
+            ErrorKind::Dns => 1,
+            ErrorKind::Connect => 2,
+            ErrorKind::Tls => 3,
+            ErrorKind::Timeout => 4,
+            ErrorKind::Http => 5,
+            ErrorKind::TooManyRedirects => 6,
+            ErrorKind::Body => 7,
+            ErrorKind::InvalidRegex => 8,
+        };
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(kind), i, "{kind:?}");
+        }
+    }
 
     fn sample() -> CheckEvent {
         CheckEvent {
