@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 
-/// The version of `prometheus-client` the [`Registry`] takes metrics of, for an embedding
-/// service that registers its own families next to sitemon's.
+/// The `prometheus-client` crate whose metrics the [`Registry`] holds, re-exported so that an
+/// embedding service registers its own families next to sitemon's with the same version.
 pub use prometheus_client;
 
 /// The `Content-Type` of [`Registry::render`]'s text.
@@ -46,6 +46,9 @@ impl Registry {
     }
 
     /// Registers metric families: `register` gets the registry, locked while it runs.
+    ///
+    /// `prometheus-client` writes a counter's `_total` and the help's full stop itself:
+    /// register `myservice_requests` with help `Requests served`.
     ///
     /// ```
     /// use sitemon_core::metrics::Registry;
