@@ -142,11 +142,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         },
         Arc::clone(&stats),
     );
-    config.metrics.register(Arc::new(stats::Metrics {
-        stats: Arc::clone(&stats),
-        producer: producer.clone(),
-        location: config.location.clone(),
-    }));
+    stats.register(&config.metrics, &config.location);
 
     // The buckets of sites this checker may schedule: its share, or every one.
     let (ownership_tx, ownership_rx) = watch::channel(Ownership::default());

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Compression;
 use crate::partitioner::partition_for_key;
-use crate::stats::Stats;
+use crate::stats::{Stats, gauge_value};
 
 /// How long one produce (a whole batch, the client's own retries included) may take.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -139,6 +139,7 @@ impl Producer {
         buffer.lanes[partition].push_back(Pending { seq, record });
         buffer.total += 1;
         let dropped = buffer.enforce(self.shared.settings.capacity);
+        self.shared.publish(&buffer);
         drop(buffer);
         self.shared.count_dropped(dropped);
         self.shared.wake(partition);
@@ -213,10 +214,7 @@ impl Shared {
         if dropped == 0 {
             return;
         }
-        let before = self
-            .stats
-            .dropped
-            .fetch_add(dropped as u64, Ordering::Relaxed);
+        let before = self.stats.dropped.inc_by(dropped as u64);
         // The first drop, then every 1,000th: enough to see it in the log without flooding.
         if before == 0 || (before + dropped as u64) / 1000 > before / 1000 {
             tracing::warn!(
@@ -235,13 +233,27 @@ impl Shared {
             queue.push_front(pending);
         }
         let dropped = buffer.enforce(self.settings.capacity);
+        self.publish(&buffer);
         drop(buffer);
         self.count_dropped(dropped);
     }
 
     fn delivered(&self, count: usize) {
-        self.lock_buffer().total -= count;
+        self.settled(count);
         Stats::add(&self.stats.produced, count as u64);
+    }
+
+    /// `count` events left the buffer: delivered, or dropped.
+    fn settled(&self, count: usize) {
+        let mut buffer = self.lock_buffer();
+        buffer.total -= count;
+        self.publish(&buffer);
+    }
+
+    /// Publishes the events waiting or in flight (`sitemon_events_buffered`); called with
+    /// the buffer locked, so that the gauge follows the changes in their order.
+    fn publish(&self, buffer: &Buffer) {
+        self.stats.buffered.set(gauge_value(buffer.total));
     }
 }
 
@@ -326,7 +338,7 @@ impl Lanes {
                         max_batch_bytes = settings.max_batch_bytes,
                         "an event is larger than a whole batch: dropped"
                     );
-                    shared.lock_buffer().total -= 1;
+                    shared.settled(1);
                     shared.count_dropped(1);
                     continue;
                 }

@@ -1,119 +1,205 @@
 //! Counters of what the checker did, and the schedule-lag histogram, shared by every task
-//! without locks; the progress line and the Prometheus metrics (`sitemon_check*`) read them.
+//! without locks; the progress line reads them, and the Prometheus metrics (`sitemon_check*`,
+//! `sitemon_events_*`) are the same counters, registered in [`CheckerConfig::metrics`].
+//!
+//! [`CheckerConfig::metrics`]: crate::CheckerConfig::metrics
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use sitemon_core::ErrorKind;
-use sitemon_core::metrics::{Collect, Exposition, Histogram, Kind};
+use sitemon_core::metrics::Registry;
 
-use crate::producer::Producer;
-
-/// Every error kind, in the order of [`Stats::outcomes`] (after `up` and `down` without an
-/// error). The metrics' `error_kind` label takes these values and `none`, nothing else.
-const ERROR_KINDS: [ErrorKind; 9] = [
-    ErrorKind::InvalidUrl,
-    ErrorKind::Dns,
-    ErrorKind::Connect,
-    ErrorKind::Tls,
-    ErrorKind::Timeout,
-    ErrorKind::Http,
-    ErrorKind::TooManyRedirects,
-    ErrorKind::Body,
-    ErrorKind::InvalidRegex,
+/// The upper bounds of `sitemon_check_duration_seconds`' buckets: 5 ms to 30 s.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Counters for the progress line, the final summary and the metrics.
+/// The outcomes counted apart: up; down without an error (a status or a regex); down with
+/// each of [`ErrorKind::ALL`].
+const OUTCOMES: usize = 2 + ErrorKind::ALL.len();
+
+/// The labels of `sitemon_checks_total` (after `location`, which every checker metric has).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `up` or `down`.
+    result: &'static str,
+    /// `none` or [`ErrorKind::as_str`]: bounded, never a message.
+    error_kind: &'static str,
+}
+
+impl OutcomeLabels {
+    /// The labels of [`Stats::outcomes`], in its order.
+    fn all() -> impl Iterator<Item = Self> {
+        [("up", "none"), ("down", "none")]
+            .into_iter()
+            .chain(ErrorKind::ALL.iter().map(|kind| ("down", kind.as_str())))
+            .map(|(result, error_kind)| Self { result, error_kind })
+    }
+}
+
+/// What the checker counts, for the progress line, the final summary and `/metrics`.
 #[derive(Debug)]
 pub(crate) struct Stats {
-    pub(crate) checks: AtomicU64,
-    pub(crate) up: AtomicU64,
-    pub(crate) down: AtomicU64,
-    /// Checks by outcome: up; down without an error (a status or a regex); down with each
-    /// of [`ERROR_KINDS`].
-    outcomes: [AtomicU64; 2 + ERROR_KINDS.len()],
-    /// Whole check durations, in seconds.
+    /// `sitemon_checks_total`: every series, created at the start so that each shows (at 0)
+    /// before it first happens.
+    outcome_family: Family<OutcomeLabels, Counter>,
+    /// The counters of `outcome_family`, by outcome (see [`OUTCOMES`]): a check increments one
+    /// without looking its labels up.
+    outcomes: [Counter; OUTCOMES],
+    /// `sitemon_check_duration_seconds`: whole check durations.
     durations: Histogram,
-    pub(crate) skipped_ticks: AtomicU64,
-    pub(crate) produced: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) produce_failures: AtomicU64,
-    /// Sites this checker schedules now (those of the buckets it holds).
-    sites: AtomicU64,
-    /// Buckets this checker holds now.
-    buckets: AtomicU64,
+    /// `sitemon_checker_skipped_ticks_total`.
+    pub(crate) skipped_ticks: Counter,
+    /// `sitemon_events_produced_total`.
+    pub(crate) produced: Counter,
+    /// `sitemon_events_buffered`: set by the producer whenever its buffer changes.
+    pub(crate) buffered: Gauge,
+    /// `sitemon_events_dropped_total`.
+    pub(crate) dropped: Counter,
+    /// Produce requests that failed (and were retried); not exported.
+    pub(crate) produce_failures: Counter,
+    /// `sitemon_checker_sites`: sites this checker schedules now (those of its buckets).
+    sites: Gauge,
+    /// `sitemon_checker_leases_held`: buckets this checker holds now.
+    buckets: Gauge,
+    /// Schedule lag, for the percentiles of the progress line (not exported: see
+    /// [`LagHistogram`]).
     pub(crate) lag: LagHistogram,
 }
 
 impl Default for Stats {
     fn default() -> Self {
+        let outcome_family = Family::<OutcomeLabels, Counter>::default();
+        let outcomes: Vec<Counter> = OutcomeLabels::all()
+            .map(|labels| outcome_family.get_or_create_owned(&labels))
+            .collect();
+        let outcomes = outcomes.try_into().expect("OUTCOMES counts the labels");
         Self {
-            checks: AtomicU64::default(),
-            up: AtomicU64::default(),
-            down: AtomicU64::default(),
-            outcomes: Default::default(),
-            durations: Histogram::for_durations(),
-            skipped_ticks: AtomicU64::default(),
-            produced: AtomicU64::default(),
-            dropped: AtomicU64::default(),
-            produce_failures: AtomicU64::default(),
-            sites: AtomicU64::default(),
-            buckets: AtomicU64::default(),
+            outcome_family,
+            outcomes,
+            durations: Histogram::new(DURATION_BUCKETS),
+            skipped_ticks: Counter::default(),
+            produced: Counter::default(),
+            buffered: Gauge::default(),
+            dropped: Counter::default(),
+            produce_failures: Counter::default(),
+            sites: Gauge::default(),
+            buckets: Gauge::default(),
             lag: LagHistogram::default(),
         }
     }
 }
 
 impl Stats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+    pub(crate) fn add(counter: &Counter, n: u64) {
+        counter.inc_by(n);
+    }
+
+    /// Registers the metrics in `metrics`, every series labelled with `location`.
+    pub(crate) fn register(&self, metrics: &Registry, location: &str) {
+        metrics.register(|registry| {
+            let registry =
+                registry.sub_registry_with_label(("location".into(), location.to_owned().into()));
+            registry.register(
+                "sitemon_checks",
+                "Checks made, by result and error kind",
+                self.outcome_family.clone(),
+            );
+            registry.register(
+                "sitemon_check_duration_seconds",
+                "Time of a whole check, DNS to the last body byte, redirects included",
+                self.durations.clone(),
+            );
+            registry.register(
+                "sitemon_events_produced",
+                "Check events Kafka acknowledged",
+                self.produced.clone(),
+            );
+            registry.register(
+                "sitemon_events_buffered",
+                "Check events waiting for Kafka (in the buffer or in flight)",
+                self.buffered.clone(),
+            );
+            registry.register(
+                "sitemon_events_dropped",
+                "Check events dropped because the buffer was full while Kafka was away",
+                self.dropped.clone(),
+            );
+            registry.register(
+                "sitemon_checker_skipped_ticks",
+                "Planned checks skipped: the previous check of the site was still running, or \
+                 the checker fell behind",
+                self.skipped_ticks.clone(),
+            );
+            registry.register(
+                "sitemon_checker_sites",
+                "Sites this checker schedules (those in the buckets it holds)",
+                self.sites.clone(),
+            );
+            registry.register(
+                "sitemon_checker_leases_held",
+                "Site buckets this checker holds, of 256",
+                self.buckets.clone(),
+            );
+        });
     }
 
     /// Counts one check: up or down, why, and how long it took.
     pub(crate) fn checked(&self, up: bool, error: Option<ErrorKind>, took: Duration) {
-        Self::add(&self.checks, 1);
-        Self::add(if up { &self.up } else { &self.down }, 1);
         let index = match (up, error) {
             (true, _) => 0,
             (false, None) => 1,
-            // A kind added to the core after this list: counted as a down without a kind
-            // rather than lost (the list test below keeps them in step).
-            (false, Some(kind)) => ERROR_KINDS
+            // A kind added to the core after this build: counted as a down without a kind
+            // rather than lost.
+            (false, Some(kind)) => ErrorKind::ALL
                 .iter()
                 .position(|k| *k == kind)
                 .map_or(1, |i| i + 2),
         };
-        Self::add(&self.outcomes[index], 1);
+        self.outcomes[index].inc();
         self.durations.observe(took.as_secs_f64());
     }
 
     /// The number of sites scheduled now.
     pub(crate) fn scheduled(&self, sites: usize) {
-        self.sites.store(sites as u64, Relaxed);
+        self.sites.set(gauge_value(sites));
     }
 
     /// The number of buckets held now.
     pub(crate) fn buckets_held(&self, buckets: usize) {
-        self.buckets.store(buckets as u64, Relaxed);
+        self.buckets.set(gauge_value(buckets));
     }
 
     pub(crate) fn snapshot(&self, buffered: usize) -> Snapshot {
+        let up = self.outcomes[0].get();
+        let down = self.outcomes[1..].iter().map(Counter::get).sum();
         Snapshot {
-            sites: self.sites.load(Relaxed) as usize,
-            buckets: self.buckets.load(Relaxed) as usize,
-            checks: self.checks.load(Relaxed),
-            up: self.up.load(Relaxed),
-            down: self.down.load(Relaxed),
-            skipped_ticks: self.skipped_ticks.load(Relaxed),
-            produced: self.produced.load(Relaxed),
+            sites: usize::try_from(self.sites.get()).unwrap_or(0),
+            buckets: usize::try_from(self.buckets.get()).unwrap_or(0),
+            checks: up + down,
+            up,
+            down,
+            skipped_ticks: self.skipped_ticks.get(),
+            produced: self.produced.get(),
             buffered,
-            dropped: self.dropped.load(Relaxed),
+            dropped: self.dropped.get(),
             lag_p50: self.lag.quantile(0.50),
             lag_p99: self.lag.quantile(0.99),
             lag_max: self.lag.max(),
         }
     }
+}
+
+/// A count as the value of a gauge (an `i64`).
+pub(crate) fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// A moment's view of [`Stats`], printed as `key=value` pairs so that both people and
@@ -157,92 +243,6 @@ impl fmt::Display for Snapshot {
     }
 }
 
-/// The checker's metrics: [`Stats`] and the producer's buffer, labelled with the location.
-#[derive(Debug)]
-pub(crate) struct Metrics {
-    pub(crate) stats: std::sync::Arc<Stats>,
-    pub(crate) producer: Producer,
-    pub(crate) location: String,
-}
-
-impl Collect for Metrics {
-    fn collect(&self, out: &mut Exposition) {
-        let stats = &self.stats;
-        let location = self.location.as_str();
-        let load = |counter: &AtomicU64| counter.load(Relaxed) as f64;
-        let checks = "sitemon_checks_total";
-        let checks_help = "Checks made, by result and error kind.";
-        let outcomes = [("up", "none"), ("down", "none")]
-            .into_iter()
-            .chain(ERROR_KINDS.iter().map(|kind| ("down", kind.as_str())));
-        for ((result, kind), count) in outcomes.zip(&stats.outcomes) {
-            out.sample(
-                checks,
-                checks_help,
-                Kind::Counter,
-                &[
-                    ("location", location),
-                    ("result", result),
-                    ("error_kind", kind),
-                ],
-                load(count),
-            );
-        }
-        out.histogram(
-            "sitemon_check_duration_seconds",
-            "Time of a whole check, DNS to the last body byte, redirects included.",
-            &[("location", location)],
-            &stats.durations,
-        );
-        let single = |out: &mut Exposition, name: &str, help: &str, kind: Kind, value: f64| {
-            out.sample(name, help, kind, &[("location", location)], value);
-        };
-        single(
-            out,
-            "sitemon_events_produced_total",
-            "Check events Kafka acknowledged.",
-            Kind::Counter,
-            load(&stats.produced),
-        );
-        single(
-            out,
-            "sitemon_events_buffered",
-            "Check events waiting for Kafka (in the buffer or in flight).",
-            Kind::Gauge,
-            self.producer.buffered() as f64,
-        );
-        single(
-            out,
-            "sitemon_events_dropped_total",
-            "Check events dropped because the buffer was full while Kafka was away.",
-            Kind::Counter,
-            load(&stats.dropped),
-        );
-        single(
-            out,
-            "sitemon_checker_skipped_ticks_total",
-            "Planned checks skipped: the previous check of the site was still running, or the \
-             checker fell behind.",
-            Kind::Counter,
-            load(&stats.skipped_ticks),
-        );
-        single(
-            out,
-            "sitemon_checker_sites",
-            "Sites this checker schedules (those in the buckets it holds).",
-            Kind::Gauge,
-            load(&stats.sites),
-        );
-        single(
-            out,
-            "sitemon_checker_leases_held",
-            "Site buckets this checker holds, of 256.",
-            Kind::Gauge,
-            load(&stats.buckets),
-        );
-    }
-}
-
 /// Sub-buckets per power of two: values are kept to within 1/16 (about 6 %).
 const SUB_BITS: u32 = 4;
 const SUB: usize = 1 << SUB_BITS;
@@ -251,6 +251,11 @@ const BUCKETS: usize = SUB + 40 * SUB;
 
 /// A log-linear histogram of durations in microseconds (the idea of HdrHistogram, in 4 KiB of
 /// atomics): recording is one `fetch_add`, so every check can record its lag.
+///
+/// It is not a `prometheus-client` histogram because its job is another: the progress line
+/// and the benchmark print the p50 and p99 of the lag within 1/16, computed in the process,
+/// and a Prometheus histogram neither gives quantiles nor shows its bucket counts to the
+/// process; Prometheus computes them on its side, from the handful of buckets it scrapes.
 #[derive(Debug)]
 pub(crate) struct LagHistogram {
     buckets: Box<[AtomicU64]>,
@@ -320,21 +325,97 @@ fn upper_of(index: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn every_error_kind_has_its_own_counter() {
         let stats = Stats::default();
-        for (i, kind) in ERROR_KINDS.iter().enumerate() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
             stats.checked(false, Some(*kind), Duration::from_millis(5));
-            assert_eq!(stats.outcomes[i + 2].load(Relaxed), 1, "{kind:?}");
+            assert_eq!(stats.outcomes[i + 2].get(), 1, "{kind:?}");
         }
         stats.checked(true, None, Duration::from_millis(5));
         stats.checked(false, None, Duration::from_millis(5));
-        assert_eq!(stats.outcomes[0].load(Relaxed), 1);
-        assert_eq!(stats.outcomes[1].load(Relaxed), 1);
-        assert_eq!(stats.checks.load(Relaxed), 11);
-        let names: std::collections::HashSet<_> = ERROR_KINDS.iter().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), ERROR_KINDS.len());
+        assert_eq!(stats.outcomes[0].get(), 1);
+        assert_eq!(stats.outcomes[1].get(), 1);
+        assert_eq!(stats.snapshot(0).checks, 11);
+        let names: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+    }
+
+    /// `name{label,…}` of every series in `text`, and `name type` of every family.
+    fn shapes(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut series = BTreeSet::new();
+        let mut families = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(family) = line.strip_prefix("# TYPE ") {
+                families.insert(family.to_owned());
+            } else if !line.starts_with('#') {
+                let (name, labels) = line.split_once('{').unwrap_or((line, ""));
+                let name = name.split(' ').next().unwrap_or_default();
+                let keys: Vec<&str> = labels
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
+                    .collect();
+                series.insert(format!("{name}{{{}}}", keys.join(",")));
+            }
+        }
+        (series, families)
+    }
+
+    /// Every name and label dashboards use: a rename fails here first.
+    #[test]
+    fn metrics_keep_their_names_and_labels() {
+        let stats = Stats::default();
+        let registry = Registry::new();
+        stats.register(&registry, "eu");
+        stats.checked(true, None, Duration::from_millis(5));
+        stats.scheduled(3);
+        stats.buckets_held(256);
+        let text = registry.render();
+        let (series, families) = shapes(&text);
+        let golden = [
+            "sitemon_check_duration_seconds_bucket{location,le}",
+            "sitemon_check_duration_seconds_count{location}",
+            "sitemon_check_duration_seconds_sum{location}",
+            "sitemon_checker_leases_held{location}",
+            "sitemon_checker_sites{location}",
+            "sitemon_checker_skipped_ticks_total{location}",
+            "sitemon_checks_total{location,result,error_kind}",
+            "sitemon_events_buffered{location}",
+            "sitemon_events_dropped_total{location}",
+            "sitemon_events_produced_total{location}",
+        ];
+        assert_eq!(series, golden.map(String::from).into(), "{text}");
+        let golden = [
+            "sitemon_check_duration_seconds histogram",
+            "sitemon_checker_leases_held gauge",
+            "sitemon_checker_sites gauge",
+            "sitemon_checker_skipped_ticks counter",
+            "sitemon_checks counter",
+            "sitemon_events_buffered gauge",
+            "sitemon_events_dropped counter",
+            "sitemon_events_produced counter",
+        ];
+        assert_eq!(families, golden.map(String::from).into(), "{text}");
+        for line in [
+            "sitemon_checks_total{location=\"eu\",result=\"up\",error_kind=\"none\"} 1",
+            "sitemon_checks_total{location=\"eu\",result=\"down\",error_kind=\"none\"} 0",
+            "sitemon_check_duration_seconds_count{location=\"eu\"} 1",
+            "sitemon_checker_sites{location=\"eu\"} 3",
+            "sitemon_checker_leases_held{location=\"eu\"} 256",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        for kind in ErrorKind::ALL {
+            let line = format!(
+                "sitemon_checks_total{{location=\"eu\",result=\"down\",error_kind=\"{}\"}} 0",
+                kind.as_str()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(text.matches("sitemon_checks_total{").count(), OUTCOMES);
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in declaration order: for metrics, reports and tests that list them.
+    /// Every kind, in declaration order: for whatever lists them (the metrics' `error_kind`
+    /// label, reports, tests).
     pub const ALL: [Self; 9] = [
         Self::InvalidUrl,
         Self::Dns,
@@ -175,6 +176,25 @@ pub enum EventDecodeError {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn every_error_kind_is_listed_once() {
+        // A new kind fails to compile here until it is added to `ErrorKind::ALL` too.
+        let position = |kind: ErrorKind| match kind {
+            ErrorKind::InvalidUrl => 0,
+            ErrorKind::Dns => 1,
+            ErrorKind::Connect => 2,
+            ErrorKind::Tls => 3,
+            ErrorKind::Timeout => 4,
+            ErrorKind::Http => 5,
+            ErrorKind::TooManyRedirects => 6,
+            ErrorKind::Body => 7,
+            ErrorKind::InvalidRegex => 8,
+        };
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(kind), i, "{kind:?}");
+        }
+    }
 
     fn sample() -> CheckEvent {
         CheckEvent {

@@ -13,7 +13,8 @@
 //! - [`db`]: the pool, the embedded migrations, and the `websites` table.
 //! - [`lease`]: sharing partitions or buckets of sites among several processes through
 //!   PostgreSQL advisory locks.
-//! - [`metrics`]: counters and histograms in the Prometheus text format, and `/metrics`.
+//! - [`metrics`]: the `prometheus-client` registry the checker and the sync register in, and
+//!   the `/metrics` server (OpenMetrics text).
 //! - [`report`]: the operator's view of the history (`sitemon status`).
 //! - [`retry`]: [`retry::Backoff`] between attempts and [`retry::timeout`] around every call
 //!   that can hang.

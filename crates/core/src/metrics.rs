@@ -1,12 +1,12 @@
-//! Metrics in the Prometheus text format, and a small HTTP server for them.
+//! Metrics for Prometheus, and a small HTTP server for them.
 //!
-//! The checker and the sync keep their counters in atomics; each implements [`Collect`] to
-//! write them out when Prometheus scrapes `/metrics`. Nothing here allocates on the hot path.
+//! The metric families are `prometheus-client`'s (the Prometheus project's own crate): the
+//! checker and the sync create their counters, gauges and histograms, register them in a
+//! [`Registry`], and update them without locks. [`serve`] answers `GET /metrics` with the
+//! OpenMetrics text of everything registered.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -16,16 +16,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 
-/// Something that writes metrics when scraped.
-pub trait Collect: Send + Sync {
-    /// Writes the current values.
-    fn collect(&self, out: &mut Exposition);
-}
+/// The `prometheus-client` crate whose metrics the [`Registry`] holds, re-exported so that an
+/// embedding service registers its own families next to sitemon's with the same version.
+pub use prometheus_client;
 
-/// The collectors of one process.
+/// The `Content-Type` of [`Registry::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The metric families of one process, shared by whoever registers and whoever serves them;
+/// cheap to clone.
+///
+/// The checker and the sync register theirs when they start; run both in one process with
+/// the same `Registry` and `/metrics` shows both.
 #[derive(Default, Clone)]
 pub struct Registry {
-    collectors: Arc<RwLock<Vec<Arc<dyn Collect>>>>,
+    inner: Arc<Mutex<prometheus_client::registry::Registry>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -40,164 +45,32 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a collector.
-    pub fn register(&self, collector: Arc<dyn Collect>) {
-        self.collectors
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(collector);
+    /// Registers metric families: `register` gets the registry, locked while it runs.
+    ///
+    /// `prometheus-client` writes a counter's `_total` and the help's full stop itself:
+    /// register `myservice_requests` with help `Requests served`.
+    ///
+    /// ```
+    /// use sitemon_core::metrics::Registry;
+    /// use sitemon_core::metrics::prometheus_client::metrics::counter::Counter;
+    ///
+    /// let registry = Registry::new();
+    /// let requests = Counter::<u64>::default();
+    /// registry.register(|r| r.register("myservice_requests", "Requests served", requests.clone()));
+    /// requests.inc();
+    /// assert!(registry.render().contains("myservice_requests_total 1\n"));
+    /// ```
+    pub fn register(&self, register: impl FnOnce(&mut prometheus_client::registry::Registry)) {
+        register(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Everything, in the Prometheus text format.
+    /// Everything registered, in the OpenMetrics text format (ending with `# EOF`).
     pub fn render(&self) -> String {
-        let mut out = Exposition::default();
-        for collector in self
-            .collectors
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            collector.collect(&mut out);
-        }
-        out.text
-    }
-}
-
-/// The text being written for one scrape.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    text: String,
-    /// The last family whose `# HELP` was written, so labelled series share one header.
-    last_family: String,
-}
-
-/// The kinds of metric families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Only goes up.
-    Counter,
-    /// Goes up and down.
-    Gauge,
-    /// Observations in buckets.
-    Histogram,
-}
-
-impl Exposition {
-    fn header(&mut self, name: &str, help: &str, kind: Kind) {
-        if self.last_family == name {
-            return;
-        }
-        self.last_family = name.to_owned();
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn series(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (key, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{key}=\"");
-                for c in val.chars() {
-                    match c {
-                        '\\' => self.text.push_str("\\\\"),
-                        '"' => self.text.push_str("\\\""),
-                        '\n' => self.text.push_str("\\n"),
-                        c => self.text.push(c),
-                    }
-                }
-                self.text.push('"');
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
-    }
-
-    /// One series of a counter or gauge family. Write the series of a family one after
-    /// another.
-    pub fn sample(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: Kind,
-        labels: &[(&str, &str)],
-        value: f64,
-    ) {
-        self.header(name, help, kind);
-        self.series(name, labels, value);
-    }
-
-    /// A histogram series.
-    pub fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        labels: &[(&str, &str)],
-        histogram: &Histogram,
-    ) {
-        self.header(name, help, Kind::Histogram);
-        let mut cumulative = 0;
-        let bucket = format!("{name}_bucket");
-        for (bound, count) in histogram.bounds.iter().zip(&histogram.counts) {
-            cumulative += count.load(Relaxed);
-            let le = bound.to_string();
-            let mut with_le = labels.to_vec();
-            with_le.push(("le", &le));
-            self.series(&bucket, &with_le, cumulative as f64);
-        }
-        let total = histogram.count.load(Relaxed);
-        let mut with_le = labels.to_vec();
-        with_le.push(("le", "+Inf"));
-        self.series(&bucket, &with_le, total as f64);
-        let sum = f64::from_bits(histogram.sum_bits.load(Relaxed));
-        self.series(&format!("{name}_sum"), labels, sum);
-        self.series(&format!("{name}_count"), labels, total as f64);
-    }
-}
-
-/// A histogram with fixed buckets, safe to observe from every task at once.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_bits: AtomicU64,
-}
-
-impl Histogram {
-    /// Buckets with these upper bounds (ascending).
-    pub fn new(bounds: &[f64]) -> Self {
-        Self {
-            bounds: bounds.to_vec(),
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-        }
-    }
-
-    /// Buckets for request durations in seconds, 5 ms to 30 s.
-    pub fn for_durations() -> Self {
-        Self::new(&[
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ])
-    }
-
-    /// Records one value.
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|bound| value <= *bound) {
-            self.counts[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        let _ = self.sum_bits.fetch_update(Relaxed, Relaxed, |bits| {
-            Some((f64::from_bits(bits) + value).to_bits())
-        });
+        let mut text = String::new();
+        let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing to a String cannot fail, nor can the encoders of the metric types we use.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
     }
 }
 
@@ -249,11 +122,7 @@ pub async fn serve(
 
 fn respond(request: &Request<hyper::body::Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if request.uri().path() == "/metrics" {
-        (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            registry.render(),
-        )
+        (StatusCode::OK, CONTENT_TYPE, registry.render())
     } else {
         (
             StatusCode::NOT_FOUND,
@@ -274,44 +143,84 @@ fn respond(request: &Request<hyper::body::Incoming>, registry: &Registry) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::histogram::Histogram;
 
-    struct Fixed(Histogram);
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct KindLabel {
+        kind: String,
+    }
 
-    impl Collect for Fixed {
-        fn collect(&self, out: &mut Exposition) {
-            out.sample(
-                "t_total",
-                "A counter.",
-                Kind::Counter,
-                &[("kind", "a\"b")],
-                3.0,
-            );
-            out.sample(
-                "t_total",
-                "A counter.",
-                Kind::Counter,
-                &[("kind", "c")],
-                4.0,
-            );
-            out.histogram("t_seconds", "A histogram.", &[], &self.0);
+    fn registry() -> Registry {
+        let counters = Family::<KindLabel, Counter>::default();
+        counters
+            .get_or_create(&KindLabel {
+                kind: "a\"b".into(),
+            })
+            .inc_by(3);
+        counters
+            .get_or_create(&KindLabel { kind: "c".into() })
+            .inc_by(4);
+        let histogram = Histogram::new([0.1, 1.0]);
+        for value in [0.05, 0.5, 5.0] {
+            histogram.observe(value);
         }
+        let registry = Registry::new();
+        registry.register(|r| {
+            r.register("t", "A counter", counters);
+            r.register("t_seconds", "A histogram", histogram);
+        });
+        registry
     }
 
     #[test]
-    fn renders_the_text_format() {
-        let histogram = Histogram::new(&[0.1, 1.0]);
-        histogram.observe(0.05);
-        histogram.observe(0.5);
-        histogram.observe(5.0);
-        let registry = Registry::new();
-        registry.register(Arc::new(Fixed(histogram)));
-        assert_eq!(
-            registry.render(),
-            "# HELP t_total A counter.\n# TYPE t_total counter\n\
-             t_total{kind=\"a\\\"b\"} 3\nt_total{kind=\"c\"} 4\n\
-             # HELP t_seconds A histogram.\n# TYPE t_seconds histogram\n\
-             t_seconds_bucket{le=\"0.1\"} 1\nt_seconds_bucket{le=\"1\"} 2\n\
-             t_seconds_bucket{le=\"+Inf\"} 3\nt_seconds_sum 5.55\nt_seconds_count 3\n"
+    fn renders_openmetrics_text() {
+        let text = registry().render();
+        for line in [
+            "# TYPE t counter",
+            "t_total{kind=\"a\\\"b\"} 3",
+            "t_total{kind=\"c\"} 4",
+            "# TYPE t_seconds histogram",
+            "t_seconds_bucket{le=\"0.1\"} 1",
+            "t_seconds_bucket{le=\"+Inf\"} 3",
+            "t_seconds_sum 5.55",
+            "t_seconds_count 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_with_the_openmetrics_type() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let stop = CancellationToken::new();
+        let addr = serve(([127, 0, 0, 1], 0).into(), registry(), stop.clone())
+            .await
+            .expect("listens");
+        let get = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connects");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("sends");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("reads");
+            response
+        };
+        let response = get("/metrics").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            response
+                .to_lowercase()
+                .contains(&format!("content-type: {CONTENT_TYPE}")),
+            "{response}"
         );
+        assert!(response.ends_with("\n# EOF\n"), "{response}");
+        assert!(response.contains("\nt_seconds_count 3\n"), "{response}");
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        stop.cancel();
     }
 }

@@ -146,7 +146,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
     );
 
     let stats = Arc::new(Stats::new(&config.kafka.topic));
-    config.metrics.register(Arc::clone(&stats) as _);
+    stats.register(&config.metrics);
     let reporter = tokio::spawn({
         let stats = Arc::clone(&stats);
         let stop = shutdown.clone();

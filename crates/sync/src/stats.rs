@@ -1,5 +1,7 @@
 //! Counters, the progress line the sync logs every few seconds, and the same counters for
-//! Prometheus (`Stats` is the sync's [`Collect`]or).
+//! Prometheus (registered in [`SyncConfig::metrics`]).
+//!
+//! [`SyncConfig::metrics`]: crate::SyncConfig::metrics
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,32 +9,56 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sitemon_core::metrics::{Collect, Exposition, Kind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use sitemon_core::metrics::Registry;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::RejectKind;
 
+/// The label of `sitemon_sync_rejects_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    /// [`RejectKind::label`]: bounded.
+    reason: &'static str,
+}
+
+/// The label of `sitemon_sync_partition_lag` (after `topic`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    partition: i32,
+}
+
 /// What the sync has done since it started; shared by the readers, the writer, the lease
 /// keeper, the progress reporter and the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     /// The topic, for the labels of the per-partition metrics.
     topic: String,
     /// Messages stored (rows, duplicates skipped, and rejects): the progress through the topic.
     messages: AtomicU64,
-    /// Rows inserted into `website_status`.
-    rows: AtomicU64,
-    /// Messages whose `check_id` (or offset) was stored already.
-    duplicates: AtomicU64,
-    /// Rows inserted into `website_status_rejects`, by [`RejectKind::index`].
-    rejects: [AtomicU64; RejectKind::ALL.len()],
-    /// Transactions committed.
-    batches: AtomicU64,
-    /// Messages deleted by retention before the sync read them.
-    lost_to_retention: AtomicU64,
-    /// Partitions this worker holds the lease of now.
-    leases_held: AtomicU64,
+    /// `sitemon_sync_events_total`: rows inserted into `website_status`.
+    rows: Counter,
+    /// `sitemon_sync_duplicates_total`: messages whose `check_id` (or offset) was stored
+    /// already.
+    duplicates: Counter,
+    /// `sitemon_sync_rejects_total`: every reason's series, created at the start so that each
+    /// shows (at 0) before it first happens.
+    reject_family: Family<ReasonLabel, Counter>,
+    /// The counters of `reject_family`, by [`RejectKind::index`].
+    rejects: [Counter; RejectKind::ALL.len()],
+    /// `sitemon_sync_batches_total`: transactions committed.
+    batches: Counter,
+    /// `sitemon_sync_lost_to_retention_total`: messages deleted by retention before the sync
+    /// read them.
+    lost_to_retention: Counter,
+    /// `sitemon_sync_leases_held`: partitions this worker holds the lease of now.
+    leases_held: Gauge,
+    /// `sitemon_sync_partition_lag`: per partition held, high watermark minus stored offset.
+    lag: Family<PartitionLabel, Gauge>,
     /// Per partition held: the high watermark the reader saw last, and the stored next offset.
     partitions: Mutex<BTreeMap<i32, Position>>,
 }
@@ -43,12 +69,78 @@ struct Position {
     stored: i64,
 }
 
+impl Position {
+    /// Messages not yet stored.
+    fn lag(self) -> i64 {
+        (self.high_watermark - self.stored).max(0)
+    }
+}
+
 impl Stats {
     pub(crate) fn new(topic: &str) -> Self {
+        let reject_family = Family::<ReasonLabel, Counter>::default();
+        let rejects = RejectKind::ALL.map(|kind| {
+            reject_family.get_or_create_owned(&ReasonLabel {
+                reason: kind.label(),
+            })
+        });
         Self {
             topic: topic.to_owned(),
-            ..Self::default()
+            messages: AtomicU64::default(),
+            rows: Counter::default(),
+            duplicates: Counter::default(),
+            reject_family,
+            rejects,
+            batches: Counter::default(),
+            lost_to_retention: Counter::default(),
+            leases_held: Gauge::default(),
+            lag: Family::default(),
+            partitions: Mutex::default(),
         }
+    }
+
+    /// Registers the metrics in `metrics`.
+    pub(crate) fn register(&self, metrics: &Registry) {
+        metrics.register(|registry| {
+            registry.register(
+                "sitemon_sync_events",
+                "Check events stored as rows of website_status",
+                self.rows.clone(),
+            );
+            registry.register(
+                "sitemon_sync_duplicates",
+                "Messages not stored because their check_id or offset was stored already",
+                self.duplicates.clone(),
+            );
+            registry.register(
+                "sitemon_sync_rejects",
+                "Messages stored as rows of website_status_rejects, by reason",
+                self.reject_family.clone(),
+            );
+            registry.register(
+                "sitemon_sync_batches",
+                "Batches committed (one transaction each)",
+                self.batches.clone(),
+            );
+            registry.register(
+                "sitemon_sync_lost_to_retention",
+                "Messages deleted by the topic's retention before the sync read them",
+                self.lost_to_retention.clone(),
+            );
+            let topic =
+                registry.sub_registry_with_label(("topic".into(), self.topic.clone().into()));
+            topic.register(
+                "sitemon_sync_leases_held",
+                "Partitions of the topic this worker holds the lease of",
+                self.leases_held.clone(),
+            );
+            topic.register(
+                "sitemon_sync_partition_lag",
+                "Messages in the partition not yet stored (high watermark minus stored offset), \
+                 for the partitions this worker holds",
+                self.lag.clone(),
+            );
+        });
     }
 
     /// One committed batch: `rejects` counts the rejects inserted, by [`RejectKind::index`].
@@ -60,21 +152,22 @@ impl Stats {
         rejects: &[u64; RejectKind::ALL.len()],
     ) {
         self.messages.fetch_add(messages, Ordering::Relaxed);
-        self.rows.fetch_add(rows, Ordering::Relaxed);
-        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        self.rows.inc_by(rows);
+        self.duplicates.inc_by(duplicates);
         for (counter, n) in self.rejects.iter().zip(rejects) {
-            counter.fetch_add(*n, Ordering::Relaxed);
+            counter.inc_by(*n);
         }
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batches.inc();
     }
 
     fn rejects_total(&self) -> u64 {
-        self.rejects.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+        self.rejects.iter().map(Counter::get).sum()
     }
 
     /// The number of partitions whose lease this worker holds.
     pub(crate) fn leases_held(&self, held: usize) {
-        self.leases_held.store(held as u64, Ordering::Relaxed);
+        self.leases_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// A partition this worker no longer reads: its lag is another worker's to report.
@@ -83,11 +176,11 @@ impl Stats {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&partition);
+        self.lag.remove(&PartitionLabel { partition });
     }
 
     pub(crate) fn lost(&self, messages: u64) {
-        self.lost_to_retention
-            .fetch_add(messages, Ordering::Relaxed);
+        self.lost_to_retention.inc_by(messages);
     }
 
     pub(crate) fn high_watermark(&self, partition: i32, high_watermark: i64) {
@@ -103,7 +196,12 @@ impl Stats {
             .partitions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        update(partitions.entry(partition).or_default());
+        let position = partitions.entry(partition).or_default();
+        update(position);
+        // Set while the map is locked: `forget` cannot come in between and leave a series.
+        self.lag
+            .get_or_create(&PartitionLabel { partition })
+            .set(position.lag());
     }
 
     /// `p0=12 p1=0 …`: high watermark minus stored next offset, per partition.
@@ -114,7 +212,7 @@ impl Stats {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut line = String::new();
         for (partition, p) in partitions.iter() {
-            let lag = (p.high_watermark - p.stored).max(0);
+            let lag = p.lag();
             let _ = write!(
                 line,
                 "{}p{partition}={lag}",
@@ -140,84 +238,13 @@ impl Stats {
             last = now;
             tracing::info!(
                 events_per_s = rate.round(),
-                rows = self.rows.load(Ordering::Relaxed),
-                duplicates = self.duplicates.load(Ordering::Relaxed),
+                rows = self.rows.get(),
+                duplicates = self.duplicates.get(),
                 rejects = self.rejects_total(),
-                leases = self.leases_held.load(Ordering::Relaxed),
-                lost_to_retention = self.lost_to_retention.load(Ordering::Relaxed),
+                leases = self.leases_held.get(),
+                lost_to_retention = self.lost_to_retention.get(),
                 lag = %self.lag_line(),
                 "sync progress"
-            );
-        }
-    }
-}
-
-impl Collect for Stats {
-    fn collect(&self, out: &mut Exposition) {
-        let counter = |out: &mut Exposition, name: &str, help: &str, value: &AtomicU64| {
-            out.sample(
-                name,
-                help,
-                Kind::Counter,
-                &[],
-                value.load(Ordering::Relaxed) as f64,
-            );
-        };
-        counter(
-            out,
-            "sitemon_sync_events_total",
-            "Check events stored as rows of website_status.",
-            &self.rows,
-        );
-        counter(
-            out,
-            "sitemon_sync_duplicates_total",
-            "Messages not stored because their check_id or offset was stored already.",
-            &self.duplicates,
-        );
-        for kind in RejectKind::ALL {
-            out.sample(
-                "sitemon_sync_rejects_total",
-                "Messages stored as rows of website_status_rejects, by reason.",
-                Kind::Counter,
-                &[("reason", kind.label())],
-                self.rejects[kind.index()].load(Ordering::Relaxed) as f64,
-            );
-        }
-        counter(
-            out,
-            "sitemon_sync_batches_total",
-            "Batches committed (one transaction each).",
-            &self.batches,
-        );
-        counter(
-            out,
-            "sitemon_sync_lost_to_retention_total",
-            "Messages deleted by the topic's retention before the sync read them.",
-            &self.lost_to_retention,
-        );
-        out.sample(
-            "sitemon_sync_leases_held",
-            "Partitions of the topic this worker holds the lease of.",
-            Kind::Gauge,
-            &[("topic", &self.topic)],
-            self.leases_held.load(Ordering::Relaxed) as f64,
-        );
-        let partitions = self
-            .partitions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (partition, p) in partitions.iter() {
-            out.sample(
-                "sitemon_sync_partition_lag",
-                "Messages in the partition not yet stored (high watermark minus stored offset), \
-                 for the partitions this worker holds.",
-                Kind::Gauge,
-                &[
-                    ("topic", &self.topic),
-                    ("partition", &partition.to_string()),
-                ],
-                (p.high_watermark - p.stored).max(0) as f64,
             );
         }
     }
@@ -228,7 +255,66 @@ mod tests {
     use super::Stats;
     use crate::decode::RejectKind;
     use sitemon_core::metrics::Registry;
+    use std::collections::BTreeSet;
     use std::sync::Arc;
+
+    /// `name{label,…}` of every series in `text`, and `name type` of every family.
+    fn shapes(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut series = BTreeSet::new();
+        let mut families = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(family) = line.strip_prefix("# TYPE ") {
+                families.insert(family.to_owned());
+            } else if !line.starts_with('#') {
+                let (name, labels) = line.split_once('{').unwrap_or((line, ""));
+                let name = name.split(' ').next().unwrap_or_default();
+                let keys: Vec<&str> = labels
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
+                    .collect();
+                series.insert(format!("{name}{{{}}}", keys.join(",")));
+            }
+        }
+        (series, families)
+    }
+
+    /// Every name and label dashboards use: a rename fails here first.
+    #[test]
+    fn metrics_keep_their_names_and_labels() {
+        let stats = Stats::new("checks");
+        let registry = Registry::new();
+        stats.register(&registry);
+        stats.high_watermark(0, 5);
+        let text = registry.render();
+        let (series, families) = shapes(&text);
+        let golden = [
+            "sitemon_sync_batches_total{}",
+            "sitemon_sync_duplicates_total{}",
+            "sitemon_sync_events_total{}",
+            "sitemon_sync_leases_held{topic}",
+            "sitemon_sync_lost_to_retention_total{}",
+            "sitemon_sync_partition_lag{topic,partition}",
+            "sitemon_sync_rejects_total{reason}",
+        ];
+        assert_eq!(series, golden.map(String::from).into(), "{text}");
+        let golden = [
+            "sitemon_sync_batches counter",
+            "sitemon_sync_duplicates counter",
+            "sitemon_sync_events counter",
+            "sitemon_sync_leases_held gauge",
+            "sitemon_sync_lost_to_retention counter",
+            "sitemon_sync_partition_lag gauge",
+            "sitemon_sync_rejects counter",
+        ];
+        assert_eq!(families, golden.map(String::from).into(), "{text}");
+        for kind in RejectKind::ALL {
+            let line = format!(
+                "sitemon_sync_rejects_total{{reason=\"{}\"}} 0",
+                kind.label()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 
     #[test]
     fn renders_every_metric_with_bounded_labels() {
@@ -240,7 +326,7 @@ mod tests {
         stats.stored(3, 20);
         stats.leases_held(1);
         let registry = Registry::new();
-        registry.register(stats.clone());
+        stats.register(&registry);
         let text = registry.render();
         for line in [
             "sitemon_sync_events_total 7",
@@ -261,7 +347,7 @@ mod tests {
 
     #[test]
     fn lag_is_high_watermark_minus_stored() {
-        let stats = Stats::default();
+        let stats = Stats::new("checks");
         stats.high_watermark(1, 50);
         stats.stored(1, 20);
         stats.stored(0, 7);
