@@ -276,20 +276,13 @@ async fn ensure_topic(client: &rskafka::client::Client, config: &CheckerConfig) 
     if created == TopicCreation::Created {
         tracing::info!(topic = %topic, partitions = config.partitions, "created the topic");
     }
-    // The new topic's metadata reaches every broker shortly after.
-    let deadline = tokio::time::Instant::now() + kafka::ADMIN_TIMEOUT;
-    loop {
-        if let Some(count) = kafka::partition_count(client, topic).await? {
-            return Ok(count);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Error::MissingTopic {
-                topic: topic.clone(),
-                reason: "it was created but its metadata never appeared".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // `create_topic` returns once the topic shows in the metadata.
+    kafka::partition_count(client, topic)
+        .await?
+        .ok_or_else(|| Error::MissingTopic {
+            topic: topic.clone(),
+            reason: "it was created but its metadata never appeared".into(),
+        })
 }
 
 /// Adds producer lanes when the topic gains partitions.

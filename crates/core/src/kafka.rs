@@ -205,34 +205,35 @@ pub async fn create_topic(
         Ok::<_, Error>(create.await)
     })
     .await?;
-    match created {
-        Ok(()) => {
-            // CreateTopics returns once the controller has the topic; the brokers' metadata
-            // may list it a moment later. Callers (the sync starting right after `run`
-            // created the topic, say) must see what they just created.
-            retry::timeout(
-                &format!("waiting for topic {topic} to show in the metadata"),
-                ADMIN_TIMEOUT,
-                async {
-                    while partition_count(client, topic).await?.is_none() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Ok(())
-                },
-            )
-            .await?;
-            Ok(TopicCreation::Created)
-        }
+    let outcome = match created {
+        Ok(()) => TopicCreation::Created,
         Err(KafkaError::ServerError {
             protocol_error: ProtocolError::TopicAlreadyExists,
             ..
-        }) => Ok(TopicCreation::AlreadyExists),
-        Err(source) => Err(Error::Kafka {
-            operation: "create",
-            topic: topic.to_owned(),
-            source: Box::new(source),
-        }),
-    }
+        }) => TopicCreation::AlreadyExists,
+        Err(source) => {
+            return Err(Error::Kafka {
+                operation: "create",
+                topic: topic.to_owned(),
+                source: Box::new(source),
+            });
+        }
+    };
+    // CreateTopics returns once the controller has the topic (ours, or one created by
+    // someone else a moment ago); the brokers' metadata may list it a moment later. Callers
+    // (the sync starting right after `run` created the topic, say) must see it.
+    retry::timeout(
+        &format!("waiting for topic {topic} to show in the metadata"),
+        ADMIN_TIMEOUT,
+        async {
+            while partition_count(client, topic).await?.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(outcome)
 }
 
 /// Deletes a topic and every event in it.
