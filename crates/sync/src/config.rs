@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use sitemon_core::metrics::Registry;
+use sitemon_core::retry::Backoff;
 use sitemon_core::{DatabaseConfig, KafkaConfig};
 
 /// How many fetched chunks (each at most about 1 MiB) may wait for the writer.
@@ -66,4 +67,14 @@ impl SyncConfig {
             metrics: Registry::new(),
         }
     }
+}
+
+/// The waits between failed sessions, and between a reader's failed fetches: 250 ms doubling
+/// up to 30 s, give or take a quarter so that many workers do not retry in step.
+pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+
+/// The lease group of the syncs of `topic`: every sync of the topic on the same database
+/// shares its partitions with the others of this group.
+pub fn lease_group(topic: &str) -> String {
+    format!("sync:{topic}")
 }

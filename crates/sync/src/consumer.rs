@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Chunk;
-use crate::config::StartFrom;
+use crate::config::{RETRY, StartFrom};
 use crate::decode::{Message, decode};
 use crate::error::{Error, Result};
 use crate::offsets;
@@ -90,7 +90,7 @@ impl Readers {
             shared: self.clone(),
             partition,
             next,
-            retry: crate::RETRY.start(),
+            retry: RETRY.start(),
             stop: stop.clone(),
         };
         Ok(RunningReader {
@@ -172,7 +172,7 @@ impl Reader {
                 Ok(()) => self.retry.reset(),
                 Err(e) => {
                     client = None;
-                    let wait = self.retry.next_wait().unwrap_or(crate::RETRY.max);
+                    let wait = self.retry.next_wait().unwrap_or(RETRY.max);
                     tracing::warn!(
                         partition = self.partition,
                         "{e}; retrying from offset {} in {wait:?}",

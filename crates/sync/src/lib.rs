@@ -80,31 +80,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sitemon_core::KafkaConfig;
-use sitemon_core::retry::Backoff;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CHANNEL_CHUNKS, StartFrom, SyncConfig};
+use config::RETRY;
+pub use config::{CHANNEL_CHUNKS, StartFrom, SyncConfig, lease_group};
 pub use error::{Error, Result};
 
 use crate::stats::Stats;
 
 /// How long rskafka may retry one request before it gives up and we retry ourselves.
 const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(20);
-/// The waits between failed sessions, and between a reader's failed fetches: 250 ms doubling
-/// up to 30 s, give or take a quarter so that many workers do not retry in step.
-pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 /// A session that lasted this long was healthy: the next failure backs off from the start.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// The pooled connections: the writer's, plus one for starting new partitions. The lease
 /// connection is not pooled.
 const POOL_SIZE: u32 = 3;
-
-/// The lease group of the syncs of `topic`: every sync of the topic on the same database
-/// shares its partitions with the others of this group.
-pub fn lease_group(topic: &str) -> String {
-    format!("sync:{topic}")
-}
 
 /// Consumes the topic into the database until `shutdown` is cancelled; then stores the
 /// batch in hand and returns `Ok`.

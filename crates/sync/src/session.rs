@@ -1,6 +1,6 @@
 //! A session: the lease group, the readers of the partitions held, and the writer.
 //!
-//! Every `sitemon sync` on a topic joins the lease group [`crate::lease_group`] on a
+//! Every `sitemon sync` on a topic joins the lease group [`lease_group`] on a
 //! dedicated PostgreSQL connection ([`LeaseGroup`]), and every [`SyncConfig::rebalance_every`]
 //! (and at once on start) it rebalances with the topic's current partition count:
 //! - for each partition it **takes**, it starts a reader at the stored offset (read only now,
@@ -14,7 +14,7 @@
 //! connection fails, every lease may be gone: the session ends at once, its readers stop, the
 //! batch in hand is dropped (it will be read again from the stored offset), and
 //! [`crate::run`] joins again after a backoff. On shutdown, the writer stores the batch in
-//! hand first, then the keeper leaves the group: the others take the partitions on their next
+//! hand first, then the session leaves the group: the others take the partitions on their next
 //! rebalance.
 
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CHANNEL_CHUNKS, StartFrom, SyncConfig};
+use crate::config::{CHANNEL_CHUNKS, StartFrom, SyncConfig, lease_group};
 use crate::consumer::{Readers, RunningReader};
 use crate::error::{Error, Result};
 use crate::stats::Stats;
@@ -54,7 +54,7 @@ pub(crate) async fn run(
             topic: topic.clone(),
         })?;
     let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
-    let group = crate::lease_group(&topic);
+    let group = lease_group(&topic);
     let lease = LeaseGroup::join(&config.database, &group)
         .await
         .map_err(|source| Error::Lease {

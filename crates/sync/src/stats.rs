@@ -1,7 +1,7 @@
 //! Counters, the progress line the sync logs every few seconds, and the same counters for
 //! Prometheus (registered in [`SyncConfig::metrics`]).
 //!
-//! [`SyncConfig::metrics`]: crate::SyncConfig::metrics
+//! [`SyncConfig::metrics`]: crate::config::SyncConfig::metrics
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,8 +32,8 @@ struct PartitionLabel {
     partition: i32,
 }
 
-/// What the sync has done since it started; shared by the readers, the writer, the lease
-/// keeper, the progress reporter and the metrics endpoint.
+/// What the sync has done since it started; shared by the readers, the writer, the
+/// session, the progress reporter and the metrics endpoint.
 #[derive(Debug)]
 pub(crate) struct Stats {
     /// The topic, for the labels of the per-partition metrics.

@@ -22,7 +22,7 @@
 //! Any failure rolls everything back, and the sync goes on from the stored offsets.
 //!
 //! # Hand-over
-//! When the lease keeper gives partitions away it first stops their readers, then sends a
+//! When the session gives partitions away it first stops their readers, then sends a
 //! [`ToWriter::Flush`] down the same channel: every chunk of those partitions is ahead of it,
 //! so once the writer has stored the batch in hand and acknowledged, nothing of theirs is left
 //! here and their leases can be released.
@@ -42,12 +42,12 @@ use crate::error::{Error, Result, bounded_db};
 use crate::offsets;
 use crate::stats::Stats;
 
-/// What the readers and the lease keeper send the writer.
+/// What the readers and the session send the writer.
 #[derive(Debug)]
 pub(crate) enum ToWriter {
     /// A reader's fetch.
     Chunk(Chunk),
-    /// Store the batch in hand now, then acknowledge: the lease keeper waits for this before
+    /// Store the batch in hand now, then acknowledge: the session waits for this before
     /// it releases partitions whose readers it stopped.
     Flush(oneshot::Sender<()>),
 }
