@@ -114,6 +114,18 @@ impl GlobalArgs {
     }
 }
 
+/// What a long-running command (`check`, `sync`, `run`) connects to, and where it serves
+/// its metrics.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    #[command(flatten)]
+    pub(crate) db: DatabaseArgs,
+    #[command(flatten)]
+    pub(crate) kafka: KafkaArgs,
+    #[command(flatten)]
+    pub(crate) metrics: MetricsArgs,
+}
+
 /// Where to serve Prometheus metrics.
 #[derive(Debug, Args)]
 pub(crate) struct MetricsArgs {

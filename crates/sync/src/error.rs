@@ -12,7 +12,8 @@ use sitemon_core::retry;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Connecting, or a Kafka administrative call, failed in `sitemon-core`.
+    /// Connecting, a Kafka administrative call, or a call that timed out
+    /// ([`sitemon_core::Error::Timeout`]).
     #[error(transparent)]
     Core(#[from] sitemon_core::Error),
 
@@ -51,15 +52,6 @@ pub enum Error {
         /// rskafka's error.
         #[source]
         source: Box<rskafka::client::error::Error>,
-    },
-
-    /// A network call took longer than its deadline.
-    #[error("{operation} timed out after {after:?}")]
-    Timeout {
-        /// What timed out.
-        operation: String,
-        /// The deadline.
-        after: Duration,
     },
 
     /// The stored offset of a partition is not the one this worker read from: another
@@ -124,11 +116,9 @@ pub(crate) async fn bounded_db<T>(
     retry::timeout(&format!("PostgreSQL while {doing}"), after, future).await
 }
 
+/// A timeout is core's [`sitemon_core::Error::Timeout`]: one variant for every crate.
 impl retry::TimedOut for Error {
     fn timed_out(operation: &str, after: Duration) -> Self {
-        Self::Timeout {
-            operation: operation.to_owned(),
-            after,
-        }
+        Self::Core(sitemon_core::Error::timed_out(operation, after))
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use sitemon_checker::{CheckerConfig, Compression};
 
-use crate::args::{DatabaseArgs, KafkaArgs, MetricsArgs, Usage};
+use crate::args::{ServiceArgs, Usage};
 
 /// Arguments of `sitemon check`.
 #[derive(Debug, Args)]
@@ -15,11 +15,7 @@ pub(crate) struct CheckArgs {
     #[command(flatten)]
     options: CheckOptions,
     #[command(flatten)]
-    db: DatabaseArgs,
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    metrics: MetricsArgs,
+    services: ServiceArgs,
 }
 
 /// The checker's own settings, shared by `sitemon check` and `sitemon run`.
@@ -133,10 +129,13 @@ pub(crate) async fn exec(args: CheckArgs) -> anyhow::Result<()> {
     // Everything the user gave is validated before the first connection.
     let mut config = args
         .options
-        .config(args.db.config()?, args.kafka.config()?)?;
+        .config(args.services.db.config()?, args.services.kafka.config()?)?;
     let shutdown = crate::shutdown::on_signal();
     config.metrics = sitemon_core::metrics::Registry::new();
-    args.metrics.serve(&config.metrics, &shutdown).await?;
+    args.services
+        .metrics
+        .serve(&config.metrics, &shutdown)
+        .await?;
     sitemon_checker::run(config, shutdown).await.map_err(|e| {
         anyhow::anyhow!(
             "{e} (check DATABASE_URL and KAFKA_BROKERS; `scripts/services up` starts local ones)"

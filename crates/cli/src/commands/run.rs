@@ -9,7 +9,7 @@ use sitemon_core::metrics::Registry;
 
 use super::check::CheckOptions;
 use super::sync::SyncOptions;
-use crate::args::{DatabaseArgs, KafkaArgs, MetricsArgs};
+use crate::args::ServiceArgs;
 
 /// Arguments of `sitemon run`: those of `check` and of `sync` together.
 #[derive(Debug, Args)]
@@ -19,20 +19,16 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     sync: SyncOptions,
     #[command(flatten)]
-    db: DatabaseArgs,
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    metrics: MetricsArgs,
+    services: ServiceArgs,
 }
 
 pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
-    let database = args.db.config()?;
-    let kafka_config = args.kafka.config()?;
+    let database = args.services.db.config()?;
+    let kafka_config = args.services.kafka.config()?;
     let mut checker = args.check.config(database.clone(), kafka_config.clone())?;
     let mut sync = args.sync.config(database, kafka_config.clone());
 
-    let pool = args.db.connect().await?;
+    let pool = args.services.db.connect().await?;
     sitemon_core::db::migrate(&pool).await?;
     pool.close().await;
 
@@ -62,7 +58,7 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let registry = Registry::new();
     checker.metrics = registry.clone();
     sync.metrics = registry.clone();
-    args.metrics.serve(&registry, &shutdown).await?;
+    args.services.metrics.serve(&registry, &shutdown).await?;
 
     let mut checking = tokio::spawn(sitemon_checker::run(checker, shutdown.clone()));
     let mut syncing = tokio::spawn(sitemon_sync::run(sync, shutdown.clone()));

@@ -6,17 +6,13 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sitemon_sync::{StartFrom, SyncConfig};
 
-use crate::args::{DatabaseArgs, KafkaArgs, MetricsArgs};
+use crate::args::ServiceArgs;
 
 /// Arguments of `sitemon sync`.
 #[derive(Debug, Args)]
 pub(crate) struct SyncArgs {
     #[command(flatten)]
-    db: DatabaseArgs,
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    metrics: MetricsArgs,
+    services: ServiceArgs,
     #[command(flatten)]
     options: SyncOptions,
 }
@@ -66,10 +62,15 @@ impl SyncOptions {
 }
 
 pub(crate) async fn exec(args: SyncArgs) -> anyhow::Result<()> {
-    let config = args.options.config(args.db.config()?, args.kafka.config()?);
+    let config = args
+        .options
+        .config(args.services.db.config()?, args.services.kafka.config()?);
     let topic = config.kafka.topic.clone();
     let shutdown = crate::shutdown::on_signal();
-    args.metrics.serve(&config.metrics, &shutdown).await?;
+    args.services
+        .metrics
+        .serve(&config.metrics, &shutdown)
+        .await?;
     sitemon_sync::run(config, shutdown)
         .await
         .with_context(|| format!("sync of topic {topic} failed to start"))
