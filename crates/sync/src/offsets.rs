@@ -3,7 +3,7 @@
 //! A partition's `next_offset` is the first offset not yet stored (as a row or a reject).
 //! It moves only inside a batch's transaction, and only by compare-and-set from the value
 //! the batch was read after ([`advance`]): a worker that is not the one that read the
-//! previous batch (a second process, or the scale-out issue's worker that lost its lease)
+//! previous batch (another worker, or this one after its lease was lost and taken over)
 //! cannot store a stale batch, and a batch is never stored twice.
 
 use std::time::Duration;
