@@ -11,11 +11,10 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sitemon_core::{NewSite, db};
+use sitemon_testkit::http::TestServer;
 use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
-use support::{TestServer, checker_config, wait_for_events};
+use support::{add_site, checker_config, start_checker, wait_for_events};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_made_while_the_broker_is_down_arrive_afterwards() {
@@ -23,20 +22,9 @@ async fn events_made_while_the_broker_is_down_arrive_afterwards() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
     let http = TestServer::http().await;
-    let site = db::insert_site(
-        &db.pool,
-        &NewSite::new(&http.url("/ok"), 1, None).expect("site"),
-    )
-    .await
-    .expect("insert");
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, kafka_config(&topic)),
-        shutdown.clone(),
-    ));
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
+    let site = add_site(&db, &http.url("/ok"), 1, None).await;
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
+    let client = sitemon_testkit::topic::client(&topic).await;
     let before = wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
     assert!(before.len() >= 3);
     drop(client);
@@ -49,19 +37,12 @@ async fn events_made_while_the_broker_is_down_arrive_afterwards() {
     let during =
         |e: &sitemon_core::CheckEvent| e.checked_at > down_from && e.checked_at < down_until;
 
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka again");
+    let client = sitemon_testkit::topic::client(&topic).await;
     wait_for_events(&client, &topic, Duration::from_secs(60), |events| {
         events.iter().filter(|s| during(&s.event)).count() >= 7
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), checker)
-        .await
-        .expect("the checker stops in time")
-        .expect("no panic")
-        .expect("clean stop");
+    checker.stop().await;
     let events = support::read_all(&client, &topic).await;
 
     // A check_id seen twice (Kafka stored a batch we saw fail) must be the same event, so

@@ -10,11 +10,10 @@ mod support;
 
 use std::time::Duration;
 
-use sitemon_core::{NewSite, db};
+use sitemon_testkit::http::TestServer;
 use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
-use support::{TestServer, checker_config, wait_for_events};
+use support::{add_site, checker_config, start_checker, wait_for_events};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_go_on_while_the_database_is_down() {
@@ -22,20 +21,9 @@ async fn checks_go_on_while_the_database_is_down() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
     let http = TestServer::http().await;
-    let site = db::insert_site(
-        &db.pool,
-        &NewSite::new(&http.url("/ok"), 1, None).expect("site"),
-    )
-    .await
-    .expect("insert");
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, kafka_config(&topic)),
-        shutdown.clone(),
-    ));
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
+    let site = add_site(&db, &http.url("/ok"), 1, None).await;
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
+    let client = sitemon_testkit::topic::client(&topic).await;
     wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
 
     let mut outage = Outage::begin(Service::Postgres);
@@ -54,12 +42,7 @@ async fn checks_go_on_while_the_database_is_down() {
             >= 3
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), checker)
-        .await
-        .expect("the checker stops in time")
-        .expect("no panic")
-        .expect("clean stop");
+    checker.stop().await;
 
     let mut checks: Vec<_> = support::read_all(&client, &topic)
         .await
