@@ -11,9 +11,10 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use sitemon_testkit::events::assert_no_gap;
 use sitemon_testkit::http::TestServer;
 use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
-use support::{add_site, checker_config, start_checker, wait_for_events};
+use support::{add_site, checker_config, checks_of, start_checker, wait_for_events};
 use time::OffsetDateTime;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,27 +58,14 @@ async fn events_made_while_the_broker_is_down_arrive_afterwards() {
             );
         }
     }
-    let mut checks: Vec<_> = events
-        .iter()
-        .map(|s| &s.event)
-        .filter(|e| e.website_id == site)
-        .collect();
-    checks.sort_by_key(|e| e.checked_at);
-    checks.dedup_by_key(|e| e.check_id);
+    let checks = checks_of(&events, site);
     let made_during = checks.iter().filter(|e| during(e)).count();
     assert!(
         made_during >= 7,
         "only {made_during} checks of the 8 s outage arrived"
     );
     // Nothing lost: the checks follow each other a second apart, outage or not.
-    for pair in checks.windows(2) {
-        let gap = pair[1].checked_at - pair[0].checked_at;
-        assert!(
-            gap < time::Duration::milliseconds(1500),
-            "a gap of {gap} between {} and {}",
-            pair[0].checked_at,
-            pair[1].checked_at
-        );
-    }
+    let times: Vec<_> = checks.iter().map(|e| e.checked_at).collect();
+    assert_no_gap(&times, time::Duration::milliseconds(1500));
     db.drop_database().await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sitemon_checker::partitioner::partition_for_key;
 use sitemon_core::{ErrorKind, KafkaConfig, db};
+use sitemon_testkit::events::assert_no_gap;
 use sitemon_testkit::http::{TestServer, free_port};
 use sitemon_testkit::{TestDb, kafka_config, random_topic, services, tls_kafka_settings};
 use support::{Stored, add_site, by_site, checker_config, start_checker, wait_for_events};
@@ -415,14 +416,7 @@ async fn follows_sites_added_changed_and_removed() {
         steady_checks.len() >= 5,
         "the other site: {steady_checks:?}"
     );
-    for pair in steady_checks.windows(2) {
-        assert!(
-            pair[1] - pair[0] < time::Duration::milliseconds(1500),
-            "the other site paused between {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_no_gap(&steady_checks, time::Duration::milliseconds(1500));
     let last = steady_checks.last().copied().expect("checks");
     assert!(
         last > removed_at + time::Duration::seconds(3),

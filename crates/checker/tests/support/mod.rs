@@ -92,6 +92,18 @@ pub async fn wait_for_events(
     }
 }
 
+/// The checks of `site`, in check order, each once (the broker may keep a batch twice).
+pub fn checks_of(events: &[Stored], site: i32) -> Vec<CheckEvent> {
+    let mut checks: Vec<CheckEvent> = events
+        .iter()
+        .map(|s| s.event.clone())
+        .filter(|e| e.website_id == site)
+        .collect();
+    checks.sort_by_key(|e| e.checked_at);
+    checks.dedup_by_key(|e| e.check_id);
+    checks
+}
+
 /// The events of each site, in topic order.
 pub fn by_site(events: &[Stored]) -> HashMap<i32, Vec<Stored>> {
     let mut map: HashMap<i32, Vec<Stored>> = HashMap::new();
