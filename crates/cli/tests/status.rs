@@ -1,15 +1,10 @@
 //! `sitemon status` over history written straight into the real PostgreSQL.
 
-use std::process::Command;
+mod support;
 
 use serde_json::{Value, json};
 use sitemon_testkit::TestDb;
-
-fn sitemon(db: &TestDb) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    command.env_remove("RUST_LOG").env("DATABASE_URL", &db.url);
-    command
-}
+use support::sitemon_with_database;
 
 /// One stored check.
 #[derive(Clone, Copy)]
@@ -134,7 +129,7 @@ async fn reports_state_uptime_and_percentiles() {
     )
     .await;
 
-    let output = sitemon(&db)
+    let output = sitemon_with_database(&db.url)
         .args(["status", "--json"])
         .output()
         .expect("runs");
@@ -207,7 +202,7 @@ async fn reports_state_uptime_and_percentiles() {
     assert_eq!(n["uptime_pct"], Value::Null);
 
     // A wider window takes the old check in.
-    let output = sitemon(&db)
+    let output = sitemon_with_database(&db.url)
         .args(["status", "--json", "--since", "3d"])
         .output()
         .expect("runs");
@@ -216,7 +211,10 @@ async fn reports_state_uptime_and_percentiles() {
     assert!((rows[0]["uptime_pct"].as_f64().expect("uptime") - 10_000.0 / 101.0).abs() < 1e-9);
 
     // For people: an aligned table, no colour off a terminal.
-    let output = sitemon(&db).arg("status").output().expect("runs");
+    let output = sitemon_with_database(&db.url)
+        .arg("status")
+        .output()
+        .expect("runs");
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).expect("UTF-8");
     assert!(!text.contains('\x1b'), "{text}");
@@ -238,7 +236,7 @@ async fn reports_state_uptime_and_percentiles() {
     );
     assert!(lines[3].contains("never"), "{text}");
 
-    let output = sitemon(&db)
+    let output = sitemon_with_database(&db.url)
         .args(["status", "--since", "soon"])
         .output()
         .expect("runs");
