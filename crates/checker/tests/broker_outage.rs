@@ -12,20 +12,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sitemon_testkit::events::assert_no_gap;
-use sitemon_testkit::http::TestServer;
-use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
-use support::{add_site, checker_config, checks_of, start_checker, wait_for_events};
+use sitemon_testkit::{Outage, Service, kafka_config};
+use support::{add_site, checker_config, checks_of, fixture, start_checker, wait_for_events};
 use time::OffsetDateTime;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_made_while_the_broker_is_down_arrive_afterwards() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
+    let (db, topic, http, client) = fixture().await;
     let site = add_site(&db, &http.url("/ok"), 1, None).await;
     let checker = start_checker(checker_config(&db, kafka_config(&topic)));
-    let client = sitemon_testkit::topic::client(&topic).await;
     let before = wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
     assert!(before.len() >= 3);
     drop(client);

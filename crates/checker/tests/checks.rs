@@ -11,7 +11,7 @@ use sitemon_core::{ErrorKind, KafkaConfig, db};
 use sitemon_testkit::events::assert_no_gap;
 use sitemon_testkit::http::{TestServer, free_port};
 use sitemon_testkit::{TestDb, kafka_config, random_topic, services, tls_kafka_settings};
-use support::{Stored, add_site, by_site, checker_config, start_checker, wait_for_events};
+use support::{Stored, add_site, by_site, checker_config, fixture, start_checker, wait_for_events};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +33,7 @@ fn error_kind(stored: &Stored) -> Option<ErrorKind> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_behaviour_makes_the_right_event() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
+    let (db, topic, http, client) = fixture().await;
     let certs = &services().cert_dir;
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let self_signed = TestServer::https(
@@ -87,7 +84,6 @@ async fn every_behaviour_makes_the_right_event() {
     let started = OffsetDateTime::now_utc();
     let checker = start_checker(config);
 
-    let client = sitemon_testkit::topic::client(&topic).await;
     let events = wait_for_events(&client, &topic, Duration::from_secs(30), |events| {
         let seen: HashSet<i32> = events.iter().map(|s| s.event.website_id).collect();
         all.iter().all(|id| seen.contains(id))
@@ -302,14 +298,10 @@ async fn every_behaviour_makes_the_right_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_second_site_is_checked_six_times_in_twelve_seconds() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
+    let (db, topic, http, client) = fixture().await;
     let site = add_site(&db, &http.url("/ok"), 2, None).await;
     let checker = start_checker(checker_config(&db, kafka_config(&topic)));
     // Time from the first check on, so that the spread of first checks does not count.
-    let client = sitemon_testkit::topic::client(&topic).await;
     let first = wait_for_events(&client, &topic, Duration::from_secs(20), |e| !e.is_empty()).await;
     assert_eq!(first.len(), 1);
     tokio::time::sleep(Duration::from_secs(12) - Duration::from_millis(300)).await;
@@ -329,14 +321,10 @@ async fn a_two_second_site_is_checked_six_times_in_twelve_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produces_over_mutual_tls() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
+    let (db, topic, http, client) = fixture().await;
     let site = add_site(&db, &http.url("/ok"), 1, None).await;
     let tls = KafkaConfig::new(tls_kafka_settings(&topic)).expect("tls settings");
     let checker = start_checker(checker_config(&db, tls));
-    let client = sitemon_testkit::topic::client(&topic).await;
     let events = wait_for_events(&client, &topic, Duration::from_secs(30), |e| e.len() >= 2).await;
     checker.stop().await;
     assert!(events.len() >= 2, "{} events over mTLS", events.len());
@@ -350,13 +338,9 @@ async fn produces_over_mutual_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_sites_added_changed_and_removed() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
+    let (db, topic, http, client) = fixture().await;
     let steady = add_site(&db, &http.url("/ok?steady"), 1, None).await;
     let checker = start_checker(checker_config(&db, kafka_config(&topic)));
-    let client = sitemon_testkit::topic::client(&topic).await;
     wait_for_events(&client, &topic, Duration::from_secs(20), |e| !e.is_empty()).await;
 
     // Added: checked within 3 s.

@@ -10,8 +10,23 @@ use std::time::Duration;
 use rskafka::client::Client;
 use sitemon_checker::CheckerConfig;
 use sitemon_core::{CheckEvent, DatabaseConfig, KafkaConfig, NewSite, db};
-use sitemon_testkit::TestDb;
+use sitemon_testkit::http::TestServer;
 use sitemon_testkit::service::Running;
+use sitemon_testkit::{TestDb, random_topic};
+
+/// What most checker tests start with: logging, a database and a topic of their own, a local
+/// HTTP server for the sites, and a client to read the topic back.
+pub async fn fixture() -> (TestDb, String, TestServer, Client) {
+    init_logging();
+    let topic = random_topic();
+    let client = sitemon_testkit::topic::client(&topic).await;
+    (
+        TestDb::migrated().await,
+        topic,
+        TestServer::http().await,
+        client,
+    )
+}
 
 /// A checker running in this process.
 pub type RunningChecker = Running<sitemon_checker::Error>;
