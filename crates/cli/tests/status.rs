@@ -19,6 +19,44 @@ struct Check<'a> {
     cert: Option<&'a str>,
 }
 
+impl<'a> Check<'a> {
+    /// A check that got an answer with `code` after `ms`: up for a 2xx.
+    fn answered(site: i32, offset: i64, age_s: i64, code: i16, ms: f64) -> Self {
+        Self {
+            site,
+            offset,
+            age_s,
+            up: (200..300).contains(&code),
+            code: Some(code),
+            ms: Some(ms),
+            error: None,
+            cert: None,
+        }
+    }
+
+    /// A check that failed with the error kind `error`.
+    fn failed(site: i32, offset: i64, age_s: i64, error: &'a str) -> Self {
+        Self {
+            site,
+            offset,
+            age_s,
+            up: false,
+            code: None,
+            ms: None,
+            error: Some(error),
+            cert: None,
+        }
+    }
+
+    /// The same check, over TLS with a certificate that expires at `cert`.
+    fn with_cert(self, cert: &'a str) -> Self {
+        Self {
+            cert: Some(cert),
+            ..self
+        }
+    }
+}
+
 async fn record(db: &TestDb, check: Check<'_>) {
     let event = json!({"tls_cert_not_after": check.cert});
     sqlx::query(
@@ -56,78 +94,14 @@ async fn reports_state_uptime_and_percentiles() {
 
     // healthy: 100 checks at 1..=100 ms over the last 100 minutes, then one two days ago.
     for i in 1..=100 {
-        record(
-            &db,
-            Check {
-                site: healthy,
-                offset: i,
-                age_s: (101 - i) * 60,
-                up: true,
-                code: Some(200),
-                ms: Some(i as f64),
-                error: None,
-                cert: Some("2027-03-01T00:00:00Z"),
-            },
-        )
-        .await;
+        let check = Check::answered(healthy, i, (101 - i) * 60, 200, i as f64);
+        record(&db, check.with_cert("2027-03-01T00:00:00Z")).await;
     }
-    record(
-        &db,
-        Check {
-            site: healthy,
-            offset: 1_000,
-            age_s: 2 * 86_400,
-            up: false,
-            code: None,
-            ms: None,
-            error: Some("dns"),
-            cert: None,
-        },
-    )
-    .await;
+    record(&db, Check::failed(healthy, 1_000, 2 * 86_400, "dns")).await;
     // flaky: up, down with a 503, and last a connect error.
-    record(
-        &db,
-        Check {
-            site: flaky,
-            offset: 2_000,
-            age_s: 300,
-            up: true,
-            code: Some(200),
-            ms: Some(40.0),
-            error: None,
-            cert: None,
-        },
-    )
-    .await;
-    record(
-        &db,
-        Check {
-            site: flaky,
-            offset: 2_001,
-            age_s: 200,
-            up: false,
-            code: Some(503),
-            ms: Some(20.0),
-            error: None,
-            cert: None,
-        },
-    )
-    .await;
-    record(
-        &db,
-        Check {
-            site: flaky,
-            offset: 2_002,
-            age_s: 100,
-            up: false,
-            code: None,
-            ms: None,
-            error: Some("connect"),
-            cert: None,
-        },
-    )
-    .await;
+    record(&db, Check::answered(flaky, 2_000, 300, 200, 40.0)).await;
+    record(&db, Check::answered(flaky, 2_001, 200, 503, 20.0)).await;
+    record(&db, Check::failed(flaky, 2_002, 100, "connect")).await;
 
     let output = sitemon_with_database(&db.url)
         .args(["status", "--json"])
