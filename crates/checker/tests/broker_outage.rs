@@ -11,32 +11,16 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sitemon_core::{NewSite, db};
-use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
-use support::{TestServer, checker_config, wait_for_events};
+use sitemon_testkit::events::assert_no_gap;
+use sitemon_testkit::{Outage, Service, kafka_config};
+use support::{add_site, checker_config, checks_of, fixture, start_checker, wait_for_events};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_made_while_the_broker_is_down_arrive_afterwards() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
-    let site = db::insert_site(
-        &db.pool,
-        &NewSite::new(&http.url("/ok"), 1, None).expect("site"),
-    )
-    .await
-    .expect("insert");
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, kafka_config(&topic)),
-        shutdown.clone(),
-    ));
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
+    let (db, topic, http, client) = fixture().await;
+    let site = add_site(&db, &http.url("/ok"), 1, None).await;
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
     let before = wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
     assert!(before.len() >= 3);
     drop(client);
@@ -49,19 +33,12 @@ async fn events_made_while_the_broker_is_down_arrive_afterwards() {
     let during =
         |e: &sitemon_core::CheckEvent| e.checked_at > down_from && e.checked_at < down_until;
 
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka again");
+    let client = sitemon_testkit::topic::client(&topic).await;
     wait_for_events(&client, &topic, Duration::from_secs(60), |events| {
         events.iter().filter(|s| during(&s.event)).count() >= 7
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), checker)
-        .await
-        .expect("the checker stops in time")
-        .expect("no panic")
-        .expect("clean stop");
+    checker.stop().await;
     let events = support::read_all(&client, &topic).await;
 
     // A check_id seen twice (Kafka stored a batch we saw fail) must be the same event, so
@@ -76,27 +53,14 @@ async fn events_made_while_the_broker_is_down_arrive_afterwards() {
             );
         }
     }
-    let mut checks: Vec<_> = events
-        .iter()
-        .map(|s| &s.event)
-        .filter(|e| e.website_id == site)
-        .collect();
-    checks.sort_by_key(|e| e.checked_at);
-    checks.dedup_by_key(|e| e.check_id);
+    let checks = checks_of(&events, site);
     let made_during = checks.iter().filter(|e| during(e)).count();
     assert!(
         made_during >= 7,
         "only {made_during} checks of the 8 s outage arrived"
     );
     // Nothing lost: the checks follow each other a second apart, outage or not.
-    for pair in checks.windows(2) {
-        let gap = pair[1].checked_at - pair[0].checked_at;
-        assert!(
-            gap < time::Duration::milliseconds(1500),
-            "a gap of {gap} between {} and {}",
-            pair[0].checked_at,
-            pair[1].checked_at
-        );
-    }
+    let times: Vec<_> = checks.iter().map(|e| e.checked_at).collect();
+    assert_no_gap(&times, time::Duration::milliseconds(1500));
     db.drop_database().await;
 }

@@ -7,20 +7,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sitemon_checker::partitioner::partition_for_key;
-use sitemon_core::{ErrorKind, KafkaConfig, NewSite, db};
+use sitemon_core::{ErrorKind, KafkaConfig, db};
+use sitemon_testkit::events::assert_no_gap;
+use sitemon_testkit::http::{TestServer, free_port};
 use sitemon_testkit::{TestDb, kafka_config, random_topic, services, tls_kafka_settings};
-use support::{Stored, TestServer, by_site, checker_config, closed_port, wait_for_events};
+use support::{Stored, add_site, by_site, checker_config, fixture, start_checker, wait_for_events};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-
-async fn add(db: &TestDb, url: &str, interval: i64, regex: Option<&str>) -> i32 {
-    db::insert_site(
-        &db.pool,
-        &NewSite::new(url, interval, regex).expect("valid site"),
-    )
-    .await
-    .expect("insert")
-}
 
 /// Rows a user could only have written with SQL, bypassing `sitemon add-site`.
 async fn add_by_sql(db: &TestDb, url: &str, regex: Option<&str>) -> i32 {
@@ -40,10 +33,7 @@ fn error_kind(stored: &Stored) -> Option<ErrorKind> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_behaviour_makes_the_right_event() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
+    let (db, topic, http, client) = fixture().await;
     let certs = &services().cert_dir;
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let self_signed = TestServer::https(
@@ -53,25 +43,19 @@ async fn every_behaviour_makes_the_right_event() {
     .await;
     let trusted = TestServer::https(&certs.join("server.pem"), &certs.join("server.key")).await;
 
-    let matching = add(&db, &http.url("/ok?m"), 2, Some("systems ok")).await;
-    let not_matching = add(&db, &http.url("/ok?n"), 2, Some("^down$")).await;
-    let no_regex = add(&db, &http.url("/ok"), 2, None).await;
-    let redirect = add(&db, &http.url("/redirect"), 2, None).await;
-    let redirect_loop = add(&db, &http.url("/loop"), 2, None).await;
-    let not_found = add(&db, &http.url("/404"), 2, None).await;
-    let server_error = add(&db, &http.url("/500"), 2, None).await;
-    let slow = add(&db, &http.url("/slow"), 2, None).await;
-    let refused = add(
-        &db,
-        &format!("http://127.0.0.1:{}/", closed_port().await),
-        2,
-        None,
-    )
-    .await;
-    let unresolvable = add(&db, "http://no-such-host.invalid/", 2, None).await;
-    let untrusted = add(&db, &self_signed.https_url("/ok"), 2, None).await;
-    let https_ok = add(&db, &trusted.https_url("/ok"), 2, None).await;
-    let broken_body = add(&db, &http.url("/broken"), 2, None).await;
+    let matching = add_site(&db, &http.url("/ok?m"), 2, Some("systems ok")).await;
+    let not_matching = add_site(&db, &http.url("/ok?n"), 2, Some("^down$")).await;
+    let no_regex = add_site(&db, &http.url("/ok"), 2, None).await;
+    let redirect = add_site(&db, &http.url("/redirect"), 2, None).await;
+    let redirect_loop = add_site(&db, &http.url("/loop"), 2, None).await;
+    let not_found = add_site(&db, &http.url("/404"), 2, None).await;
+    let server_error = add_site(&db, &http.url("/500"), 2, None).await;
+    let slow = add_site(&db, &http.url("/slow"), 2, None).await;
+    let refused = add_site(&db, &format!("http://{}/", free_port()), 2, None).await;
+    let unresolvable = add_site(&db, "http://no-such-host.invalid/", 2, None).await;
+    let untrusted = add_site(&db, &self_signed.https_url("/ok"), 2, None).await;
+    let https_ok = add_site(&db, &trusted.https_url("/ok"), 2, None).await;
+    let broken_body = add_site(&db, &http.url("/broken"), 2, None).await;
     let bad_url = add_by_sql(&db, "htp:/not a url", None).await;
     let bad_regex = add_by_sql(&db, &http.url("/ok?r"), Some("(unclosed")).await;
     let all = [
@@ -98,23 +82,14 @@ async fn every_behaviour_makes_the_right_event() {
         rustls::pki_types::pem::PemObject::from_pem_file(certs.join("ca.pem")).expect("ca.pem"),
     ];
     let started = OffsetDateTime::now_utc();
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(config, shutdown.clone()));
+    let checker = start_checker(config);
 
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
     let events = wait_for_events(&client, &topic, Duration::from_secs(30), |events| {
         let seen: HashSet<i32> = events.iter().map(|s| s.event.website_id).collect();
         all.iter().all(|id| seen.contains(id))
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), checker)
-        .await
-        .expect("the checker stops in time")
-        .expect("no panic")
-        .expect("the checker stops cleanly");
+    checker.stop_within(Duration::from_secs(30)).await;
     let finished = OffsetDateTime::now_utc();
     let sites = by_site(&events);
     let first = |id: i32| -> &Stored {
@@ -323,25 +298,14 @@ async fn every_behaviour_makes_the_right_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_second_site_is_checked_six_times_in_twelve_seconds() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
-    let site = add(&db, &http.url("/ok"), 2, None).await;
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, kafka_config(&topic)),
-        shutdown.clone(),
-    ));
+    let (db, topic, http, client) = fixture().await;
+    let site = add_site(&db, &http.url("/ok"), 2, None).await;
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
     // Time from the first check on, so that the spread of first checks does not count.
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
     let first = wait_for_events(&client, &topic, Duration::from_secs(20), |e| !e.is_empty()).await;
     assert_eq!(first.len(), 1);
     tokio::time::sleep(Duration::from_secs(12) - Duration::from_millis(300)).await;
-    shutdown.cancel();
-    checker.await.expect("no panic").expect("clean stop");
+    checker.stop().await;
     let events = support::read_all(&client, &topic).await;
     let since_first: Vec<_> = events
         .iter()
@@ -357,23 +321,12 @@ async fn a_two_second_site_is_checked_six_times_in_twelve_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produces_over_mutual_tls() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
-    let site = add(&db, &http.url("/ok"), 1, None).await;
+    let (db, topic, http, client) = fixture().await;
+    let site = add_site(&db, &http.url("/ok"), 1, None).await;
     let tls = KafkaConfig::new(tls_kafka_settings(&topic)).expect("tls settings");
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, tls),
-        shutdown.clone(),
-    ));
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
+    let checker = start_checker(checker_config(&db, tls));
     let events = wait_for_events(&client, &topic, Duration::from_secs(30), |e| e.len() >= 2).await;
-    shutdown.cancel();
-    checker.await.expect("no panic").expect("clean stop");
+    checker.stop().await;
     assert!(events.len() >= 2, "{} events over mTLS", events.len());
     assert!(
         events
@@ -385,24 +338,14 @@ async fn produces_over_mutual_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_sites_added_changed_and_removed() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
-    let steady = add(&db, &http.url("/ok?steady"), 1, None).await;
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, kafka_config(&topic)),
-        shutdown.clone(),
-    ));
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
+    let (db, topic, http, client) = fixture().await;
+    let steady = add_site(&db, &http.url("/ok?steady"), 1, None).await;
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
     wait_for_events(&client, &topic, Duration::from_secs(20), |e| !e.is_empty()).await;
 
     // Added: checked within 3 s.
     let added_at = OffsetDateTime::now_utc();
-    let added = add(&db, &http.url("/ok?added"), 1, None).await;
+    let added = add_site(&db, &http.url("/ok?added"), 1, None).await;
     let events = wait_for_events(&client, &topic, Duration::from_secs(10), |e| {
         e.iter().any(|s| s.event.website_id == added)
     })
@@ -441,8 +384,7 @@ async fn follows_sites_added_changed_and_removed() {
         .expect("delete");
     let removed_at = OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    shutdown.cancel();
-    checker.await.expect("no panic").expect("clean stop");
+    checker.stop().await;
     let events = support::read_all(&client, &topic).await;
     let sites = by_site(&events);
     let late: Vec<_> = sites[&added]
@@ -458,14 +400,7 @@ async fn follows_sites_added_changed_and_removed() {
         steady_checks.len() >= 5,
         "the other site: {steady_checks:?}"
     );
-    for pair in steady_checks.windows(2) {
-        assert!(
-            pair[1] - pair[0] < time::Duration::milliseconds(1500),
-            "the other site paused between {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_no_gap(&steady_checks, time::Duration::milliseconds(1500));
     let last = steady_checks.last().copied().expect("checks");
     assert!(
         last > removed_at + time::Duration::seconds(3),

@@ -10,32 +10,16 @@ mod support;
 
 use std::time::Duration;
 
-use sitemon_core::{NewSite, db};
-use sitemon_testkit::{Outage, Service, TestDb, kafka_config, random_topic};
-use support::{TestServer, checker_config, wait_for_events};
+use sitemon_testkit::events::assert_no_gap;
+use sitemon_testkit::{Outage, Service, kafka_config};
+use support::{add_site, checker_config, checks_of, fixture, start_checker, wait_for_events};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_go_on_while_the_database_is_down() {
-    support::init_logging();
-    let db = TestDb::migrated().await;
-    let topic = random_topic();
-    let http = TestServer::http().await;
-    let site = db::insert_site(
-        &db.pool,
-        &NewSite::new(&http.url("/ok"), 1, None).expect("site"),
-    )
-    .await
-    .expect("insert");
-    let shutdown = CancellationToken::new();
-    let checker = tokio::spawn(sitemon_checker::run(
-        checker_config(&db, kafka_config(&topic)),
-        shutdown.clone(),
-    ));
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("kafka");
+    let (db, topic, http, client) = fixture().await;
+    let site = add_site(&db, &http.url("/ok"), 1, None).await;
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
     wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
 
     let mut outage = Outage::begin(Service::Postgres);
@@ -54,21 +38,9 @@ async fn checks_go_on_while_the_database_is_down() {
             >= 3
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), checker)
-        .await
-        .expect("the checker stops in time")
-        .expect("no panic")
-        .expect("clean stop");
+    checker.stop().await;
 
-    let mut checks: Vec<_> = support::read_all(&client, &topic)
-        .await
-        .into_iter()
-        .map(|s| s.event)
-        .filter(|e| e.website_id == site)
-        .collect();
-    checks.sort_by_key(|e| e.checked_at);
-    checks.dedup_by_key(|e| e.check_id);
+    let checks = checks_of(&support::read_all(&client, &topic).await, site);
     let during = checks
         .iter()
         .filter(|e| e.checked_at > down_from && e.checked_at < down_until)
@@ -77,14 +49,7 @@ async fn checks_go_on_while_the_database_is_down() {
         during >= 9,
         "only {during} checks in the 10 s PostgreSQL was down: the checker went blind"
     );
-    for pair in checks.windows(2) {
-        let gap = pair[1].checked_at - pair[0].checked_at;
-        assert!(
-            gap < time::Duration::milliseconds(1500),
-            "a gap of {gap} between {} and {}",
-            pair[0].checked_at,
-            pair[1].checked_at
-        );
-    }
+    let times: Vec<_> = checks.iter().map(|e| e.checked_at).collect();
+    assert_no_gap(&times, time::Duration::milliseconds(1500));
     db.drop_database().await;
 }

@@ -4,28 +4,20 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sitemon_core::CheckEvent;
+use sitemon_testkit::events::assert_no_gap;
+use sitemon_testkit::http::TestServer;
 use sitemon_testkit::{TestDb, random_topic, services};
-use support::{http_server, sitemon};
+use support::{run, sitemon, stderr, stdout};
 use time::OffsetDateTime;
 
-fn run(mut command: Command) -> Output {
-    command.output().expect("sitemon runs")
-}
-
 fn add_site(db: &TestDb, topic: &str, url: &str) -> i32 {
-    let mut command = sitemon(db, topic);
-    command.args(["add-site", url, "--interval", "1"]);
-    let output = run(command);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
+    let output = run(sitemon(db, topic).args(["add-site", url, "--interval", "1"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
         .trim()
         .parse()
         .expect("add-site prints the id")
@@ -101,8 +93,8 @@ async fn wait_until(
 async fn follows_sites_added_and_removed_while_running_and_stops_on_sigterm() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let addr = http_server().await;
-    let first = add_site(&db, &topic, &format!("http://{addr}/first"));
+    let server = TestServer::http().await;
+    let first = add_site(&db, &topic, &server.url("/ok?first"));
 
     let log = std::env::temp_dir().join(format!("{topic}.log"));
     let mut command = sitemon(&db, &topic);
@@ -127,7 +119,7 @@ async fn follows_sites_added_and_removed_while_running_and_stops_on_sigterm() {
     .await;
 
     let added_at = OffsetDateTime::now_utc();
-    let second = add_site(&db, &topic, &format!("http://{addr}/second"));
+    let second = add_site(&db, &topic, &server.url("/ok?second"));
     let seen = wait_until(
         "the added site's first check",
         Duration::from_secs(10),
@@ -140,14 +132,8 @@ async fn follows_sites_added_and_removed_while_running_and_stops_on_sigterm() {
     assert_eq!(first_check.location, "cli-test");
     assert!(first_check.up);
 
-    let mut remove = sitemon(&db, &topic);
-    remove.args(["remove-site", &second.to_string()]);
-    let output = run(remove);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run(sitemon(&db, &topic).args(["remove-site", &second.to_string()]));
+    assert!(output.status.success(), "{}", stderr(&output));
     let removed_at = OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
@@ -181,9 +167,8 @@ async fn follows_sites_added_and_removed_while_running_and_stops_on_sigterm() {
     // Every check made before the stop was flushed: one event a second, no gaps, up to the
     // stop (a fixed count would depend on how long the phases above took).
     assert!(all[&first].len() >= 5, "{}", all[&first].len());
-    for pair in all[&first].windows(2) {
-        assert!(pair[1].checked_at - pair[0].checked_at < time::Duration::milliseconds(1500));
-    }
+    let times: Vec<_> = all[&first].iter().map(|e| e.checked_at).collect();
+    assert_no_gap(&times, time::Duration::milliseconds(1500));
     let last = all[&first].last().expect("checks").checked_at;
     assert!(
         last > removed_at + time::Duration::seconds(3),
@@ -208,16 +193,16 @@ async fn bad_flags_are_usage_errors_before_any_connection() {
             .env("KAFKA_BROKERS", "127.0.0.1:1")
             .arg("check")
             .args(args);
-        let output = run(command);
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let output = run(&mut command);
+        let stderr = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 
     let mut command = sitemon(&db, "t");
     command.env("KAFKA_BROKERS", "127.0.0.1:1").arg("check");
-    let output = run(command);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let output = run(&mut command);
+    let stderr = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert_eq!(

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rskafka::client::partition::UnknownTopicHandling;
-use sitemon_core::{CheckEvent, kafka};
-use sitemon_testkit::{TestDb, kafka_config, random_topic};
-use support::{http_server, sitemon};
+use sitemon_core::CheckEvent;
+use sitemon_testkit::http::TestServer;
+use sitemon_testkit::{TestDb, random_topic};
+use support::sitemon;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -182,38 +182,16 @@ async fn events(topic: &str) -> Vec<CheckEvent> {
 }
 
 async fn read_topic(topic: &str) -> Vec<CheckEvent> {
-    let client = kafka::connect(&kafka_config(topic))
+    let client = sitemon_testkit::topic::client(topic).await;
+    sitemon_testkit::topic::read(&client, topic)
         .await
-        .expect("connects to Kafka (scripts/services up)");
-    let Some(partitions) = kafka::partition_count(&client, topic)
-        .await
-        .expect("reads the metadata")
-    else {
-        return Vec::new(); // not created yet
-    };
-    let mut events = Vec::new();
-    for partition in 0..i32::try_from(partitions).expect("partitions") {
-        let partition_client = client
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .expect("partition client");
-        let mut offset = 0;
-        loop {
-            let (batch, high_watermark) = partition_client
-                .fetch_records(offset, 1..10_000_000, 100)
-                .await
-                .expect("fetches");
-            for record in batch {
-                offset = record.offset + 1;
-                let value = record.record.value.expect("a value");
-                events.push(CheckEvent::from_json(&value).expect("every record is an event"));
-            }
-            if offset >= high_watermark {
-                break;
-            }
-        }
-    }
-    events
+        .unwrap_or_default() // not created yet
+        .into_iter()
+        .map(|record| {
+            let value = record.value.expect("a value");
+            CheckEvent::from_json(&value).expect("every record is an event")
+        })
+        .collect()
 }
 
 /// The check times of every site, in order, for one location.
@@ -259,9 +237,9 @@ fn doubles(times: &[OffsetDateTime]) -> usize {
 async fn two_checkers_divide_the_sites_and_one_takes_over_from_the_other_killed() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let addr = http_server().await;
+    let server = TestServer::http().await;
     let urls: Vec<String> = (1..=200)
-        .map(|i| format!("http://{addr}/site/{i}"))
+        .map(|i| server.url(&format!("/ok?site={i}")))
         .collect();
     let ids = add_sites(&db, &urls).await;
 
@@ -349,9 +327,9 @@ async fn two_checkers_divide_the_sites_and_one_takes_over_from_the_other_killed(
 async fn locations_never_share_and_a_stopped_checker_hands_over_at_once() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let addr = http_server().await;
+    let server = TestServer::http().await;
     let urls: Vec<String> = (1..=50)
-        .map(|i| format!("http://{addr}/site/{i}"))
+        .map(|i| server.url(&format!("/ok?site={i}")))
         .collect();
     let ids = add_sites(&db, &urls).await;
 
@@ -434,11 +412,11 @@ async fn events_after(topic: &str, location: &str, after: OffsetDateTime) -> Vec
 async fn metrics_agree_with_the_events_in_the_topic() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let addr = http_server().await;
+    let server = TestServer::http().await;
     let urls = vec![
-        format!("http://{addr}/up/1"),
-        format!("http://{addr}/up/2"),
-        format!("http://{addr}/500"),
+        server.url("/ok?up=1"),
+        server.url("/ok?up=2"),
+        server.url("/500"),
         "http://127.0.0.1:1/refused".to_owned(),
         "http://nowhere.invalid/".to_owned(),
     ];

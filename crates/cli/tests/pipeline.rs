@@ -7,15 +7,14 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rskafka::client::partition::UnknownTopicHandling;
 use serde_json::Value;
 use sitemon_core::CheckEvent;
 use sitemon_core::kafka;
-use sitemon_testkit::{TestDb, kafka_config, random_topic};
+use sitemon_testkit::http::TestServer;
+use sitemon_testkit::{TestDb, random_topic};
 use sqlx::Row as _;
 use support::sitemon;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PARTITIONS: i32 = 3;
 
@@ -50,95 +49,33 @@ impl Drop for Process {
     }
 }
 
-/// Serves `/ok...` (200 "all ok"), `/missing` (404) and anything else 500.
-async fn http_server() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0_u8; 4096];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if request.starts_with("GET /ok") {
-                    ("200 OK", "all ok")
-                } else if request.starts_with("GET /missing ") {
-                    ("404 Not Found", "no")
-                } else {
-                    ("500 Internal Server Error", "broken")
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Every record of the topic as (partition, offset) → event bytes.
-async fn topic_records(topic: &str) -> HashMap<(i32, i64), Vec<u8>> {
-    let client = kafka::connect(&kafka_config(topic))
+async fn topic_records(
+    client: &rskafka::client::Client,
+    topic: &str,
+) -> HashMap<(i32, i64), Vec<u8>> {
+    sitemon_testkit::topic::read(client, topic)
         .await
-        .expect("connects");
-    let mut records = HashMap::new();
-    for partition in 0..PARTITIONS {
-        let partition_client = client
-            .partition_client(topic, partition, UnknownTopicHandling::Error)
-            .await
-            .expect("partition client");
-        let mut offset = 0;
-        loop {
-            let (batch, high_watermark) = partition_client
-                .fetch_records(offset, 1..10_000_000, 500)
-                .await
-                .expect("fetches");
-            for record in batch {
-                offset = record.offset + 1;
-                records.insert(
-                    (partition, record.offset),
-                    record.record.value.expect("a value"),
-                );
-            }
-            if offset >= high_watermark {
-                break;
-            }
-        }
-    }
-    records
-}
-
-async fn stored_rows(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM website_status")
-        .fetch_one(&db.pool)
-        .await
-        .expect("counts")
+        .expect("the topic exists")
+        .into_iter()
+        .map(|record| {
+            let value = record.value.expect("a value");
+            ((record.partition, record.offset), value)
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn every_checked_event_becomes_exactly_one_row() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let client = kafka::connect(&kafka_config(&topic))
-        .await
-        .expect("connects");
-    kafka::create_topic(&client, &topic, PARTITIONS, 1)
-        .await
-        .expect("creates the topic");
-    let server = http_server().await;
+    let client = sitemon_testkit::topic::create(&topic, PARTITIONS).await;
+    let server = TestServer::http().await;
     let sites = [
-        (format!("http://{server}/ok"), Some("all ok")),
-        (
-            format!("http://{server}/ok?mismatch"),
-            Some("nothing like this"),
-        ),
-        (format!("http://{server}/missing"), None),
-        (format!("http://{server}/broken"), None),
+        (server.url("/ok"), Some("systems ok")),
+        (server.url("/ok?mismatch"), Some("nothing like this")),
+        (server.url("/404"), None),
+        (server.url("/500"), None),
         ("http://127.0.0.1:9/closed".to_owned(), None),
         ("http://no-such-host.invalid/".to_owned(), None),
     ];
@@ -166,31 +103,19 @@ async fn every_checked_event_becomes_exactly_one_row() {
     assert_eq!(status, Some(0), "the checker stops cleanly: {log}");
 
     // The checker has flushed; wait until the sync has stored everything it published.
-    let records = topic_records(&topic).await;
+    let records = topic_records(&client, &topic).await;
     assert!(
         records.len() >= sites.len() * 4,
         "about 8 checks of each of {} sites were expected, the topic has {}",
         sites.len(),
         records.len()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while stored_rows(&db).await < records.len() as i64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sync stored {} of {} events in 60 s",
-            stored_rows(&db).await,
-            records.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let published = records.len() as i64;
+    sitemon_testkit::stored::wait_for(&db.pool, &topic, published, Duration::from_secs(60)).await;
     let (status, log) = sync.stop();
     assert_eq!(status, Some(0), "the sync stops cleanly: {log}");
-
-    let rejects: i64 = sqlx::query_scalar("SELECT count(*) FROM website_status_rejects")
-        .fetch_one(&db.pool)
-        .await
-        .expect("counts");
-    assert_eq!(rejects, 0, "every event of a registered site is stored");
+    // Every event of a registered site is stored, none twice, no reject.
+    sitemon_testkit::stored::assert_exactly_once(&db.pool, &topic, published, 0).await;
 
     let rows = sqlx::query(
         "SELECT kafka_topic, kafka_partition_id, kafka_offset_id, website_id, timestamp_utc,

@@ -6,8 +6,9 @@ use std::io::Read as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sitemon_testkit::{TestDb, random_topic, services};
-use support::{free_port, http_server, scrape, sum_values};
+use sitemon_testkit::http::{TestServer, free_port};
+use sitemon_testkit::{TestDb, random_topic};
+use support::{scrape, sitemon, sum_values};
 
 /// Kills the process if the test ends before stopping it.
 struct Guard(Child);
@@ -24,12 +25,7 @@ async fn migrates_checks_and_stores_in_one_process() {
     let db = TestDb::empty().await;
     let topic = random_topic();
     let metrics_addr = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sitemon"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BROKERS", &services().kafka_brokers)
-        .env("KAFKA_TOPIC", &topic)
+    let child = sitemon(&db, &topic)
         .args([
             "--log-format",
             "json",
@@ -65,7 +61,7 @@ async fn migrates_checks_and_stores_in_one_process() {
     let site: i32 = sqlx::query_scalar(
         "INSERT INTO websites (url, check_interval) VALUES ($1, 1) RETURNING id",
     )
-    .bind(format!("http://{}/", http_server().await))
+    .bind(TestServer::http().await.url("/ok"))
     .fetch_one(&db.pool)
     .await
     .expect("adds a site");

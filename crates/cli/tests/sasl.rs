@@ -1,48 +1,20 @@
 //! The `sitemon` binary over SASL/SCRAM on TLS: the settings come from the `KAFKA_SASL_*`
 //! environment variables, as a user gives them.
 
-use std::process::{Command, Output};
+mod support;
 
+use std::process::Command;
+
+use sitemon_core::config::Secret;
 use sitemon_testkit::{random_topic, sasl_kafka_settings};
+use support::{run, sitemon_kafka, stderr};
 
 /// A `sitemon` command with only the Kafka settings of the SASL_SSL listener, as
-/// `SCRAM-SHA-256` user (what `scripts/services env --sasl` exports).
+/// `SCRAM-SHA-256` user (what `scripts/services env --sasl` exports), with `password`.
 fn sitemon_sasl(topic: &str, password: &str) -> Command {
-    let settings = sasl_kafka_settings(topic, "SCRAM-SHA-256");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    for var in [
-        "DATABASE_URL",
-        "KAFKA_BROKERS",
-        "KAFKA_TOPIC",
-        "KAFKA_CA_FILE",
-        "KAFKA_CERT_FILE",
-        "KAFKA_KEY_FILE",
-        "KAFKA_SASL_MECHANISM",
-        "KAFKA_SASL_USERNAME",
-        "KAFKA_SASL_PASSWORD",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command
-        .env("KAFKA_BROKERS", &settings.brokers)
-        .env("KAFKA_TOPIC", topic)
-        .env("KAFKA_CA_FILE", settings.ca_file.expect("set"))
-        .env(
-            "KAFKA_SASL_MECHANISM",
-            settings.sasl_mechanism.expect("set"),
-        )
-        .env("KAFKA_SASL_USERNAME", settings.sasl_username.expect("set"))
-        .env("KAFKA_SASL_PASSWORD", password);
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("runs the sitemon binary")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let mut settings = sasl_kafka_settings(topic, "SCRAM-SHA-256");
+    settings.sasl_password = Some(Secret::new(password));
+    sitemon_kafka(&settings)
 }
 
 #[test]

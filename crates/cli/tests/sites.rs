@@ -3,42 +3,13 @@
 //! Every bad input must give one line on stderr naming the input and the problem, the exit
 //! status 1 (2 for usage errors), and leave the database as it was.
 
-use std::process::{Command, Output};
+mod support;
 
+use std::process::Output;
+
+use sitemon_core::config::KafkaSettings;
 use sitemon_testkit::{TestDb, random_topic, services, tls_kafka_settings};
-
-/// A `sitemon` command with only the settings the test gives it.
-fn sitemon(database_url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    for var in [
-        "DATABASE_URL",
-        "KAFKA_BROKERS",
-        "KAFKA_TOPIC",
-        "KAFKA_CA_FILE",
-        "KAFKA_CERT_FILE",
-        "KAFKA_KEY_FILE",
-        "KAFKA_SASL_MECHANISM",
-        "KAFKA_SASL_USERNAME",
-        "KAFKA_SASL_PASSWORD",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command.env("DATABASE_URL", database_url);
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("runs the sitemon binary")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use support::{bare_sitemon, run, sitemon_kafka, sitemon_with_database, stderr, stdout};
 
 /// Asserts a failure: the exit status, one line on stderr that contains `expected`.
 #[track_caller]
@@ -60,14 +31,14 @@ async fn snapshot(db: &TestDb) -> Vec<(i32, String, i32, Option<String>)> {
 }
 
 fn add(db: &TestDb, args: &[&str]) -> Output {
-    run(sitemon(&db.url).arg("add-site").args(args))
+    run(sitemon_with_database(&db.url).arg("add-site").args(args))
 }
 
 #[tokio::test]
 async fn migrate_twice_then_add_list_remove() {
     let db = TestDb::empty().await;
     for _ in 0..2 {
-        let output = run(sitemon(&db.url).arg("migrate"));
+        let output = run(sitemon_with_database(&db.url).arg("migrate"));
         assert!(output.status.success(), "{}", stderr(&output));
     }
 
@@ -93,7 +64,7 @@ async fn migrate_twice_then_add_list_remove() {
         .parse()
         .expect("the id alone on stdout");
 
-    let output = run(sitemon(&db.url).arg("list-sites"));
+    let output = run(sitemon_with_database(&db.url).arg("list-sites"));
     assert!(output.status.success(), "{}", stderr(&output));
     let table = stdout(&output);
     let lines: Vec<&str> = table.lines().collect();
@@ -113,7 +84,7 @@ async fn migrate_twice_then_add_list_remove() {
     assert_eq!(lines[1].find("http"), Some(url_column), "{table}");
     assert_eq!(lines[2].find("https"), Some(url_column), "{table}");
 
-    let output = run(sitemon(&db.url).args(["list-sites", "--json"]));
+    let output = run(sitemon_with_database(&db.url).args(["list-sites", "--json"]));
     assert!(output.status.success(), "{}", stderr(&output));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(
@@ -124,7 +95,7 @@ async fn migrate_twice_then_add_list_remove() {
         ])
     );
 
-    let output = run(sitemon(&db.url).args(["remove-site", &first.to_string()]));
+    let output = run(sitemon_with_database(&db.url).args(["remove-site", &first.to_string()]));
     assert!(output.status.success(), "{}", stderr(&output));
     let remaining = snapshot(&db).await;
     assert_eq!(remaining.len(), 1);
@@ -190,10 +161,10 @@ async fn bad_site_input_is_refused_and_changes_nothing() {
         assert_fails(&output, *status, expected);
     }
     for id in ["999999", "0", "-3", "99999999999"] {
-        let output = run(sitemon(&db.url).args(["remove-site", id]));
+        let output = run(sitemon_with_database(&db.url).args(["remove-site", id]));
         assert_fails(&output, 1, &format!("no site has id {id}"));
     }
-    let output = run(sitemon(&db.url).args(["remove-site", "abc"]));
+    let output = run(sitemon_with_database(&db.url).args(["remove-site", "abc"]));
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 
     assert_eq!(snapshot(&db).await, before);
@@ -202,7 +173,9 @@ async fn bad_site_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn unreachable_database_is_named_without_the_password() {
-    let output = run(sitemon("postgres://sitemon:s3cret-pw@127.0.0.1:1/sitemon").arg("list-sites"));
+    let output = run(
+        sitemon_with_database("postgres://sitemon:s3cret-pw@127.0.0.1:1/sitemon").arg("list-sites"),
+    );
     assert_fails(
         &output,
         1,
@@ -210,9 +183,10 @@ fn unreachable_database_is_named_without_the_password() {
     );
     assert!(!stderr(&output).contains("s3cret-pw"));
 
-    let output = run(sitemon("not a url").arg("list-sites"));
+    let output = run(sitemon_with_database("not a url").arg("list-sites"));
     assert_fails(&output, 2, "invalid DATABASE_URL");
-    let output = run(sitemon("postgres://u:s3cret-pw@h:notaport/db").arg("list-sites"));
+    let output =
+        run(sitemon_with_database("postgres://u:s3cret-pw@h:notaport/db").arg("list-sites"));
     assert_fails(&output, 2, "invalid DATABASE_URL");
     assert!(!stderr(&output).contains("s3cret-pw"));
 }
@@ -220,13 +194,12 @@ fn unreachable_database_is_named_without_the_password() {
 #[test]
 fn topic_create_is_idempotent_and_delete_removes_it() {
     let topic = random_topic();
-    let plaintext = |args: &[&str]| {
-        run(sitemon("unused")
-            .env("KAFKA_BROKERS", &services().kafka_brokers)
-            .env("KAFKA_TOPIC", &topic)
-            .arg("topic")
-            .args(args))
+    let settings = KafkaSettings {
+        brokers: services().kafka_brokers.clone(),
+        topic: topic.clone(),
+        ..KafkaSettings::default()
     };
+    let plaintext = |args: &[&str]| run(sitemon_kafka(&settings).arg("topic").args(args));
     let output = plaintext(&["create", "--partitions", "2"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
@@ -249,17 +222,10 @@ fn topic_create_is_idempotent_and_delete_removes_it() {
 fn topic_commands_over_mutual_tls() {
     let topic = random_topic();
     let settings = tls_kafka_settings(&topic);
-    let path = |p: Option<std::path::PathBuf>| p.expect("set").display().to_string();
-    let tls = |args: &[&str]| {
-        run(sitemon("unused")
-            .env("KAFKA_BROKERS", &settings.brokers)
-            .env("KAFKA_TOPIC", &topic)
-            .env("KAFKA_CA_FILE", path(settings.ca_file.clone()))
-            .env("KAFKA_CERT_FILE", path(settings.cert_file.clone()))
-            .env("KAFKA_KEY_FILE", path(settings.key_file.clone()))
-            .arg("topic")
-            .args(args))
-    };
+    assert!(
+        settings.ca_file.is_some() && settings.cert_file.is_some() && settings.key_file.is_some()
+    );
+    let tls = |args: &[&str]| run(sitemon_kafka(&settings).arg("topic").args(args));
     let output = tls(&["create"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let output = tls(&["delete"]);
@@ -270,7 +236,7 @@ fn topic_commands_over_mutual_tls() {
 fn bad_kafka_settings_are_named() {
     let topic = random_topic();
     let kafka = |envs: &[(&str, &str)]| {
-        let mut command = sitemon("unused");
+        let mut command = bare_sitemon();
         command.env("KAFKA_TOPIC", &topic);
         for (k, v) in envs {
             command.env(k, v);

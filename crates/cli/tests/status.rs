@@ -1,15 +1,10 @@
 //! `sitemon status` over history written straight into the real PostgreSQL.
 
-use std::process::Command;
+mod support;
 
 use serde_json::{Value, json};
 use sitemon_testkit::TestDb;
-
-fn sitemon(db: &TestDb) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    command.env_remove("RUST_LOG").env("DATABASE_URL", &db.url);
-    command
-}
+use support::sitemon_with_database;
 
 /// One stored check.
 #[derive(Clone, Copy)]
@@ -22,6 +17,44 @@ struct Check<'a> {
     ms: Option<f64>,
     error: Option<&'a str>,
     cert: Option<&'a str>,
+}
+
+impl<'a> Check<'a> {
+    /// A check that got an answer with `code` after `ms`: up for a 2xx.
+    fn answered(site: i32, offset: i64, age_s: i64, code: i16, ms: f64) -> Self {
+        Self {
+            site,
+            offset,
+            age_s,
+            up: (200..300).contains(&code),
+            code: Some(code),
+            ms: Some(ms),
+            error: None,
+            cert: None,
+        }
+    }
+
+    /// A check that failed with the error kind `error`.
+    fn failed(site: i32, offset: i64, age_s: i64, error: &'a str) -> Self {
+        Self {
+            site,
+            offset,
+            age_s,
+            up: false,
+            code: None,
+            ms: None,
+            error: Some(error),
+            cert: None,
+        }
+    }
+
+    /// The same check, over TLS with a certificate that expires at `cert`.
+    fn with_cert(self, cert: &'a str) -> Self {
+        Self {
+            cert: Some(cert),
+            ..self
+        }
+    }
 }
 
 async fn record(db: &TestDb, check: Check<'_>) {
@@ -61,80 +94,16 @@ async fn reports_state_uptime_and_percentiles() {
 
     // healthy: 100 checks at 1..=100 ms over the last 100 minutes, then one two days ago.
     for i in 1..=100 {
-        record(
-            &db,
-            Check {
-                site: healthy,
-                offset: i,
-                age_s: (101 - i) * 60,
-                up: true,
-                code: Some(200),
-                ms: Some(i as f64),
-                error: None,
-                cert: Some("2027-03-01T00:00:00Z"),
-            },
-        )
-        .await;
+        let check = Check::answered(healthy, i, (101 - i) * 60, 200, i as f64);
+        record(&db, check.with_cert("2027-03-01T00:00:00Z")).await;
     }
-    record(
-        &db,
-        Check {
-            site: healthy,
-            offset: 1_000,
-            age_s: 2 * 86_400,
-            up: false,
-            code: None,
-            ms: None,
-            error: Some("dns"),
-            cert: None,
-        },
-    )
-    .await;
+    record(&db, Check::failed(healthy, 1_000, 2 * 86_400, "dns")).await;
     // flaky: up, down with a 503, and last a connect error.
-    record(
-        &db,
-        Check {
-            site: flaky,
-            offset: 2_000,
-            age_s: 300,
-            up: true,
-            code: Some(200),
-            ms: Some(40.0),
-            error: None,
-            cert: None,
-        },
-    )
-    .await;
-    record(
-        &db,
-        Check {
-            site: flaky,
-            offset: 2_001,
-            age_s: 200,
-            up: false,
-            code: Some(503),
-            ms: Some(20.0),
-            error: None,
-            cert: None,
-        },
-    )
-    .await;
-    record(
-        &db,
-        Check {
-            site: flaky,
-            offset: 2_002,
-            age_s: 100,
-            up: false,
-            code: None,
-            ms: None,
-            error: Some("connect"),
-            cert: None,
-        },
-    )
-    .await;
+    record(&db, Check::answered(flaky, 2_000, 300, 200, 40.0)).await;
+    record(&db, Check::answered(flaky, 2_001, 200, 503, 20.0)).await;
+    record(&db, Check::failed(flaky, 2_002, 100, "connect")).await;
 
-    let output = sitemon(&db)
+    let output = sitemon_with_database(&db.url)
         .args(["status", "--json"])
         .output()
         .expect("runs");
@@ -207,7 +176,7 @@ async fn reports_state_uptime_and_percentiles() {
     assert_eq!(n["uptime_pct"], Value::Null);
 
     // A wider window takes the old check in.
-    let output = sitemon(&db)
+    let output = sitemon_with_database(&db.url)
         .args(["status", "--json", "--since", "3d"])
         .output()
         .expect("runs");
@@ -216,7 +185,10 @@ async fn reports_state_uptime_and_percentiles() {
     assert!((rows[0]["uptime_pct"].as_f64().expect("uptime") - 10_000.0 / 101.0).abs() < 1e-9);
 
     // For people: an aligned table, no colour off a terminal.
-    let output = sitemon(&db).arg("status").output().expect("runs");
+    let output = sitemon_with_database(&db.url)
+        .arg("status")
+        .output()
+        .expect("runs");
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).expect("UTF-8");
     assert!(!text.contains('\x1b'), "{text}");
@@ -238,7 +210,7 @@ async fn reports_state_uptime_and_percentiles() {
     );
     assert!(lines[3].contains("never"), "{text}");
 
-    let output = sitemon(&db)
+    let output = sitemon_with_database(&db.url)
         .args(["status", "--since", "soon"])
         .output()
         .expect("runs");

@@ -7,44 +7,23 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sitemon_core::NewSite;
-use sitemon_testkit::{TestDb, kafka_config, random_topic, services};
-use support::{count, event_json, kcat_produce, random, scrape, series_value, terminate};
+use sitemon_testkit::events::event_json;
+use sitemon_testkit::{TestDb, random_topic};
+use support::{Messages, count, kcat_produce, random, scrape, series_value, terminate};
 
 /// The most the test waits for the sync to catch up: a bound against hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
 
+/// `sitemon sync` on the test's database and topic, in small batches, logging warnings.
 fn sitemon_sync(db: &TestDb, topic: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-    for var in [
-        "KAFKA_CA_FILE",
-        "KAFKA_CERT_FILE",
-        "KAFKA_KEY_FILE",
-        "KAFKA_SASL_MECHANISM",
-        "KAFKA_SASL_USERNAME",
-        "KAFKA_SASL_PASSWORD",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = support::sitemon(db, topic);
     command
         .arg("sync")
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BROKERS", &services().kafka_brokers)
-        .env("KAFKA_TOPIC", topic)
         .env("RUST_LOG", "warn")
         .args(["--batch-size", "40", "--batch-wait", "20"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     command
-}
-
-async fn stored(db: &TestDb, topic: &str) -> i64 {
-    count(
-        db,
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sync_offsets WHERE kafka_topic = $1",
-        topic,
-    )
-    .await
 }
 
 /// Waits until the child's stderr has a line containing `needle` (its signal handler is
@@ -79,21 +58,8 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     const PER_ROUND: u64 = 60;
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
-    sitemon_core::kafka::create_topic(&client, &topic, PARTITIONS, 1)
-        .await
-        .expect("topic");
-    let mut sites = Vec::new();
-    for i in 0..6 {
-        let site = NewSite::new(&format!("http://127.0.0.1:9/{i}"), 5, None).expect("site");
-        sites.push(
-            sitemon_core::db::insert_site(&db.pool, &site)
-                .await
-                .expect("added"),
-        );
-    }
+    sitemon_testkit::topic::create(&topic, PARTITIONS).await;
+    let sites = db.add_sites(6).await;
 
     // Events stream in (through kcat, a real producer) while the sync is killed and
     // restarted; one in ten rounds carries a message that can only be a reject.
@@ -101,30 +67,21 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         let sites = sites.clone();
         let topic = topic.clone();
         move || {
-            let (mut events, mut poison) = (0u64, 0u64);
-            for round in 0..ROUNDS {
+            let mut messages = Messages::new(sites, PER_ROUND);
+            for _ in 0..ROUNDS {
                 let mut by_partition: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
-                for n in 0..PER_ROUND {
-                    let site = sites[(n as usize) % sites.len()];
-                    let value = if round % 10 == 5 && n == 0 {
-                        poison += 1;
-                        b"not an event".to_vec()
-                    } else {
-                        events += 1;
-                        event_json(site, round * PER_ROUND + n)
-                    };
-                    let lines = by_partition.entry(site % PARTITIONS).or_default();
-                    lines.extend_from_slice(site.to_string().as_bytes());
-                    lines.push(b'\t');
-                    lines.extend_from_slice(&value);
-                    lines.push(b'\n');
+                for (site, line) in messages.next_round() {
+                    by_partition
+                        .entry(site % PARTITIONS)
+                        .or_default()
+                        .extend(line);
                 }
                 for (partition, lines) in by_partition {
                     kcat_produce(&topic, Some(partition), &lines);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            (events, poison)
+            (messages.events, messages.poison)
         }
     });
 
@@ -138,7 +95,9 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         kills += 1;
     }
     let (events, poison) = producer.join().expect("producer");
-    let before_last_run = stored(&db, &topic).await;
+    let before_last_run = sitemon_testkit::stored::messages(&db.pool, &topic)
+        .await
+        .expect("the stored offsets");
     assert!(
         before_last_run > 0,
         "the killed processes stored nothing: kills came too early"
@@ -151,42 +110,14 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         .spawn()
         .expect("sync starts");
     let started = wait_for_line(&mut child, "sync started");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while stored(&db, &topic).await < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sync did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sitemon_testkit::stored::wait_for(&db.pool, &topic, total, PATIENCE).await;
     terminate(&child);
     let status = child.wait().expect("sync exits");
     let log = started.join().expect("stderr reader");
     assert!(status.success(), "exit {status:?}: {log}");
 
-    assert_eq!(stored(&db, &topic).await, total);
-    let rows = count(
-        &db,
-        "SELECT count(*) FROM website_status WHERE kafka_topic = $1",
-        &topic,
-    )
-    .await;
-    let rejects = count(
-        &db,
-        "SELECT count(*) FROM website_status_rejects WHERE kafka_topic = $1",
-        &topic,
-    )
-    .await;
-    let distinct = count(
-        &db,
-        "SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1",
-        &topic,
-    )
-    .await;
-    assert_eq!(rows + rejects, total, "rows {rows} + rejects {rejects}");
-    assert_eq!(rows, events as i64);
-    assert_eq!(rejects, poison as i64);
-    assert_eq!(distinct, rows, "no event stored twice");
+    sitemon_testkit::stored::assert_exactly_once(&db.pool, &topic, events as i64, poison as i64)
+        .await;
     db.drop_database().await;
 }
 
@@ -215,21 +146,8 @@ async fn metrics_count_what_was_consumed() {
     const PARTITIONS: i32 = 3;
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
-    sitemon_core::kafka::create_topic(&client, &topic, PARTITIONS, 1)
-        .await
-        .expect("topic");
-    let mut sites = Vec::new();
-    for i in 0..3 {
-        let site = NewSite::new(&format!("http://127.0.0.1:9/{i}"), 5, None).expect("site");
-        sites.push(
-            sitemon_core::db::insert_site(&db.pool, &site)
-                .await
-                .expect("added"),
-        );
-    }
+    sitemon_testkit::topic::create(&topic, PARTITIONS).await;
+    let sites = db.add_sites(3).await;
     // 90 events, and rejects of four kinds: 2 not JSON, 1 of the wrong shape, 1 of an
     // unknown schema, 1 of a site that does not exist.
     let mut lines = Vec::new();
@@ -252,9 +170,7 @@ async fn metrics_count_what_was_consumed() {
     kcat_produce(&topic, Some(0), &lines);
     let total = 95;
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    let addr = listener.local_addr().expect("an address");
-    drop(listener);
+    let addr = sitemon_testkit::http::free_port();
     let mut child = sitemon_sync(&db, &topic)
         .env("RUST_LOG", "info")
         .args(["--metrics-addr", &addr.to_string()])
@@ -262,13 +178,7 @@ async fn metrics_count_what_was_consumed() {
         .expect("sync starts");
     let started = wait_for_line(&mut child, "metrics at http://");
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while stored(&db, &topic).await < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sync did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sitemon_testkit::stored::wait_for(&db.pool, &topic, total, PATIENCE).await;
     // The partitions' lag falls to 0 once the readers have fetched past the end.
     let lag = |text: &str, p: i32| {
         series_value(

@@ -10,14 +10,14 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sitemon_core::NewSite;
-use sitemon_testkit::{TestDb, kafka_config, random_topic, services, unique_name};
-use support::{count, event_json, first_value, free_port, kcat_produce};
+use sitemon_testkit::http::free_port;
+use sitemon_testkit::{TestDb, random_topic, unique_name};
+use support::{Messages, first_value, kcat_produce};
 
 /// What issue 5 asks: a dead worker's partitions, and a newcomer's share, within 15 s.
 const TAKEOVER: Duration = Duration::from_secs(15);
@@ -41,22 +41,8 @@ impl Worker {
         let metrics = free_port();
         let log = logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
-        for var in [
-            "KAFKA_CA_FILE",
-            "KAFKA_CERT_FILE",
-            "KAFKA_KEY_FILE",
-            "KAFKA_SASL_MECHANISM",
-            "KAFKA_SASL_USERNAME",
-            "KAFKA_SASL_PASSWORD",
-        ] {
-            command.env_remove(var);
-        }
-        let child = command
+        let child = support::sitemon(db, topic)
             .arg("sync")
-            .env("DATABASE_URL", &db.url)
-            .env("KAFKA_BROKERS", &services().kafka_brokers)
-            .env("KAFKA_TOPIC", topic)
             .env("RUST_LOG", "info")
             .env("SITEMON_METRICS_ADDR", metrics.to_string())
             .args(["--batch-size", "50", "--batch-wait", "20"])
@@ -96,7 +82,10 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // A test that failed half-way leaves no process behind.
+        // A test that failed half-way leaves no process behind, and shows what it logged.
+        if std::thread::panicking() {
+            eprintln!("{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -148,21 +137,8 @@ async fn wait_for_shares(
 async fn workers_divide_the_partitions_take_over_and_store_every_message_once() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
-    sitemon_core::kafka::create_topic(&client, &topic, PARTITIONS, 1)
-        .await
-        .expect("topic");
-    let mut sites = Vec::new();
-    for i in 0..12 {
-        let site = NewSite::new(&format!("http://127.0.0.1:9/{i}"), 5, None).expect("site");
-        sites.push(
-            sitemon_core::db::insert_site(&db.pool, &site)
-                .await
-                .expect("added"),
-        );
-    }
+    sitemon_testkit::topic::create(&topic, PARTITIONS).await;
+    let sites = db.add_sites(12).await;
     let logs = std::env::temp_dir().join(unique_name("sitemon-sync-workers"));
     std::fs::create_dir_all(&logs).expect("log folder");
 
@@ -172,29 +148,17 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
     let producer = std::thread::spawn({
         let (sites, topic, producing) = (sites.clone(), topic.clone(), Arc::clone(&producing));
         move || {
-            let (mut events, mut poison) = (0u64, 0u64);
-            let mut round = 0u64;
+            let mut messages = Messages::new(sites, 40);
             while producing.load(Ordering::Relaxed) {
-                let mut lines = Vec::new();
-                for n in 0..40u64 {
-                    let site = sites[(n as usize) % sites.len()];
-                    let value = if round % 10 == 5 && n == 0 {
-                        poison += 1;
-                        b"not an event".to_vec()
-                    } else {
-                        events += 1;
-                        event_json(site, round * 40 + n)
-                    };
-                    lines.extend_from_slice(site.to_string().as_bytes());
-                    lines.push(b'\t');
-                    lines.extend_from_slice(&value);
-                    lines.push(b'\n');
-                }
+                let lines: Vec<u8> = messages
+                    .next_round()
+                    .into_iter()
+                    .flat_map(|(_, line)| line)
+                    .collect();
                 kcat_produce(&topic, None, &lines);
-                round += 1;
                 std::thread::sleep(Duration::from_millis(200));
             }
-            (events, poison)
+            (messages.events, messages.poison)
         }
     });
 
@@ -265,25 +229,7 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
         .expect("joined")
         .expect("producer");
     let total = (events + poison) as i64;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let stored = count(
-            &db,
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM sync_offsets WHERE kafka_topic = $1",
-            &topic,
-        )
-        .await;
-        if stored == total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stored {stored} of {total}\n{}{}",
-            c.log(),
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sitemon_testkit::stored::wait_for(&db.pool, &topic, total, PATIENCE).await;
     for worker in [&c, &d] {
         worker.terminate();
     }
@@ -291,28 +237,8 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
         let status = worker.child.wait().expect("exits");
         assert!(status.success(), "exit {status:?}\n{}", worker.log());
     }
-    let rows = count(
-        &db,
-        "SELECT count(*) FROM website_status WHERE kafka_topic = $1",
-        &topic,
-    )
-    .await;
-    let rejects = count(
-        &db,
-        "SELECT count(*) FROM website_status_rejects WHERE kafka_topic = $1",
-        &topic,
-    )
-    .await;
-    let distinct = count(
-        &db,
-        "SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1",
-        &topic,
-    )
-    .await;
-    assert_eq!(rows + rejects, total, "rows {rows} + rejects {rejects}");
-    assert_eq!(rows, events as i64);
-    assert_eq!(rejects, poison as i64);
-    assert_eq!(distinct, rows, "no event stored twice");
+    sitemon_testkit::stored::assert_exactly_once(&db.pool, &topic, events as i64, poison as i64)
+        .await;
     eprintln!("{events} events and {poison} rejects stored once each");
     let _ = std::fs::remove_dir_all(&logs);
     db.drop_database().await;

@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
-use sitemon_core::event::EVENT_SCHEMA_VERSION;
-use sitemon_core::{CheckError, CheckEvent, DatabaseConfig, ErrorKind, ProbeTimings};
+use sitemon_core::DatabaseConfig;
+use sitemon_testkit::events::fleet_event;
 use sitemon_testkit::{admin_pool, kafka_config, services, unique_name, url_with_database};
-use time::OffsetDateTime;
-use uuid::Uuid;
 
 const PARTITIONS: i32 = 6;
 const SITES: i32 = 1_000;
@@ -80,7 +78,7 @@ async fn main() {
                             } else {
                                 partition
                             };
-                        let event = realistic_event(site, i as u32);
+                        let event = fleet_event(site, i as u32);
                         Record {
                             key: Some(event.kafka_key()),
                             value: Some(event.to_json()),
@@ -210,36 +208,4 @@ fn vm_hwm_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn realistic_event(website_id: i32, n: u32) -> CheckEvent {
-    let failed = n % 50 == 7;
-    let total = 20.0 + f64::from(n % 700) * 0.37;
-    CheckEvent {
-        schema: EVENT_SCHEMA_VERSION,
-        check_id: Uuid::now_v7(),
-        website_id,
-        url: format!("https://site-{website_id}.example/"),
-        location: "eu-north".to_owned(),
-        checked_at: OffsetDateTime::now_utc() - Duration::from_secs(u64::from(n)),
-        up: !failed,
-        status_code: (!failed).then_some(200),
-        response_time_ms: (!failed).then_some(total),
-        regex: (website_id % 4 == 0).then(|| "healthy".to_owned()),
-        regex_matched: (website_id % 4 == 0 && !failed).then_some(true),
-        error: failed.then(|| CheckError {
-            kind: ErrorKind::Timeout,
-            message: "no response within 10 s".to_owned(),
-        }),
-        timings_ms: ProbeTimings {
-            dns: Some(0.8),
-            connect: Some(3.1),
-            tls: Some(9.4),
-            ttfb: (!failed).then_some(total - 2.0),
-            total,
-        },
-        redirects: 0,
-        final_url: (!failed).then(|| format!("https://site-{website_id}.example/")),
-        tls_cert_not_after: Some(time::macros::datetime!(2027-03-01 12:00 UTC)),
-    }
 }

@@ -48,7 +48,7 @@ async fn every_event_is_exactly_one_row_field_for_field() {
     .await
     .expect("rows");
     assert_eq!(rows.len(), 400);
-    assert_eq!(fixture.count("website_status_rejects").await, 0);
+    fixture.assert_stored_exactly_once(400, 0).await;
     let by_id: HashMap<Uuid, &CheckEvent> = events.iter().map(|e| (e.check_id, e)).collect();
     for (partition, _offset, website_id, at, info, check_id, up, code, ms, kind, location) in &rows
     {
@@ -252,6 +252,7 @@ async fn reads_several_partitions_and_one_added_while_running() {
     .expect("count");
     assert_eq!(on_new, 25);
     assert_eq!(fixture.count("website_status").await, 115);
+    fixture.assert_stored_exactly_once(115, 0).await;
     fixture.finish().await;
 }
 
@@ -273,6 +274,7 @@ async fn stops_cleanly_and_goes_on_from_the_stored_offsets() {
     fixture.wait_for_stored(200).await;
     sync.stop().await;
     assert_eq!(fixture.count("website_status").await, 200);
+    fixture.assert_stored_exactly_once(200, 0).await;
     fixture.finish().await;
 }
 
@@ -444,15 +446,7 @@ async fn a_lost_lease_connection_stops_every_partition_rejoins_and_loses_nothing
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     sync.stop().await;
-    assert_eq!(fixture.count("website_status").await, produced);
-    let distinct: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1",
-    )
-    .bind(&fixture.topic)
-    .fetch_one(&fixture.db.pool)
-    .await
-    .expect("count");
-    assert_eq!(distinct, produced, "no event stored twice");
+    fixture.assert_stored_exactly_once(produced, 0).await;
     let rendered = metrics.render();
     assert!(
         rendered

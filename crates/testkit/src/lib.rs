@@ -7,12 +7,32 @@
 //!
 //! A test that cannot reach its services fails with a message that says how to start them:
 //! it never passes by skipping.
+//!
+//! # Layout
+//! - this file: where the services are ([`services`]), a database of the test's own
+//!   ([`TestDb`]), topic names and Kafka settings, and [`Outage`] for the tests that stop a
+//!   service;
+//! - [`service`]: a library service (`sitemon_checker::run`, `sitemon_sync::run`) running in
+//!   the test, stopped with a bound;
+//! - [`topic`]: a topic created for the test, and its records read back;
+//! - [`stored`]: what the sync stored, waiting for it, and "every message stored exactly once";
+//! - [`events`]: made-up check events;
+//! - [`http`]: a local HTTP(S) server whose paths behave as their names say.
+//!
+//! This crate depends on `sitemon-core` only: core's own tests use it, and the checker's and
+//! the sync's tests must not see each other.
+
+pub mod events;
+pub mod http;
+pub mod service;
+pub mod stored;
+pub mod topic;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use sitemon_core::config::{KafkaSettings, Secret};
-use sitemon_core::{DatabaseConfig, KafkaConfig};
+use sitemon_core::{DatabaseConfig, KafkaConfig, NewSite};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
@@ -164,6 +184,22 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("{e}: {HOW_TO_START}"));
         Self { name, url, pool }
+    }
+
+    /// Registers `n` sites (`http://127.0.0.1:9/site-N`, every 5 s) and returns their ids:
+    /// sites for the events of a test that runs no checker.
+    pub async fn add_sites(&self, n: usize) -> Vec<i32> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let site = NewSite::new(&format!("http://127.0.0.1:9/site-{i}"), 5, None)
+                .expect("a valid site");
+            ids.push(
+                sitemon_core::db::insert_site(&self.pool, &site)
+                    .await
+                    .expect("site added"),
+            );
+        }
+        ids
     }
 
     /// Drops the database (and ends its sessions).

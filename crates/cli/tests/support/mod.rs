@@ -1,27 +1,84 @@
 //! Helpers shared by the tests of the `sitemon` binary: the command with a clean
-//! environment, local HTTP targets, producing with kcat, reading `/metrics`.
+//! environment, producing with kcat, reading `/metrics`.
 //!
 //! Each test binary uses its own subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sitemon_core::config::KafkaSettings;
+use sitemon_testkit::events::event_json;
 use sitemon_testkit::{TestDb, services};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// `sitemon` with only the test's settings: the database, the plaintext brokers, the topic.
-pub(crate) fn sitemon(db: &TestDb, topic: &str) -> Command {
+/// `sitemon` with none of the test's environment but `PATH`: every setting is the test's.
+pub(crate) fn bare_sitemon() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sitemon"));
     command
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+/// `sitemon` with only `DATABASE_URL` (which need not be valid).
+pub(crate) fn sitemon_with_database(database_url: &str) -> Command {
+    let mut command = bare_sitemon();
+    command.env("DATABASE_URL", database_url);
+    command
+}
+
+/// `sitemon` with only the test's settings: the database, the plaintext brokers, the topic.
+pub(crate) fn sitemon(db: &TestDb, topic: &str) -> Command {
+    let mut command = sitemon_with_database(&db.url);
+    command
         .env("KAFKA_BROKERS", &services().kafka_brokers)
         .env("KAFKA_TOPIC", topic);
     command
+}
+
+/// `sitemon` with only these Kafka settings, as the `KAFKA_*` variables a user sets.
+pub(crate) fn sitemon_kafka(settings: &KafkaSettings) -> Command {
+    let mut command = bare_sitemon();
+    command
+        .env("KAFKA_BROKERS", &settings.brokers)
+        .env("KAFKA_TOPIC", &settings.topic);
+    let files = [
+        ("KAFKA_CA_FILE", &settings.ca_file),
+        ("KAFKA_CERT_FILE", &settings.cert_file),
+        ("KAFKA_KEY_FILE", &settings.key_file),
+    ];
+    for (var, file) in files {
+        if let Some(file) = file {
+            command.env(var, file);
+        }
+    }
+    if let Some(mechanism) = &settings.sasl_mechanism {
+        command.env("KAFKA_SASL_MECHANISM", mechanism);
+    }
+    if let Some(username) = &settings.sasl_username {
+        command.env("KAFKA_SASL_USERNAME", username);
+    }
+    if let Some(password) = &settings.sasl_password {
+        command.env("KAFKA_SASL_PASSWORD", password.expose());
+    }
+    command
+}
+
+/// Runs `command` to its end.
+pub(crate) fn run(command: &mut Command) -> Output {
+    command.output().expect("runs the sitemon binary")
+}
+
+/// What the command wrote to stdout.
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What the command wrote to stderr.
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Sends SIGTERM, as a service manager does.
@@ -31,40 +88,6 @@ pub(crate) fn terminate(child: &Child) {
         .status()
         .expect("kill runs");
     assert!(status.success(), "kill -TERM {}", child.id());
-}
-
-/// A server on 127.0.0.1 answering 200 "ok", or 500 on paths that contain `/500`.
-pub(crate) async fn http_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0_u8; 4096];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let status = if head.contains("/500") {
-                    "500 Internal Server Error"
-                } else {
-                    "200 OK"
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-/// A port that was free a moment ago.
-pub(crate) fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("an address")
 }
 
 /// The body of `GET /metrics` from `addr`, or `None` while nothing answers there yet.
@@ -103,7 +126,7 @@ pub(crate) fn sum_values(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// A pseudo-random number from the clock, for kill moments and ids.
+/// A pseudo-random number from the clock, for kill moments.
 pub(crate) fn random() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,38 +135,52 @@ pub(crate) fn random() -> u64 {
     (nanos as u64).wrapping_mul(6364136223846793005) >> 20
 }
 
-/// A realistic check event as the checker writes it, with a unique `check_id` (built by hand:
-/// the JSON is the contract, not our types).
-pub(crate) fn event_json(website_id: i32, n: u64) -> Vec<u8> {
-    let check_id = format!(
-        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
-        random() as u32,
-        n & 0xffff,
-        website_id & 0xfff,
-        n >> 16 & 0xfff,
-        random() & 0xffff_ffff_ffff
-    );
-    let up = n % 5 != 0;
-    serde_json::json!({
-        "schema": 1,
-        "check_id": check_id,
-        "website_id": website_id,
-        "url": format!("https://site-{website_id}.example/"),
-        "location": "eu-north",
-        "checked_at": "2026-11-28T13:14:15.123456Z",
-        "up": up,
-        "status_code": if up { 200 } else { 503 },
-        "response_time_ms": 12.5 + (n % 100) as f64,
-        "regex": null,
-        "regex_matched": null,
-        "error": null,
-        "timings_ms": {"dns": 0.4, "connect": 1.1, "tls": 6.0, "ttfb": 10.0, "total": 12.5},
-        "redirects": 0,
-        "final_url": format!("https://site-{website_id}.example/"),
-        "tls_cert_not_after": "2027-03-01T12:00:00Z",
-    })
-    .to_string()
-    .into_bytes()
+/// Rounds of `key\tvalue` lines for [`kcat_produce`]: events of the sites in turn, and in
+/// one round of ten a first message that can only be a reject. It counts what it made.
+#[derive(Debug)]
+pub(crate) struct Messages {
+    sites: Vec<i32>,
+    per_round: u64,
+    round: u64,
+    /// Events made so far.
+    pub(crate) events: u64,
+    /// Messages made so far that can only be rejects.
+    pub(crate) poison: u64,
+}
+
+impl Messages {
+    /// Rounds of `per_round` messages for `sites`.
+    pub(crate) fn new(sites: Vec<i32>, per_round: u64) -> Self {
+        Self {
+            sites,
+            per_round,
+            round: 0,
+            events: 0,
+            poison: 0,
+        }
+    }
+
+    /// The next round: each line (ending in `\n`) with the site it is keyed by.
+    pub(crate) fn next_round(&mut self) -> Vec<(i32, Vec<u8>)> {
+        let round = self.round;
+        self.round += 1;
+        (0..self.per_round)
+            .map(|n| {
+                let site = self.sites[n as usize % self.sites.len()];
+                let value = if round % 10 == 5 && n == 0 {
+                    self.poison += 1;
+                    b"not an event".to_vec()
+                } else {
+                    self.events += 1;
+                    event_json(site, round * self.per_round + n)
+                };
+                let mut line = format!("{site}\t").into_bytes();
+                line.extend_from_slice(&value);
+                line.push(b'\n');
+                (site, line)
+            })
+            .collect()
+    }
 }
 
 /// A count from `sql`, whose one parameter is the topic.

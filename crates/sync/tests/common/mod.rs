@@ -1,5 +1,6 @@
 //! What the sync's integration tests share: a database and a topic of the test's own,
-//! realistic events, producing, and waiting for the sync to catch up.
+//! producing to it, and the sync running on them (the events and the waiting come from
+//! `sitemon-testkit`).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,14 +10,12 @@ use std::time::Duration;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
-use sitemon_core::event::EVENT_SCHEMA_VERSION;
-use sitemon_core::{CheckError, CheckEvent, DatabaseConfig, ErrorKind, NewSite, ProbeTimings};
+use sitemon_core::{CheckEvent, DatabaseConfig};
 use sitemon_sync::SyncConfig;
+pub use sitemon_testkit::events::event;
+use sitemon_testkit::service::Running;
 use sitemon_testkit::{TestDb, kafka_config, random_topic};
 use time::OffsetDateTime;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// The most a test waits for the sync to store what was produced: a bound against hanging,
 /// not a speed requirement.
@@ -37,12 +36,7 @@ impl Fixture {
     pub async fn new(partitions: i32) -> Self {
         let db = TestDb::migrated().await;
         let topic = random_topic();
-        let client = sitemon_core::kafka::connect(&kafka_config(&topic))
-            .await
-            .unwrap_or_else(|e| panic!("{e}: {}", sitemon_testkit::HOW_TO_START));
-        sitemon_core::kafka::create_topic(&client, &topic, partitions, 1)
-            .await
-            .expect("topic created");
+        let client = sitemon_testkit::topic::create(&topic, partitions).await;
         Self {
             db,
             topic,
@@ -53,17 +47,7 @@ impl Fixture {
 
     /// Registers `n` sites and returns their ids.
     pub async fn sites(&self, n: usize) -> Vec<i32> {
-        let mut ids = Vec::new();
-        for i in 0..n {
-            let site =
-                NewSite::new(&format!("http://127.0.0.1:9/site-{i}"), 5, None).expect("valid site");
-            ids.push(
-                sitemon_core::db::insert_site(&self.db.pool, &site)
-                    .await
-                    .expect("site added"),
-            );
-        }
-        ids
+        self.db.add_sites(n).await
     }
 
     /// The sync's configuration for this fixture: small batches, quick to notice partitions.
@@ -81,9 +65,7 @@ impl Fixture {
 
     /// Starts the sync in this process.
     pub fn start(&self, config: SyncConfig) -> RunningSync {
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(sitemon_sync::run(config, shutdown.clone()));
-        RunningSync { shutdown, handle }
+        Running::spawn("the sync", |shutdown| sitemon_sync::run(config, shutdown))
     }
 
     /// Produces values (with keys) to one partition; returns their offsets.
@@ -147,46 +129,26 @@ impl Fixture {
 
     /// Waits until the stored offsets add up to `messages`.
     pub async fn wait_for_stored(&self, messages: i64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            // While PostgreSQL restarts the question may fail: ask again.
-            let Ok(offsets) = self.try_stored_offsets().await else {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "PostgreSQL did not come back"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            let stored = offsets.values().sum::<i64>();
-            if stored == messages {
-                return;
-            }
-            assert!(
-                stored < messages,
-                "stored {stored} offsets, only {messages} produced"
-            );
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the sync stored {stored} of {messages} messages within {PATIENCE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        sitemon_testkit::stored::wait_for(&self.db.pool, &self.topic, messages, PATIENCE).await;
+    }
+
+    /// Asserts that the sync stored each message exactly once: `events` rows, `rejects`
+    /// rejects.
+    pub async fn assert_stored_exactly_once(&self, events: i64, rejects: i64) {
+        sitemon_testkit::stored::assert_exactly_once(&self.db.pool, &self.topic, events, rejects)
+            .await;
     }
 
     /// The stored next offset of each partition.
     pub async fn stored_offsets(&self) -> BTreeMap<i32, i64> {
-        self.try_stored_offsets().await.expect("offsets")
-    }
-
-    pub async fn try_stored_offsets(&self) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
         let rows = sqlx::query_as::<_, (i32, i64)>(
             "SELECT kafka_partition_id, next_offset FROM sync_offsets WHERE kafka_topic = $1",
         )
         .bind(&self.topic)
         .fetch_all(&self.db.pool)
-        .await?;
-        Ok(rows.into_iter().collect())
+        .await
+        .expect("offsets");
+        rows.into_iter().collect()
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -224,59 +186,7 @@ impl Fixture {
 }
 
 /// A sync running in this process.
-pub struct RunningSync {
-    pub shutdown: CancellationToken,
-    pub handle: JoinHandle<sitemon_sync::Result<()>>,
-}
-
-impl RunningSync {
-    /// Stops the sync and checks that it stopped cleanly.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, self.handle)
-            .await
-            .expect("the sync stops")
-            .expect("the sync task did not panic")
-            .expect("the sync returns Ok");
-    }
-}
-
-/// A realistic event of `website_id`: up or down, with or without TLS, with an error now
-/// and then, according to `n`.
-pub fn event(website_id: i32, n: u32) -> CheckEvent {
-    let failed = n % 7 == 3;
-    let tls = n % 2 == 0;
-    let total = 5.0 + f64::from(n % 400) * 1.25;
-    CheckEvent {
-        schema: EVENT_SCHEMA_VERSION,
-        check_id: Uuid::now_v7(),
-        website_id,
-        url: format!("https://site-{website_id}.example/health"),
-        location: ["eu-north", "us-east"][n as usize % 2].to_owned(),
-        checked_at: OffsetDateTime::now_utc()
-            .replace_nanosecond(n % 1_000 * 1_000)
-            .expect("valid"),
-        up: !failed && n % 5 != 0,
-        status_code: (!failed).then_some([200, 200, 503, 404, 301][n as usize % 5]),
-        response_time_ms: (!failed).then_some(total),
-        regex: (n % 3 == 0).then(|| "ok|healthy".to_owned()),
-        regex_matched: (n % 3 == 0 && !failed).then_some(n % 5 != 0),
-        error: failed.then(|| CheckError {
-            kind: [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Tls][n as usize % 3],
-            message: "connection refused (os error 111)".to_owned(),
-        }),
-        timings_ms: ProbeTimings {
-            dns: Some(0.4),
-            connect: Some(1.2),
-            tls: tls.then_some(7.5),
-            ttfb: (!failed).then_some(total - 1.0),
-            total,
-        },
-        redirects: n % 2,
-        final_url: (!failed).then(|| format!("https://site-{website_id}.example/health/")),
-        tls_cert_not_after: tls.then_some(time::macros::datetime!(2027-03-01 12:00 UTC)),
-    }
-}
+pub type RunningSync = Running<sitemon_sync::Error>;
 
 /// Grows the topic to `partitions` with Kafka's Admin client (rskafka cannot), using the
 /// jars of the broker that `scripts/services` runs.

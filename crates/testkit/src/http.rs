@@ -1,0 +1,169 @@
+//! A local HTTP(S) server whose paths behave as their names say, for the checks of the
+//! checker and of the `sitemon` binary: nothing a test does reaches the internet.
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `/ok` | 200 with [`BODY`] |
+//! | `/redirect` | 301 to `/ok` |
+//! | `/loop` | 302 to itself |
+//! | `/404`, `/500` | that status |
+//! | `/slow` | 200 after 5 s |
+//! | `/broken` | 200 promising 1000 bytes, then 10 and a hang-up |
+//! | anything else | 404, empty |
+//!
+//! A query does not change the answer: `/ok?first` and `/ok?second` are two sites that
+//! answer alike.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The body of `/ok`.
+pub const BODY: &str = "<html>all systems ok</html>";
+
+/// The most of a request head the server reads before it hangs up.
+const MAX_HEAD: usize = 64 << 10;
+
+/// A server on `127.0.0.1:0` that serves the paths of this module's table; it remembers
+/// each request's head.
+#[derive(Debug, Clone)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The head of every request so far, in arrival order.
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Plain HTTP.
+    pub async fn http() -> Self {
+        Self::start(None).await
+    }
+
+    /// HTTPS with the certificate chain and key in these PEM files.
+    pub async fn https(cert: &Path, key: &Path) -> Self {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", cert.display()))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("bad certificate in {}: {e}", cert.display()));
+        let key = PrivateKeyDer::from_pem_file(key)
+            .unwrap_or_else(|e| panic!("cannot read the key {}: {e}", key.display()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("the certificate and key make a server configuration");
+        Self::start(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start(tls: Option<TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = Arc::clone(&requests);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = Arc::clone(&log);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(stream, log).await,
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                serve(stream, log).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `https://localhost:PORT{path}`: the name the test certificates are for.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// The heads of the requests for `path` (with its query) so far.
+    pub fn requests_for(&self, path: &str) -> Vec<String> {
+        let prefix = format!("GET {path} ");
+        self.requests
+            .lock()
+            .expect("requests")
+            .iter()
+            .filter(|r| r.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<Vec<String>>>) {
+    let mut head = Vec::new();
+    let mut buf = [0_u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > MAX_HEAD {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+    log.lock().expect("log").push(head);
+    let response = |status: &str, extra: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let reply = match path.split('?').next().unwrap_or("/") {
+        "/ok" => response("200 OK", "Content-Type: text/html\r\n", BODY),
+        "/redirect" => response("301 Moved Permanently", "Location: /ok\r\n", ""),
+        "/loop" => response("302 Found", "Location: /loop\r\n", ""),
+        "/404" => response("404 Not Found", "", "no such page"),
+        "/500" => response("500 Internal Server Error", "", "broken"),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            response("200 OK", "", BODY)
+        }
+        "/broken" => {
+            // Promise 1000 bytes, send 10, hang up.
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        _ => response("404 Not Found", "", ""),
+    };
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// An address on 127.0.0.1 that nothing listened on a moment ago (bound, then released):
+/// for a connection that must be refused, or a server the test starts there.
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}

@@ -1,0 +1,83 @@
+//! What a sync stored of a topic in PostgreSQL: its offsets, rows and rejects, and the one
+//! assertion every test of the sync ends with, "every message stored exactly once".
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// How many messages of `topic` the sync has consumed: its stored next offsets, summed.
+///
+/// # Errors
+/// When PostgreSQL does not answer (a test that restarts it asks again).
+pub async fn messages(pool: &PgPool, topic: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sync_offsets WHERE kafka_topic = $1",
+    )
+    .bind(topic)
+    .fetch_one(pool)
+    .await
+}
+
+/// Waits until the sync has consumed `produced` messages of `topic`, for at most `within`
+/// (a bound against hanging). While PostgreSQL does not answer (a test restarting it), it
+/// asks again.
+///
+/// # Panics
+/// When more than `produced` were consumed, or not all within `within`.
+pub async fn wait_for(pool: &PgPool, topic: &str, produced: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let consumed = messages(pool, topic).await;
+        if let Ok(consumed) = consumed {
+            if consumed == produced {
+                return;
+            }
+            assert!(
+                consumed < produced,
+                "stored {consumed} offsets, only {produced} produced"
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync stored {consumed:?} of {produced} messages within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that the sync stored each of the messages of `topic` exactly once: `events` rows
+/// (no `check_id` twice) and `rejects` rejects, and stored offsets that account for all of
+/// them.
+///
+/// For a topic where each event was produced once; an event produced twice is one row.
+///
+/// # Panics
+/// When any of it does not hold.
+pub async fn assert_exactly_once(pool: &PgPool, topic: &str, events: i64, rejects: i64) {
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .bind(topic)
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let rows = count("SELECT count(*) FROM website_status WHERE kafka_topic = $1").await;
+    let distinct =
+        count("SELECT count(DISTINCT check_id) FROM website_status WHERE kafka_topic = $1").await;
+    let rejected =
+        count("SELECT count(*) FROM website_status_rejects WHERE kafka_topic = $1").await;
+    let consumed = messages(pool, topic).await.expect("the stored offsets");
+    assert_eq!(
+        rows + rejected,
+        events + rejects,
+        "rows {rows} + rejects {rejected}"
+    );
+    assert_eq!(rows, events, "one row per event");
+    assert_eq!(rejected, rejects, "one reject per message that is no event");
+    assert_eq!(distinct, rows, "no event stored twice");
+    assert_eq!(
+        consumed,
+        events + rejects,
+        "the stored offsets account for every message"
+    );
+}
