@@ -7,25 +7,41 @@
 use std::collections::BTreeMap;
 
 use crate::decode::{Decoded, Reject, StatusRow};
-use crate::offsets::Advance;
+use crate::offsets::{Advance, Position};
 
 /// What a partition reader sends to the writer: the messages of one fetch, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Chunk {
     pub(crate) partition: i32,
-    /// The offset the reader fetched from: the stored offset must still hold it.
-    pub(crate) from: i64,
-    /// The offset after the last message (or where the reader jumped to, past a gap).
-    pub(crate) next: i64,
-    /// In offset order.
+    /// The position the reader fetched from: the stored position must still hold it.
+    pub(crate) from: Position,
+    /// The position after the last message (or where the reader jumped to: past a gap, or
+    /// to the start of the topic's next incarnation).
+    pub(crate) next: Position,
+    /// The fingerprint of the record before `next`, when known.
+    pub(crate) fingerprint: Option<i64>,
+    /// In offset order, all of `next`'s incarnation.
     pub(crate) messages: Vec<Decoded>,
 }
 
 impl Decoded {
-    fn offset(&self) -> i64 {
+    fn position(&self) -> Position {
         match self {
-            Self::Row(row) => row.offset,
-            Self::Reject(reject) => reject.offset,
+            Self::Row(row) => Position {
+                incarnation: row.incarnation,
+                offset: row.offset,
+            },
+            Self::Reject(reject) => Position {
+                incarnation: reject.incarnation,
+                offset: reject.offset,
+            },
+        }
+    }
+
+    fn fingerprint(&self) -> i64 {
+        match self {
+            Self::Row(row) => row.fingerprint,
+            Self::Reject(reject) => reject.fingerprint,
         }
     }
 }
@@ -79,14 +95,16 @@ impl Batch {
         let room = self.limit.saturating_sub(self.len());
         let rest = if chunk.messages.len() > room {
             let tail = chunk.messages.split_off(room);
-            let resume = tail[0].offset();
+            let resume = tail[0].position();
             let rest = Chunk {
                 partition: chunk.partition,
                 from: resume,
                 next: chunk.next,
+                fingerprint: chunk.fingerprint,
                 messages: tail,
             };
             chunk.next = resume;
+            chunk.fingerprint = chunk.messages.last().map(Decoded::fingerprint);
             Some(rest)
         } else {
             None
@@ -98,12 +116,14 @@ impl Batch {
             partition: chunk.partition,
             expected: chunk.from,
             next: chunk.from,
+            fingerprint: None,
         });
         debug_assert_eq!(
             advance.next, chunk.from,
             "chunks of a partition must be contiguous"
         );
         advance.next = chunk.next;
+        advance.fingerprint = chunk.fingerprint;
         for message in chunk.messages {
             match message {
                 Decoded::Row(row) => self.rows.push(row),
@@ -121,7 +141,9 @@ mod tests {
     fn reject(partition: i32, offset: i64) -> Decoded {
         Decoded::Reject(Reject {
             partition,
+            incarnation: 0,
             offset,
+            fingerprint: offset * 10,
             key: None,
             payload: None,
             kind: crate::decode::RejectKind::NotJson,
@@ -132,9 +154,19 @@ mod tests {
     fn chunk(partition: i32, offsets: std::ops::Range<i64>) -> Chunk {
         Chunk {
             partition,
-            from: offsets.start,
-            next: offsets.end,
+            from: Position::at(offsets.start),
+            next: Position::at(offsets.end),
+            fingerprint: Some((offsets.end - 1) * 10),
             messages: offsets.map(|o| reject(partition, o)).collect(),
+        }
+    }
+
+    fn advance(partition: i32, expected: i64, next: i64, fingerprint: Option<i64>) -> Advance {
+        Advance {
+            partition,
+            expected: Position::at(expected),
+            next: Position::at(next),
+            fingerprint,
         }
     }
 
@@ -144,32 +176,18 @@ mod tests {
         assert!(batch.push(chunk(0, 10..13)).is_none());
         let rest = batch.push(chunk(1, 0..4)).expect("a rest");
         assert!(batch.is_full());
-        assert_eq!((rest.from, rest.next, rest.messages.len()), (2, 4, 2));
+        assert_eq!(
+            (rest.from, rest.next, rest.messages.len()),
+            (Position::at(2), Position::at(4), 2)
+        );
         assert_eq!(
             batch.advances(),
-            [
-                Advance {
-                    partition: 0,
-                    expected: 10,
-                    next: 13
-                },
-                Advance {
-                    partition: 1,
-                    expected: 0,
-                    next: 2
-                },
-            ]
+            [advance(0, 10, 13, Some(120)), advance(1, 0, 2, Some(10))],
+            "a split batch ends with the fingerprint of its own last message"
         );
         let mut next = Batch::new(5);
         assert!(next.push(rest).is_none());
-        assert_eq!(
-            next.advances(),
-            [Advance {
-                partition: 1,
-                expected: 2,
-                next: 4
-            }]
-        );
+        assert_eq!(next.advances(), [advance(1, 2, 4, Some(30))]);
     }
 
     #[test]
@@ -178,14 +196,7 @@ mod tests {
         batch.push(chunk(3, 0..2));
         batch.push(chunk(3, 2..7));
         assert_eq!(batch.len(), 7);
-        assert_eq!(
-            batch.advances(),
-            [Advance {
-                partition: 3,
-                expected: 0,
-                next: 7
-            }]
-        );
+        assert_eq!(batch.advances(), [advance(3, 0, 7, Some(60))]);
     }
 
     #[test]
@@ -194,26 +205,47 @@ mod tests {
         assert!(batch.is_empty());
         batch.push(Chunk {
             partition: 0,
-            from: 5,
-            next: 90,
+            from: Position::at(5),
+            next: Position::at(90),
+            fingerprint: None,
             messages: Vec::new(),
         });
         assert!(!batch.is_empty());
         assert_eq!(batch.len(), 0);
+        assert_eq!(batch.advances(), [advance(0, 5, 90, None)]);
+        batch.push(Chunk {
+            partition: 1,
+            from: Position::at(4),
+            next: Position::at(4),
+            fingerprint: Some(1),
+            messages: Vec::new(),
+        });
+        assert_eq!(batch.advances().len(), 1, "nothing moved on partition 1");
+    }
+
+    #[test]
+    fn a_new_incarnation_moves_the_position_to_its_start() {
+        let mut batch = Batch::new(10);
+        batch.push(chunk(0, 5..8));
+        let new = Position {
+            incarnation: 1,
+            offset: 0,
+        };
+        batch.push(Chunk {
+            partition: 0,
+            from: Position::at(8),
+            next: new,
+            fingerprint: None,
+            messages: Vec::new(),
+        });
         assert_eq!(
             batch.advances(),
             [Advance {
                 partition: 0,
-                expected: 5,
-                next: 90
+                expected: Position::at(5),
+                next: new,
+                fingerprint: None,
             }]
         );
-        batch.push(Chunk {
-            partition: 1,
-            from: 4,
-            next: 4,
-            messages: Vec::new(),
-        });
-        assert_eq!(batch.advances().len(), 1, "nothing moved on partition 1");
     }
 }

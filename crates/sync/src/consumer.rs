@@ -13,6 +13,7 @@ use std::time::Duration;
 use rskafka::client::Client;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::record::RecordAndOffset;
 use sitemon_core::retry::{self, Retry};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -21,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Chunk;
 use crate::config::{RETRY, StartFrom};
-use crate::decode::{Message, decode};
+use crate::decode::{Decoded, Message, decode, fingerprint};
 use crate::error::{Error, Result};
-use crate::offsets;
+use crate::offsets::{self, Position};
 use crate::stats::Stats;
 use crate::writer::ToWriter;
 
@@ -71,8 +72,8 @@ impl Readers {
     /// committed.
     pub(crate) async fn start(&self, partition: i32, start: StartFrom) -> Result<RunningReader> {
         let stored = offsets::load_one(&self.pool, &self.topic, partition).await?;
-        let next = match stored {
-            Some(next) => next,
+        let stored = match stored {
+            Some(stored) => stored,
             None => {
                 let client = self.partition_client(partition).await?;
                 let at = match start {
@@ -83,13 +84,21 @@ impl Readers {
                 offsets::init(&self.pool, &self.topic, partition, offset).await?
             }
         };
-        self.stats.stored(partition, next);
-        tracing::info!(topic = %self.topic, partition, next_offset = next, "reading partition");
+        self.stats.stored(partition, stored.next.offset);
+        tracing::info!(
+            topic = %self.topic,
+            partition,
+            next_offset = stored.next.offset,
+            incarnation = stored.next.incarnation,
+            "reading partition"
+        );
         let stop = CancellationToken::new();
         let reader = Reader {
             shared: self.clone(),
             partition,
-            next,
+            next: stored.next,
+            fingerprint: stored.fingerprint,
+            verified: false,
             retry: RETRY.start(),
             stop: stop.clone(),
         };
@@ -142,8 +151,13 @@ impl Readers {
 struct Reader {
     shared: Readers,
     partition: i32,
-    /// The next offset to fetch.
-    next: i64,
+    /// The next position to fetch.
+    next: Position,
+    /// The fingerprint of the record before `next`, when known.
+    fingerprint: Option<i64>,
+    /// Whether the record before `next` was found where it was read, since the reader
+    /// started or last failed: until then the topic may be a new incarnation.
+    verified: bool,
     /// The waits after failures in a row.
     retry: Retry,
     /// Cancelled when the partition is given away or the session ends.
@@ -172,11 +186,13 @@ impl Reader {
                 Ok(()) => self.retry.reset(),
                 Err(e) => {
                     client = None;
+                    // The topic may have been deleted and created again meanwhile.
+                    self.verified = false;
                     let wait = self.retry.next_wait().unwrap_or(RETRY.max);
                     tracing::warn!(
                         partition = self.partition,
                         "{e}; retrying from offset {} in {wait:?}",
-                        self.next
+                        self.next.offset
                     );
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -189,64 +205,159 @@ impl Reader {
 
     /// One fetch, handed to the writer.
     async fn step(&mut self, client: &PartitionClient) -> Result<()> {
-        let fetch = client.fetch_records(self.next, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS);
-        let named = format!("Kafka: fetch from {}/{}", self.shared.topic, self.partition);
-        let fetched =
-            retry::timeout(&named, KAFKA_TIMEOUT, async { Ok::<_, Error>(fetch.await) }).await?;
-        let (records, high_watermark) = match fetched {
+        if !self.verified {
+            self.verify(client).await?;
+        }
+        let (records, high_watermark) = match self.fetch(client, self.next.offset).await? {
             Ok(fetched) => fetched,
-            Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange,
-                ..
-            }) => return self.out_of_range(client).await,
-            Err(source) => {
-                return Err(Error::Kafka {
-                    operation: "fetch from",
-                    topic: self.shared.topic.clone(),
-                    partition: self.partition,
-                    source: Box::new(source),
-                });
-            }
+            Err(OutOfRange) => return self.out_of_range(client).await,
         };
         self.shared
             .stats
             .high_watermark(self.partition, high_watermark);
+        let incarnation = self.next.incarnation;
         let messages: Vec<_> = records
             .into_iter()
-            .filter(|r| r.offset >= self.next)
+            .filter(|r| r.offset >= self.next.offset)
             .map(|r| {
+                let record = r.record;
                 decode(Message {
                     partition: self.partition,
+                    incarnation,
                     offset: r.offset,
-                    key: r.record.key,
-                    value: r.record.value,
+                    fingerprint: fingerprint(
+                        record.key.as_deref(),
+                        record.value.as_deref(),
+                        record.timestamp.timestamp_millis(),
+                    ),
+                    key: record.key,
+                    value: record.value,
                 })
             })
             .collect();
         let Some(last) = messages.last() else {
             return Ok(());
         };
-        let next = match last {
-            crate::decode::Decoded::Row(row) => row.offset + 1,
-            crate::decode::Decoded::Reject(reject) => reject.offset + 1,
+        let (next, fingerprint) = match last {
+            Decoded::Row(row) => (row.offset + 1, row.fingerprint),
+            Decoded::Reject(reject) => (reject.offset + 1, reject.fingerprint),
         };
         self.send(Chunk {
             partition: self.partition,
             from: self.next,
-            next,
+            next: Position {
+                incarnation,
+                offset: next,
+            },
+            fingerprint: Some(fingerprint),
             messages,
         })
         .await
     }
 
+    /// One fetch from `offset`: the records and the high watermark, or [`OutOfRange`].
+    async fn fetch(
+        &self,
+        client: &PartitionClient,
+        offset: i64,
+    ) -> Result<Result<(Vec<RecordAndOffset>, i64), OutOfRange>> {
+        let fetch = client.fetch_records(offset, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS);
+        let named = format!("Kafka: fetch from {}/{}", self.shared.topic, self.partition);
+        let fetched =
+            retry::timeout(&named, KAFKA_TIMEOUT, async { Ok::<_, Error>(fetch.await) }).await?;
+        match fetched {
+            Ok(fetched) => Ok(Ok(fetched)),
+            Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            }) => Ok(Err(OutOfRange)),
+            Err(source) => Err(Error::Kafka {
+                operation: "fetch from",
+                topic: self.shared.topic.clone(),
+                partition: self.partition,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Looks again at the record before `next`: when it is past the partition's end, or
+    /// another record stands in its place, the topic was deleted and created again since it
+    /// was read, and the reader moves to the new incarnation. A record deleted by retention
+    /// cannot be compared; the partition is then taken to be the same.
+    async fn verify(&mut self, client: &PartitionClient) -> Result<()> {
+        let before = self.next.offset - 1;
+        let (Some(expected), true) = (self.fingerprint, before >= 0) else {
+            self.verified = true;
+            return Ok(());
+        };
+        let found = match self.fetch(client, before).await? {
+            Ok((records, _)) => records.into_iter().find(|r| r.offset == before).map(|r| {
+                fingerprint(
+                    r.record.key.as_deref(),
+                    r.record.value.as_deref(),
+                    r.record.timestamp.timestamp_millis(),
+                )
+            }),
+            Err(OutOfRange) => {
+                let earliest = self.shared.get_offset(client, OffsetAt::Earliest).await?;
+                if before < earliest {
+                    self.verified = true;
+                    return Ok(());
+                }
+                None
+            }
+        };
+        match found {
+            Some(actual) if actual == expected => {
+                self.verified = true;
+                Ok(())
+            }
+            Some(_) => {
+                self.new_incarnation(client, "another record stands at the stored offset")
+                    .await
+            }
+            None => {
+                self.new_incarnation(client, "the stored offset is past the partition's end")
+                    .await
+            }
+        }
+    }
+
+    /// The topic is a new one: moves to the start of the next incarnation (through the
+    /// writer, after everything read before), and reads it from there.
+    async fn new_incarnation(&mut self, client: &PartitionClient, why: &str) -> Result<()> {
+        let earliest = self.shared.get_offset(client, OffsetAt::Earliest).await?;
+        let next = Position {
+            incarnation: self.next.incarnation + 1,
+            offset: earliest,
+        };
+        tracing::error!(
+            topic = %self.shared.topic,
+            partition = self.partition,
+            "{why} ({}): the topic was deleted and created again; reading the new one from \
+             offset {earliest} as topic incarnation {} (the rows read before keep theirs)",
+            self.next.offset,
+            next.incarnation
+        );
+        self.send(Chunk {
+            partition: self.partition,
+            from: self.next,
+            next,
+            fingerprint: None,
+            messages: Vec::new(),
+        })
+        .await?;
+        self.verified = true;
+        Ok(())
+    }
+
     /// The next offset is no longer (or not yet) in the partition. Before the earliest one:
     /// retention deleted messages we never read; say how many, count them, and go on from
-    /// the earliest. Past the end (the topic was deleted and created again): go on from the
-    /// earliest too, loudly.
+    /// the earliest. Past the end: the topic was deleted and created again.
     async fn out_of_range(&mut self, client: &PartitionClient) -> Result<()> {
         let earliest = self.shared.get_offset(client, OffsetAt::Earliest).await?;
         let latest = self.shared.get_offset(client, OffsetAt::Latest).await?;
-        let (topic, partition, next) = (&self.shared.topic, self.partition, self.next);
+        let (topic, partition, next) = (&self.shared.topic, self.partition, self.next.offset);
         if next < earliest {
             let gap = earliest - next;
             tracing::error!(
@@ -257,35 +368,40 @@ impl Reader {
                  them: {gap} messages lost; continuing at {earliest}"
             );
             self.shared.stats.lost(u64::try_from(gap).unwrap_or(0));
-        } else if next > latest {
-            tracing::error!(
-                topic = %topic,
+            self.send(Chunk {
                 partition,
-                "the stored next offset {next} is past the end of the partition ({latest}): \
-                 was the topic deleted and created again? continuing at {earliest}"
-            );
+                from: self.next,
+                next: Position {
+                    incarnation: self.next.incarnation,
+                    offset: earliest,
+                },
+                fingerprint: None,
+                messages: Vec::new(),
+            })
+            .await
+        } else if next > latest {
+            self.new_incarnation(client, "the next offset is past the partition's end")
+                .await
         } else {
             // The range moved between our fetch and our question: just fetch again.
-            return Ok(());
+            Ok(())
         }
-        self.send(Chunk {
-            partition,
-            from: next,
-            next: earliest,
-            messages: Vec::new(),
-        })
-        .await
     }
 
     /// Hands a chunk to the writer, waiting while the writer is behind.
     async fn send(&mut self, chunk: Chunk) -> Result<()> {
-        let next = chunk.next;
+        let (next, fingerprint) = (chunk.next, chunk.fingerprint);
         self.shared
             .chunks
             .send(ToWriter::Chunk(chunk))
             .await
             .map_err(|_| Error::Task("the writer stopped".into()))?;
         self.next = next;
+        self.fingerprint = fingerprint;
         Ok(())
     }
 }
+
+/// A fetch's offset is not in the partition (deleted by retention, or past its end).
+#[derive(Debug)]
+struct OutOfRange;

@@ -18,9 +18,38 @@ pub(crate) const EMPTY: &str = "empty value";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Message {
     pub(crate) partition: i32,
+    /// The topic incarnation the message belongs to (see `offsets.rs`).
+    pub(crate) incarnation: i32,
     pub(crate) offset: i64,
+    /// [`fingerprint`] of the record.
+    pub(crate) fingerprint: i64,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Option<Vec<u8>>,
+}
+
+/// A 64-bit fingerprint of a record (FNV-1a over its key, value and timestamp): the sync
+/// keeps the last consumed record's, and tells a topic that was deleted and created again
+/// by the record at the same offset having another one.
+pub(crate) fn fingerprint(key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for part in [key, value] {
+        match part {
+            // The length first, so that ("ab", "c") and ("a", "bc") differ.
+            Some(bytes) => {
+                eat(&(bytes.len() as u64).to_le_bytes());
+                eat(bytes);
+            }
+            None => eat(&u64::MAX.to_le_bytes()),
+        }
+    }
+    eat(&timestamp_ms.to_le_bytes());
+    hash as i64
 }
 
 /// What a message becomes.
@@ -34,7 +63,9 @@ pub(crate) enum Decoded {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StatusRow {
     pub(crate) partition: i32,
+    pub(crate) incarnation: i32,
     pub(crate) offset: i64,
+    pub(crate) fingerprint: i64,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) website_id: i32,
     pub(crate) checked_at: OffsetDateTime,
@@ -49,14 +80,16 @@ pub(crate) struct StatusRow {
 }
 
 impl StatusRow {
-    /// The reject this row becomes when its site is gone.
-    pub(crate) fn into_reject(self, reason: String) -> Reject {
+    /// The reject this row becomes (its site is gone, its key is taken).
+    pub(crate) fn into_reject(self, kind: RejectKind, reason: String) -> Reject {
         Reject {
             partition: self.partition,
+            incarnation: self.incarnation,
             offset: self.offset,
+            fingerprint: self.fingerprint,
             key: self.key,
             payload: Some(self.request_info.into_bytes()),
-            kind: RejectKind::UnknownSite,
+            kind,
             reason,
         }
     }
@@ -66,7 +99,9 @@ impl StatusRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reject {
     pub(crate) partition: i32,
+    pub(crate) incarnation: i32,
     pub(crate) offset: i64,
+    pub(crate) fingerprint: i64,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
     /// The reason's class: the label of the rejects metric.
@@ -92,11 +127,14 @@ pub(crate) enum RejectKind {
     UnknownSite,
     /// An event with a value PostgreSQL cannot store (status code, `\u0000`, not UTF-8).
     InvalidValue,
+    /// An event whose key (topic, incarnation, partition, offset, site) already holds a row
+    /// of another check: never absorbed as a duplicate (see `writer.rs`).
+    KeyCollision,
 }
 
 impl RejectKind {
     /// Every kind, in the order of [`RejectKind::index`].
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Tombstone,
         Self::Empty,
         Self::NotJson,
@@ -104,6 +142,7 @@ impl RejectKind {
         Self::UnknownSchema,
         Self::UnknownSite,
         Self::InvalidValue,
+        Self::KeyCollision,
     ];
 
     /// The metric label.
@@ -116,6 +155,7 @@ impl RejectKind {
             Self::UnknownSchema => "unknown_schema",
             Self::UnknownSite => "unknown_site",
             Self::InvalidValue => "invalid_value",
+            Self::KeyCollision => "key_collision",
         }
     }
 
@@ -133,18 +173,31 @@ pub(crate) fn unknown_site_reason(website_id: i32) -> String {
     )
 }
 
+/// The reason stored when an event's key already holds a row of another check.
+pub(crate) fn key_collision_reason(row: &StatusRow) -> String {
+    format!(
+        "offset {} of partition {} (topic incarnation {}) already holds another check of \
+         site {}; this one (check_id {}) is kept here instead of being taken for a duplicate",
+        row.offset, row.partition, row.incarnation, row.website_id, row.check_id
+    )
+}
+
 /// Decodes one message.
 pub(crate) fn decode(message: Message) -> Decoded {
     let Message {
         partition,
+        incarnation,
         offset,
+        fingerprint,
         key,
         value,
     } = message;
     let reject = |key, payload, (kind, reason): (RejectKind, String)| {
         Decoded::Reject(Reject {
             partition,
+            incarnation,
             offset,
+            fingerprint,
             key,
             payload,
             kind,
@@ -182,7 +235,9 @@ pub(crate) fn decode(message: Message) -> Decoded {
     };
     Decoded::Row(StatusRow {
         partition,
+        incarnation,
         offset,
+        fingerprint,
         key,
         website_id: event.website_id,
         checked_at: event.checked_at,
@@ -295,10 +350,36 @@ mod tests {
     fn message(value: Option<Vec<u8>>) -> Message {
         Message {
             partition: 2,
+            incarnation: 0,
             offset: 40,
+            fingerprint: 0,
             key: Some(b"7".to_vec()),
             value,
         }
+    }
+
+    #[test]
+    fn fingerprints_tell_records_apart_and_stay_the_same() {
+        let fp = |key: Option<&[u8]>, value: Option<&[u8]>, ts| fingerprint(key, value, ts);
+        let a = fp(Some(b"7"), Some(b"{}"), 1_000);
+        assert_eq!(
+            a,
+            fp(Some(b"7"), Some(b"{}"), 1_000),
+            "the same record, the same"
+        );
+        assert_ne!(a, fp(Some(b"7"), Some(b"{ }"), 1_000), "another value");
+        assert_ne!(a, fp(Some(b"8"), Some(b"{}"), 1_000), "another key");
+        assert_ne!(a, fp(Some(b"7"), Some(b"{}"), 1_001), "another time");
+        assert_ne!(
+            fp(Some(b"ab"), Some(b"c"), 0),
+            fp(Some(b"a"), Some(b"bc"), 0)
+        );
+        assert_ne!(fp(None, Some(b""), 0), fp(Some(b""), Some(b""), 0));
+        assert_eq!(
+            fp(None, None, 0),
+            8_684_787_676_381_086_965,
+            "pinned: fingerprints stored by an earlier version stay valid"
+        );
     }
 
     fn reason(value: Option<Vec<u8>>) -> String {
@@ -343,7 +424,18 @@ mod tests {
         let Decoded::Row(row) = decode(message(Some(event().to_json()))) else {
             panic!("expected a row");
         };
-        assert_eq!(row.into_reject("gone".into()).kind.label(), "unknown_site");
+        let (place, payload) = (
+            (row.partition, row.incarnation, row.offset),
+            row.request_info.clone(),
+        );
+        let reject = row.into_reject(RejectKind::UnknownSite, "gone".into());
+        assert_eq!((reject.partition, reject.incarnation, reject.offset), place);
+        assert_eq!(
+            reject.payload,
+            Some(payload.into_bytes()),
+            "the exact bytes are kept"
+        );
+        assert_eq!(reject.kind.label(), "unknown_site");
         for (i, kind) in RejectKind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i);
         }

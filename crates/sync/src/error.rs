@@ -58,8 +58,8 @@ pub enum Error {
     /// worker wrote it (or an earlier commit of this batch succeeded unseen). The batch was
     /// rolled back; the sync reloads the stored offsets and goes on from there.
     #[error(
-        "the stored offset of {topic}/{partition} moved away from {expected} under us; \
-         reloading the stored offsets"
+        "the stored offset of {topic}/{partition} moved away from {expected} (topic \
+         incarnation {incarnation}) under us; reloading the stored offsets"
     )]
     OffsetMoved {
         /// The topic.
@@ -68,6 +68,8 @@ pub enum Error {
         partition: i32,
         /// The next offset this worker expected to find.
         expected: i64,
+        /// The topic incarnation of `expected`.
+        incarnation: i32,
     },
 
     /// A batch's transaction found that this worker no longer holds the lease of a

@@ -340,7 +340,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
-        assert_eq!(text.matches("sitemon_sync_rejects_total{").count(), 7);
+        assert_eq!(
+            text.matches("sitemon_sync_rejects_total{").count(),
+            RejectKind::ALL.len()
+        );
         stats.forget(3);
         assert!(!registry.render().contains("partition_lag{"));
     }

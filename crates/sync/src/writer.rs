@@ -10,7 +10,10 @@
 //!    `DELETE` is still possible, PostgreSQL breaks it by failing one side, and if that is
 //!    the batch it is read and written again.
 //! 2. One `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING` for the rows: a replayed
-//!    offset (primary key) or a retried produce (same `check_id`) stores nothing.
+//!    offset (primary key) or a retried produce (same `check_id`) stores nothing. When some
+//!    row was left out, one more statement finds those whose `check_id` is stored nowhere:
+//!    their key holds another check, so they are kept as rejects (`key_collision`) instead
+//!    of being counted as duplicates.
 //! 3. One such `INSERT` for the rejects.
 //! 4. The compare-and-set of the partitions' next offsets (`offsets::advance`).
 //! 5. The lease check: the worker's lease connection still holds the lease of every
@@ -37,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Chunk};
-use crate::decode::{Reject, RejectKind, StatusRow, unknown_site_reason};
+use crate::decode::{Reject, RejectKind, StatusRow, key_collision_reason, unknown_site_reason};
 use crate::error::{Error, Result, bounded_db};
 use crate::offsets;
 use crate::stats::Stats;
@@ -167,15 +170,19 @@ impl Writer {
                 rows.push(row);
             } else {
                 let reason = unknown_site_reason(row.website_id);
-                rejects.push(row.into_reject(reason));
+                rejects.push(row.into_reject(RejectKind::UnknownSite, reason));
             }
         }
         let row_count = rows.len() as u64;
-        let inserted = if rows.is_empty() {
-            0
-        } else {
-            insert_rows(&mut tx, &self.topic, rows).await?
-        };
+        let mut inserted = 0;
+        if !rows.is_empty() {
+            let (stored, collided) = insert_rows(&mut tx, &self.topic, rows).await?;
+            inserted = stored;
+            for row in collided {
+                let reason = key_collision_reason(&row);
+                rejects.push(row.into_reject(RejectKind::KeyCollision, reason));
+            }
+        }
         let rejected = if rejects.is_empty() {
             [0; RejectKind::ALL.len()]
         } else {
@@ -191,23 +198,30 @@ impl Writer {
         }
         bounded_db("committing a batch", STATEMENT_TIMEOUT, tx.commit()).await?;
 
+        let collided = rejected[RejectKind::KeyCollision.index()];
+        let duplicates = row_count.saturating_sub(inserted + collided);
         self.stats
-            .committed(messages, inserted, row_count - inserted, &rejected);
+            .committed(messages, inserted, duplicates, &rejected);
         for advance in &advances {
-            self.stats.stored(advance.partition, advance.next);
+            self.stats.stored(advance.partition, advance.next.offset);
         }
         tracing::debug!(messages, inserted, "batch stored");
         Ok(())
     }
 }
 
+/// Inserts the rows; returns how many were inserted, and the rows that were not although
+/// no row holds their `check_id`: their key already holds another check (a topic created
+/// again under an incarnation the sync did not notice), so they are no duplicates and must
+/// not be dropped as one.
 async fn insert_rows(
     tx: &mut sqlx::PgConnection,
     topic: &str,
     rows: Vec<StatusRow>,
-) -> Result<u64> {
+) -> Result<(u64, Vec<StatusRow>)> {
     let n = rows.len();
     let mut partition = Vec::with_capacity(n);
+    let mut incarnation = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
     let mut website_id = Vec::with_capacity(n);
     let mut checked_at = Vec::with_capacity(n);
@@ -218,41 +232,44 @@ async fn insert_rows(
     let mut response_time_ms = Vec::with_capacity(n);
     let mut error_kind = Vec::with_capacity(n);
     let mut location = Vec::with_capacity(n);
-    for row in rows {
+    for row in &rows {
         partition.push(row.partition);
+        incarnation.push(row.incarnation);
         offset.push(row.offset);
         website_id.push(row.website_id);
         checked_at.push(row.checked_at);
-        request_info.push(row.request_info);
+        request_info.push(row.request_info.as_str());
         check_id.push(row.check_id);
         is_up.push(row.is_up);
         status_code.push(row.status_code);
         response_time_ms.push(row.response_time_ms);
         error_kind.push(row.error_kind);
-        location.push(row.location);
+        location.push(row.location.as_str());
     }
     let done = bounded_db(
         "inserting a batch of rows",
         STATEMENT_TIMEOUT,
         sqlx::query(
             "INSERT INTO website_status (
-                 kafka_topic, kafka_partition_id, kafka_offset_id, website_id, timestamp_utc,
-                 request_info, check_id, is_up, status_code, response_time_ms, error_kind,
-                 location)
-             SELECT $1, t.p, t.o, t.w, t.ts, t.info::jsonb, t.id, t.up, t.sc, t.rt, t.ek, t.loc
-             FROM UNNEST($2::int[], $3::bigint[], $4::int[], $5::timestamptz[], $6::text[],
-                         $7::uuid[], $8::bool[], $9::int2[], $10::float8[], $11::text[],
-                         $12::text[])
-                  AS t(p, o, w, ts, info, id, up, sc, rt, ek, loc)
+                 kafka_topic, kafka_topic_incarnation, kafka_partition_id, kafka_offset_id,
+                 website_id, timestamp_utc, request_info, check_id, is_up, status_code,
+                 response_time_ms, error_kind, location)
+             SELECT $1, t.i, t.p, t.o, t.w, t.ts, t.info::jsonb, t.id, t.up, t.sc, t.rt, t.ek,
+                    t.loc
+             FROM UNNEST($2::int[], $3::int[], $4::bigint[], $5::int[], $6::timestamptz[],
+                         $7::text[], $8::uuid[], $9::bool[], $10::int2[], $11::float8[],
+                         $12::text[], $13::text[])
+                  AS t(i, p, o, w, ts, info, id, up, sc, rt, ek, loc)
              ON CONFLICT DO NOTHING",
         )
         .bind(topic)
+        .bind(incarnation)
         .bind(partition)
         .bind(offset)
         .bind(website_id)
         .bind(checked_at)
         .bind(request_info)
-        .bind(check_id)
+        .bind(&check_id)
         .bind(is_up)
         .bind(status_code)
         .bind(response_time_ms)
@@ -261,7 +278,32 @@ async fn insert_rows(
         .execute(&mut *tx),
     )
     .await?;
-    Ok(done.rows_affected())
+    let inserted = done.rows_affected();
+    if inserted == n as u64 {
+        return Ok((inserted, Vec::new()));
+    }
+    // Every row inserted now holds its check_id; a row left out whose check_id is nowhere
+    // collided on its key alone.
+    let homeless: std::collections::HashSet<i64> = bounded_db(
+        "looking for key collisions",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar(
+            "SELECT t.n FROM UNNEST($1::uuid[]) WITH ORDINALITY AS t(id, n)
+             WHERE NOT EXISTS (SELECT 1 FROM website_status s WHERE s.check_id = t.id)",
+        )
+        .bind(&check_id)
+        .fetch_all(&mut *tx),
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let collided = rows
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| homeless.contains(&(*i as i64 + 1)))
+        .map(|(_, row)| row)
+        .collect();
+    Ok((inserted, collided))
 }
 
 /// Inserts the rejects; returns how many of each kind were inserted.
@@ -271,10 +313,11 @@ async fn insert_rejects(
     rejects: Vec<Reject>,
 ) -> Result<[u64; RejectKind::ALL.len()]> {
     let n = rejects.len();
-    let kinds: std::collections::HashMap<(i32, i64), RejectKind> = rejects
+    let kinds: std::collections::HashMap<(i32, i32, i64), RejectKind> = rejects
         .iter()
-        .map(|r| ((r.partition, r.offset), r.kind))
+        .map(|r| ((r.incarnation, r.partition, r.offset), r.kind))
         .collect();
+    let mut incarnation = Vec::with_capacity(n);
     let mut partition = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
     let mut key = Vec::with_capacity(n);
@@ -287,25 +330,29 @@ async fn insert_rejects(
             "rejected message: {}",
             reject.reason
         );
+        incarnation.push(reject.incarnation);
         partition.push(reject.partition);
         offset.push(reject.offset);
         key.push(reject.key);
         payload.push(reject.payload);
         reason.push(reject.reason);
     }
-    let inserted: Vec<(i32, i64)> = bounded_db(
+    let inserted: Vec<(i32, i32, i64)> = bounded_db(
         "inserting a batch of rejects",
         STATEMENT_TIMEOUT,
         sqlx::query_as(
             "INSERT INTO website_status_rejects (
-                 kafka_topic, kafka_partition_id, kafka_offset_id, message_key, payload, reason)
-             SELECT $1, t.p, t.o, t.k, t.v, t.r
-             FROM UNNEST($2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[])
-                  AS t(p, o, k, v, r)
+                 kafka_topic, kafka_topic_incarnation, kafka_partition_id, kafka_offset_id,
+                 message_key, payload, reason)
+             SELECT $1, t.i, t.p, t.o, t.k, t.v, t.r
+             FROM UNNEST($2::int[], $3::int[], $4::bigint[], $5::bytea[], $6::bytea[],
+                         $7::text[])
+                  AS t(i, p, o, k, v, r)
              ON CONFLICT DO NOTHING
-             RETURNING kafka_partition_id, kafka_offset_id",
+             RETURNING kafka_topic_incarnation, kafka_partition_id, kafka_offset_id",
         )
         .bind(topic)
+        .bind(incarnation)
         .bind(partition)
         .bind(offset)
         .bind(key)
