@@ -325,7 +325,6 @@ fn upper_of(index: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
 
     #[test]
     fn every_error_kind_has_its_own_counter() {
@@ -344,26 +343,6 @@ mod tests {
         assert_eq!(names.len(), ErrorKind::ALL.len());
     }
 
-    /// `name{label,…}` of every series in `text`, and `name type` of every family.
-    fn shapes(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-        let mut series = BTreeSet::new();
-        let mut families = BTreeSet::new();
-        for line in text.lines() {
-            if let Some(family) = line.strip_prefix("# TYPE ") {
-                families.insert(family.to_owned());
-            } else if !line.starts_with('#') {
-                let (name, labels) = line.split_once('{').unwrap_or((line, ""));
-                let name = name.split(' ').next().unwrap_or_default();
-                let keys: Vec<&str> = labels
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
-                    .collect();
-                series.insert(format!("{name}{{{}}}", keys.join(",")));
-            }
-        }
-        (series, families)
-    }
-
     /// Every name and label dashboards use: a rename fails here first.
     #[test]
     fn metrics_keep_their_names_and_labels() {
@@ -374,7 +353,7 @@ mod tests {
         stats.scheduled(3);
         stats.buckets_held(256);
         let text = registry.render();
-        let (series, families) = shapes(&text);
+        let (series, families) = sitemon_testkit::metrics::shapes(&text);
         let golden = [
             "sitemon_check_duration_seconds_bucket{location,le}",
             "sitemon_check_duration_seconds_count{location}",

@@ -255,28 +255,7 @@ mod tests {
     use super::Stats;
     use crate::decode::RejectKind;
     use sitemon_core::metrics::Registry;
-    use std::collections::BTreeSet;
     use std::sync::Arc;
-
-    /// `name{label,…}` of every series in `text`, and `name type` of every family.
-    fn shapes(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-        let mut series = BTreeSet::new();
-        let mut families = BTreeSet::new();
-        for line in text.lines() {
-            if let Some(family) = line.strip_prefix("# TYPE ") {
-                families.insert(family.to_owned());
-            } else if !line.starts_with('#') {
-                let (name, labels) = line.split_once('{').unwrap_or((line, ""));
-                let name = name.split(' ').next().unwrap_or_default();
-                let keys: Vec<&str> = labels
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
-                    .collect();
-                series.insert(format!("{name}{{{}}}", keys.join(",")));
-            }
-        }
-        (series, families)
-    }
 
     /// Every name and label dashboards use: a rename fails here first.
     #[test]
@@ -286,7 +265,7 @@ mod tests {
         stats.register(&registry);
         stats.high_watermark(0, 5);
         let text = registry.render();
-        let (series, families) = shapes(&text);
+        let (series, families) = sitemon_testkit::metrics::shapes(&text);
         let golden = [
             "sitemon_sync_batches_total{}",
             "sitemon_sync_duplicates_total{}",

@@ -17,13 +17,15 @@
 //! - [`topic`]: a topic created for the test, and its records read back;
 //! - [`stored`]: what the sync stored, waiting for it, and "every message stored exactly once";
 //! - [`events`]: made-up check events;
-//! - [`http`]: a local HTTP(S) server whose paths behave as their names say.
+//! - [`http`]: a local HTTP(S) server whose paths behave as their names say;
+//! - [`metrics`]: the names and labels on a `/metrics` page.
 //!
 //! This crate depends on `sitemon-core` only: core's own tests use it, and the checker's and
 //! the sync's tests must not see each other.
 
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod stored;
 pub mod topic;
