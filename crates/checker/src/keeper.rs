@@ -48,6 +48,10 @@ pub(crate) const LEASE_STEP_TIMEOUT: Duration = Duration::from_secs(6);
 /// The first and the longest pause before joining again after the lease connection failed.
 const REJOIN_MIN: Duration = Duration::from_secs(1);
 const REJOIN_MAX: Duration = Duration::from_secs(30);
+/// The first and the longest pause before joining again after PostgreSQL refused the login
+/// (credentials rotated while running): retrying sooner cannot help.
+const REFUSED_MIN: Duration = Duration::from_secs(30);
+const REFUSED_MAX: Duration = Duration::from_secs(300);
 
 /// This checker's place in its lease group, and what it tells the scheduler.
 #[derive(Debug)]
@@ -123,16 +127,21 @@ impl Keeper {
         // Jittered, so that checkers started together do not rebalance or join in step.
         let mut rebalance = Backoff::every(self.every).start();
         let mut rejoin = Backoff::new(REJOIN_MIN, REJOIN_MAX).start();
+        let mut refused = Backoff::new(REFUSED_MIN, REFUSED_MAX).start();
+        // Whether the last join failed on refused credentials.
+        let mut login_refused = false;
         loop {
-            let wait = if self.lease.is_none() {
+            let wait = if self.lease.is_none() && login_refused {
+                refused.next_wait()
+            } else if self.lease.is_none() {
                 rejoin.next_wait()
             } else if self.under_share() {
                 Some(UNDER_SHARE_EVERY)
             } else {
                 rebalance.next_wait()
             };
-            // Neither backoff has a deadline: `None` never comes.
-            let wait = wait.unwrap_or(REJOIN_MAX);
+            // No backoff here has a deadline: `None` never comes.
+            let wait = wait.unwrap_or(REFUSED_MAX);
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
@@ -144,8 +153,19 @@ impl Keeper {
                         self.lease = Some(lease);
                         self.reconcile = true;
                         rejoin.reset();
+                        refused.reset();
+                        login_refused = false;
+                    }
+                    Err(e) if e.is_auth_failure() => {
+                        login_refused = true;
+                        tracing::error!(
+                            group = %self.group,
+                            "cannot join the checkers of this location: {e}; trying again slowly"
+                        );
+                        continue;
                     }
                     Err(e) => {
+                        login_refused = false;
                         tracing::warn!(
                             group = %self.group,
                             attempts = rejoin.attempts(),

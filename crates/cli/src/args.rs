@@ -171,6 +171,10 @@ impl DatabaseArgs {
     pub(crate) async fn connect(&self) -> anyhow::Result<PgPool> {
         let config = self.config()?;
         sitemon_core::db::connect(&config, 2).await.map_err(|e| {
+            if e.is_auth_failure() {
+                // The server is there: the message says what to check.
+                return anyhow::Error::new(e);
+            }
             anyhow::anyhow!(
                 "{e} (check DATABASE_URL; `scripts/services up` starts a local PostgreSQL)"
             )

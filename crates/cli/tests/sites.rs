@@ -171,6 +171,48 @@ async fn bad_site_input_is_refused_and_changes_nothing() {
     db.drop_database().await;
 }
 
+/// A wrong password is refused at once, not retried: one line that says the login was
+/// refused and to check DATABASE_URL, exit status 1, never the password, nothing changed.
+#[tokio::test]
+async fn wrong_database_password_is_one_line_without_the_password() {
+    const WRONG: &str = "wrong-pw-7f3a9";
+    let db = TestDb::migrated().await;
+    let url = db
+        .url
+        .replacen("sitemon:sitemon@", &format!("sitemon:{WRONG}@"), 1);
+    assert_ne!(url, db.url, "DATABASE_URL has no password to change");
+    for args in [&["add-site", "http://127.0.0.1:9/a"][..], &["list-sites"]] {
+        let started = std::time::Instant::now();
+        let output = run(sitemon(&url).args(args));
+        let elapsed = started.elapsed();
+        assert_fails(
+            &output,
+            1,
+            &format!(
+                "cannot connect to PostgreSQL at 127.0.0.1:5432/{}: the server refused the login",
+                db.name
+            ),
+        );
+        let err = stderr(&output);
+        assert!(
+            err.contains("check the user and password in DATABASE_URL"),
+            "{err}"
+        );
+        assert!(!err.contains(WRONG), "{err}");
+        assert!(
+            !err.contains("scripts/services up"),
+            "not a missing server: {err}"
+        );
+        // The kind is the proof; this only says it was not the 15 s connect timeout.
+        assert!(
+            elapsed < std::time::Duration::from_secs(10),
+            "{args:?}: {elapsed:?}"
+        );
+    }
+    assert!(snapshot(&db).await.is_empty());
+    db.drop_database().await;
+}
+
 #[test]
 fn unreachable_database_is_named_without_the_password() {
     let output = run(

@@ -67,6 +67,16 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
+impl fmt::Display for SaslMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        })
+    }
+}
+
 impl FromStr for SaslMechanism {
     type Err = Error;
 

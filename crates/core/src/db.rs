@@ -25,23 +25,41 @@ pub const SITE_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Opens a pool of at most `max_connections` and proves it works with one round trip.
 ///
 /// # Errors
-/// [`Error::DatabaseConnect`] naming `host:port/database` (never the password) when the
-/// server cannot be reached, refuses TLS or the login, within [`CONNECT_TIMEOUT`].
+/// [`Error::DatabaseAuth`] at once when the server refuses the login (sqlx does not retry
+/// it); [`Error::DatabaseConnect`] naming `host:port/database` (never the password) when the
+/// server cannot be reached or refuses TLS, within [`CONNECT_TIMEOUT`].
 pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<PgPool> {
-    let connect_error = |reason: String| Error::DatabaseConnect {
-        target: config.target().to_owned(),
-        reason,
-    };
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_with(config.options().clone());
     match tokio::time::timeout(CONNECT_TIMEOUT, pool).await {
         Ok(Ok(pool)) => Ok(pool),
-        Ok(Err(e)) => Err(connect_error(describe_connect_error(&e))),
-        Err(_) => Err(connect_error(format!(
-            "no answer within {CONNECT_TIMEOUT:?}"
-        ))),
+        Ok(Err(e)) => Err(connect_error(config, &e)),
+        Err(_) => Err(Error::DatabaseConnect {
+            target: config.target().to_owned(),
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        }),
+    }
+}
+
+/// Whether the server refused the login: SQLSTATE class 28, "invalid authorization
+/// specification" (28P01 a wrong password, 28000 an unknown user or no `pg_hba.conf` entry).
+pub fn is_auth_failure(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("28"))
+}
+
+/// A failed connection attempt as [`Error::DatabaseAuth`] or [`Error::DatabaseConnect`].
+pub(crate) fn connect_error(config: &DatabaseConfig, error: &sqlx::Error) -> Error {
+    let target = config.target().to_owned();
+    let reason = describe_connect_error(error);
+    if is_auth_failure(error) {
+        Error::DatabaseAuth { target, reason }
+    } else {
+        Error::DatabaseConnect { target, reason }
     }
 }
 

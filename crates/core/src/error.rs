@@ -80,6 +80,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// PostgreSQL refused the login (SQLSTATE class 28: a wrong password, an unknown user, no
+    /// `pg_hba.conf` entry). Final: retrying cannot help until the configuration changes, so
+    /// it is reported at once ([`Error::is_auth_failure`]).
+    #[error(
+        "cannot connect to PostgreSQL at {target}: the server refused the login ({reason}); \
+         check the user and password in DATABASE_URL"
+    )]
+    DatabaseAuth {
+        /// `host:port/database`, never the password.
+        target: String,
+        /// The server's words (they name the user, never the password).
+        reason: String,
+    },
+
     /// A statement failed.
     #[error("PostgreSQL failed while {doing}: {source}")]
     Database {
@@ -103,6 +117,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A broker refused our SASL login or our client certificate. Final: retrying cannot
+    /// help until the configuration changes, so it is reported at once
+    /// ([`Error::is_auth_failure`]).
+    #[error("cannot connect to Kafka at {brokers}: the broker refused {refused}; check {check}")]
+    KafkaAuth {
+        /// The bootstrap brokers, comma-separated.
+        brokers: String,
+        /// What was refused, e.g. "the SASL PLAIN login of user sitemon".
+        refused: String,
+        /// The settings to check (names and paths, never their secret contents).
+        check: String,
+    },
+
     /// A Kafka request failed.
     #[error("Kafka failed to {operation} topic {topic}: {source}")]
     Kafka {
@@ -123,6 +150,20 @@ pub enum Error {
         /// The deadline.
         after: Duration,
     },
+}
+
+impl Error {
+    /// Whether PostgreSQL or Kafka refused our credentials: a wrong password, a client
+    /// certificate the broker does not trust. Such a failure is final; a service that meets
+    /// it while running retries only on a slow backoff.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            Self::DatabaseAuth { .. } | Self::KafkaAuth { .. } => true,
+            Self::Database { source, .. } => crate::db::is_auth_failure(source),
+            Self::Kafka { source, .. } => crate::kafka::is_auth_failure(source),
+            _ => false,
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rustls::AlertDescription;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -38,53 +39,179 @@ pub fn backoff(deadline: Duration) -> BackoffConfig {
 /// Connects to the cluster: TLS and SASL as configured, then one metadata round trip.
 ///
 /// # Errors
-/// [`Error::TlsFile`] for a TLS file that cannot be used, [`Error::KafkaConnect`] when no
-/// broker answers within [`CONNECT_TIMEOUT`] or the handshake is refused.
+/// [`Error::TlsFile`] for a TLS file that cannot be used; [`Error::KafkaAuth`] at once when a
+/// broker refuses the SASL login or the client certificate; [`Error::KafkaConnect`] when no
+/// broker answers within [`CONNECT_TIMEOUT`].
 pub async fn connect(config: &KafkaConfig) -> Result<Client> {
     connect_with_backoff(config, backoff(CONNECT_TIMEOUT)).await
 }
 
 /// Like [`connect`], with the backoff the client keeps for all later requests.
 ///
+/// rskafka retries a refused login like a lost connection, until the backoff's deadline
+/// (`connect_to_a_broker_with_retry`), and the client keeps that backoff for good. So, over
+/// TLS, a first client tries each broker once, without retrying: a refusal ends the connect
+/// at once. The client returned is a second one, with `backoff`; a broker that is away is
+/// waited for as before.
+///
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with_backoff(config: &KafkaConfig, backoff: BackoffConfig) -> Result<Client> {
+    let tls = match &config.security {
+        KafkaSecurity::Plaintext => None,
+        KafkaSecurity::Tls { ca_file, client } => {
+            Some(tls_client_config(ca_file.as_deref(), client.as_ref())?)
+        }
+        KafkaSecurity::SaslTls { ca_file, .. } => {
+            Some(tls_client_config(ca_file.as_deref(), None)?)
+        }
+    };
+    let started = tokio::time::Instant::now();
+    // Plaintext has no login to refuse: no first client.
+    if tls.is_some() {
+        let once = BackoffConfig {
+            deadline: Some(Duration::ZERO),
+            ..backoff.clone()
+        };
+        let first = client_builder(config, tls.clone(), once).build();
+        match tokio::time::timeout(CONNECT_TIMEOUT, first).await {
+            Err(_) => return Err(no_answer(config)),
+            Ok(Err(e)) if is_auth_failure(&e) => return Err(refused(config, &e)),
+            // Dropped: its backoff gives up at the first error.
+            Ok(_) => {}
+        }
+    }
+    let left = CONNECT_TIMEOUT.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, client_builder(config, tls, backoff).build()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) if is_auth_failure(&e) => Err(refused(config, &e)),
+        Ok(Err(e)) => Err(Error::KafkaConnect {
+            brokers: config.brokers_display(),
+            reason: crate::error::one_line(&e.to_string()),
+        }),
+        Err(_) => Err(no_answer(config)),
+    }
+}
+
+fn client_builder(
+    config: &KafkaConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    backoff: BackoffConfig,
+) -> ClientBuilder {
     let mut builder = ClientBuilder::new(config.brokers.clone())
         .client_id(format!("sitemon/{}", crate::VERSION))
         .backoff_config(backoff);
-    match &config.security {
-        KafkaSecurity::Plaintext => {}
-        KafkaSecurity::Tls { ca_file, client } => {
-            builder = builder.tls_config(tls_client_config(ca_file.as_deref(), client.as_ref())?);
-        }
-        KafkaSecurity::SaslTls {
-            ca_file,
-            mechanism,
-            username,
-            password,
-        } => {
-            let credentials = Credentials::new(username.clone(), password.expose().to_owned());
-            let sasl = match mechanism {
-                SaslMechanism::Plain => SaslConfig::Plain(credentials),
-                SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
-                SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
-            };
-            builder = builder
-                .tls_config(tls_client_config(ca_file.as_deref(), None)?)
-                .sasl_config(sasl);
-        }
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls);
     }
+    if let KafkaSecurity::SaslTls {
+        mechanism,
+        username,
+        password,
+        ..
+    } = &config.security
+    {
+        let credentials = Credentials::new(username.clone(), password.expose().to_owned());
+        builder = builder.sasl_config(match mechanism {
+            SaslMechanism::Plain => SaslConfig::Plain(credentials),
+            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+        });
+    }
+    builder
+}
+
+fn no_answer(config: &KafkaConfig) -> Error {
+    Error::KafkaConnect {
+        brokers: config.brokers_display(),
+        reason: format!("no broker answered within {CONNECT_TIMEOUT:?}"),
+    }
+}
+
+/// The TLS alerts with which a broker refuses a client certificate (or the lack of one).
+const CERTIFICATE_ALERTS: [AlertDescription; 8] = [
+    AlertDescription::BadCertificate,
+    AlertDescription::UnsupportedCertificate,
+    AlertDescription::CertificateRevoked,
+    AlertDescription::CertificateExpired,
+    AlertDescription::CertificateUnknown,
+    AlertDescription::UnknownCA,
+    AlertDescription::AccessDenied,
+    AlertDescription::CertificateRequired,
+];
+
+/// What a broker refused, if it refused us.
+///
+/// rskafka keeps the cause of a failed connection only as text (its `MultiError` is
+/// private), so this looks for the words the causes' own types write: rskafka's
+/// `SaslAuthenticationFailed`, rustls's `received fatal alert: …`.
+fn refusal(error: &KafkaError) -> Option<Refusal> {
+    let text = error.to_string();
+    if text.contains(&ProtocolError::SaslAuthenticationFailed.to_string()) {
+        return Some(Refusal::Login);
+    }
+    CERTIFICATE_ALERTS
+        .into_iter()
+        .find(|alert| text.contains(&rustls::Error::AlertReceived(*alert).to_string()))
+        .map(Refusal::Certificate)
+}
+
+/// What a broker refused.
+enum Refusal {
+    /// The SASL login.
+    Login,
+    /// The client certificate, with this TLS alert.
+    Certificate(AlertDescription),
+}
+
+/// Whether a broker refused our SASL login or our client certificate: final, where a lost
+/// connection is not.
+pub fn is_auth_failure(error: &KafkaError) -> bool {
+    refusal(error).is_some()
+}
+
+/// A refusal as [`Error::KafkaAuth`]: what was refused and which settings to check.
+fn refused(config: &KafkaConfig, error: &KafkaError) -> Error {
     let brokers = config.brokers_display();
-    match tokio::time::timeout(CONNECT_TIMEOUT, builder.build()).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(Error::KafkaConnect {
-            brokers,
-            reason: crate::error::one_line(&e.to_string()),
-        }),
-        Err(_) => Err(Error::KafkaConnect {
-            brokers,
-            reason: format!("no broker answered within {CONNECT_TIMEOUT:?}"),
-        }),
+    let (refused, check) = match (refusal(error), &config.security) {
+        (
+            Some(Refusal::Login),
+            KafkaSecurity::SaslTls {
+                mechanism,
+                username,
+                ..
+            },
+        ) => (
+            format!("the SASL {mechanism} login of user {username}"),
+            "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD".to_owned(),
+        ),
+        (
+            Some(Refusal::Certificate(alert)),
+            KafkaSecurity::Tls {
+                client: Some(files),
+                ..
+            },
+        ) => (
+            format!("the client certificate (TLS alert {alert:?})"),
+            format!(
+                "that KAFKA_CERT_FILE {} is signed by a CA the broker trusts, is valid, and \
+                 KAFKA_KEY_FILE is its key",
+                files.cert_file.display()
+            ),
+        ),
+        (Some(Refusal::Certificate(alert)), _) => (
+            format!("the connection without a client certificate (TLS alert {alert:?})"),
+            "KAFKA_CERT_FILE and KAFKA_KEY_FILE: the broker wants a client certificate".to_owned(),
+        ),
+        _ => (
+            "the login".to_owned(),
+            "the credentials of the Kafka settings".to_owned(),
+        ),
+    };
+    Error::KafkaAuth {
+        brokers,
+        refused,
+        check,
     }
 }
 

@@ -25,7 +25,9 @@ use std::time::Duration;
 use sqlx::{Connection as _, PgConnection, PgExecutor};
 
 use crate::config::DatabaseConfig;
-use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 use crate::retry;
 
 /// How long one lease statement may take before the lease connection counts as lost.
@@ -143,15 +145,13 @@ impl LeaseGroup {
     /// Joins the group `name` (e.g. `sync:website_status`) on a new dedicated connection.
     ///
     /// # Errors
-    /// [`Error::DatabaseConnect`] when PostgreSQL cannot be reached; [`Error::Database`].
+    /// [`Error::DatabaseAuth`] when PostgreSQL refuses the login, [`Error::DatabaseConnect`]
+    /// when it cannot be reached; [`Error::Database`].
     pub async fn join(config: &DatabaseConfig, name: &str) -> Result<Self> {
         let connect = async {
             PgConnection::connect_with(config.options())
                 .await
-                .map_err(|e| Error::DatabaseConnect {
-                    target: config.target().to_owned(),
-                    reason: crate::error::one_line(&e.to_string()),
-                })
+                .map_err(|e| crate::db::connect_error(config, &e))
         };
         let mut conn = retry::timeout(
             &format!("connecting to PostgreSQL at {}", config.target()),

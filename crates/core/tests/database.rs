@@ -47,18 +47,43 @@ async fn sslmode_disable_does_not_encrypt() {
     assert!(!uses_tls(&pool).await);
 }
 
+/// A wrong password is refused at once (sqlx does not retry it) and reported as an
+/// authentication failure that names the server and DATABASE_URL, never the password.
 #[tokio::test]
 async fn wrong_password_is_reported_without_the_password() {
+    const WRONG: &str = "wrong-pw-7f3a9";
     let url = services()
         .database_url
-        .replacen("sitemon:sitemon@", "sitemon:not-the-password@", 1);
-    let error = db::connect(&DatabaseConfig::from_url(&url).expect("parses"), 1)
+        .replacen("sitemon:sitemon@", &format!("sitemon:{WRONG}@"), 1);
+    assert_ne!(
+        url,
+        services().database_url,
+        "DATABASE_URL has no password to change"
+    );
+    let config = DatabaseConfig::from_url(&url).expect("parses");
+    let started = std::time::Instant::now();
+    let error = db::connect(&config, 1).await.expect_err("wrong password");
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(
+        matches!(error, Error::DatabaseAuth { .. }) && error.is_auth_failure(),
+        "{message}"
+    );
+    assert!(message.contains("127.0.0.1:5432/sitemon"), "{message}");
+    assert!(message.contains("DATABASE_URL"), "{message}");
+    assert!(!message.contains(WRONG), "{message}");
+    // The kind above is the proof; this only says it was not the pool's acquire timeout.
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+
+    // The lease connection (not pooled) says the same.
+    let error = sitemon_core::lease::LeaseGroup::join(&config, "auth-test")
         .await
         .expect_err("wrong password");
-    let message = error.to_string();
-    assert!(matches!(error, Error::DatabaseConnect { .. }), "{message}");
-    assert!(message.contains("127.0.0.1:5432/sitemon"), "{message}");
-    assert!(!message.contains("not-the-password"), "{message}");
+    assert!(
+        matches!(error, Error::DatabaseAuth { .. }) && error.is_auth_failure(),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(WRONG), "{error}");
 }
 
 #[tokio::test]

@@ -67,7 +67,7 @@ async fn tls_listener_refuses_a_client_without_certificate() {
         .await
         .expect_err("the broker requires a client certificate");
     assert!(
-        matches!(error, Error::KafkaConnect { .. }),
+        matches!(error, Error::KafkaAuth { .. }) && error.is_auth_failure(),
         "unexpected error: {error}"
     );
     let message = error.to_string();
@@ -78,8 +78,46 @@ async fn tls_listener_refuses_a_client_without_certificate() {
         )),
         "{message}"
     );
+    assert!(message.contains("KAFKA_CERT_FILE"), "{message}");
     // Not a timing assertion on speed: only that the refusal surfaced instead of hanging.
     assert!(started.elapsed() < kafka::CONNECT_TIMEOUT * 2);
+}
+
+/// A client certificate that the broker's CA did not sign is refused in the TLS handshake:
+/// an authentication failure, reported at once instead of retried until the connect
+/// deadline, that names the certificate file and never shows the key.
+#[tokio::test]
+async fn tls_listener_refuses_a_certificate_its_ca_did_not_sign() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let key_file = fixtures.join("untrusted-client.key");
+    let mut settings = tls_kafka_settings(&random_topic());
+    settings.cert_file = Some(fixtures.join("untrusted-client.pem"));
+    settings.key_file = Some(key_file.clone());
+    let config = KafkaConfig::new(settings).expect("valid TLS settings");
+    let started = std::time::Instant::now();
+    let error = kafka::connect(&config)
+        .await
+        .expect_err("the broker refuses a certificate its CA did not sign");
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(
+        matches!(error, Error::KafkaAuth { .. }) && error.is_auth_failure(),
+        "not an authentication failure: {message}"
+    );
+    assert!(
+        message.contains("client certificate") && message.contains("untrusted-client.pem"),
+        "{message}"
+    );
+    let key = std::fs::read_to_string(&key_file).expect("the fixture key");
+    for line in key.lines().filter(|line| !line.starts_with("-----")) {
+        assert!(!message.contains(line), "key material in {message:?}");
+    }
+    assert!(!message.contains("PRIVATE KEY"), "{message}");
+    // The kind above is the proof; this only says it was not the 20 s connect deadline.
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "refused after {elapsed:?}"
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! `scripts/services` runs a SASL_SSL listener (`SITEMON_TEST_SASL_BROKERS`) where the user
 //! `sitemon` exists for PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sitemon_core::config::{SaslMechanism, Secret};
 use sitemon_core::kafka::{self, TopicCreation};
@@ -70,20 +70,24 @@ async fn sasl_scram_sha_512_round_trip() {
     round_trip(&config).await;
 }
 
-/// A wrong password is refused by the broker for every mechanism, and reported as a
-/// connection error that names the brokers and never shows either password.
+/// A wrong password is refused by the broker for every mechanism, and reported at once (not
+/// retried until the connect deadline) as an authentication failure that names the brokers
+/// and the settings to check, and never shows either password.
 #[tokio::test]
 async fn wrong_password_is_refused() {
+    const WRONG: &str = "wrong-pw-7f3a9";
     for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let mut settings = sasl_kafka_settings(&random_topic(), mechanism);
-        settings.sasl_password = Some(Secret::new("not-the-password"));
+        settings.sasl_password = Some(Secret::new(WRONG));
         let config = KafkaConfig::new(settings).expect("valid SASL settings");
-        let error = kafka::connect_with_backoff(&config, kafka::backoff(Duration::from_secs(3)))
+        let started = Instant::now();
+        let error = kafka::connect(&config)
             .await
             .expect_err(&format!("{mechanism}: the broker refuses a wrong password"));
+        let elapsed = started.elapsed();
         assert!(
-            matches!(error, Error::KafkaConnect { .. }),
-            "{mechanism}: unexpected error: {error}"
+            matches!(error, Error::KafkaAuth { .. }) && error.is_auth_failure(),
+            "{mechanism}: not an authentication failure: {error}"
         );
         let message = error.to_string();
         assert!(
@@ -94,8 +98,17 @@ async fn wrong_password_is_refused() {
             "{mechanism}: {message}"
         );
         assert!(
-            !message.contains("not-the-password") && !message.contains(SASL_PASSWORD),
+            message.contains(mechanism) && message.contains("KAFKA_SASL_PASSWORD"),
+            "{mechanism}: {message}"
+        );
+        assert!(
+            !message.contains(WRONG) && !message.contains(SASL_PASSWORD),
             "{mechanism}: a password in {message:?}"
+        );
+        // The kind above is the proof; this only says it was not the 20 s connect deadline.
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "{mechanism}: refused after {elapsed:?}"
         );
     }
 }

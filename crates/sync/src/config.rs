@@ -73,6 +73,12 @@ impl SyncConfig {
 /// up to 30 s, give or take a quarter so that many workers do not retry in step.
 pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 
+/// The waits between sessions that failed because PostgreSQL or Kafka refused our
+/// credentials (rotated while the sync ran): 30 s doubling up to 5 min, as retrying sooner
+/// cannot help until someone fixes the configuration.
+pub(crate) const REFUSED_RETRY: Backoff =
+    Backoff::new(Duration::from_secs(30), Duration::from_secs(300));
+
 /// The lease group of the syncs of `topic`: every sync of the topic on the same database
 /// shares its partitions with the others of this group.
 pub fn lease_group(topic: &str) -> String {

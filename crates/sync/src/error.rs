@@ -100,6 +100,20 @@ pub enum Error {
     Task(String),
 }
 
+impl Error {
+    /// Whether PostgreSQL or Kafka refused our credentials (see
+    /// [`sitemon_core::Error::is_auth_failure`]): once running, [`crate::run`] retries it
+    /// only on a slow backoff.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            Self::Core(e) | Self::Lease { source: e, .. } => e.is_auth_failure(),
+            Self::Database { source, .. } => sitemon_core::db::is_auth_failure(source),
+            Self::Kafka { source, .. } => sitemon_core::kafka::is_auth_failure(source),
+            _ => false,
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -83,8 +83,8 @@ use sitemon_core::KafkaConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use config::RETRY;
 pub use config::{CHANNEL_CHUNKS, StartFrom, SyncConfig, lease_group};
+use config::{REFUSED_RETRY, RETRY};
 pub use error::{Error, Result};
 
 use crate::stats::Stats;
@@ -102,12 +102,13 @@ const POOL_SIZE: u32 = 3;
 ///
 /// Once started, nothing makes it give up: a broker or database restart, a dropped
 /// connection, or a batch that failed are logged and retried with backoff, from the stored
-/// offsets.
+/// offsets. Credentials refused while running ([`Error::is_auth_failure`]) are logged and
+/// retried on a slow backoff (30 s to 5 min).
 ///
 /// # Errors
-/// Only before the sync has started: the database cannot be reached or has no schema
-/// ([`Error::NotMigrated`]), no broker answers, or the topic does not exist
-/// ([`Error::UnknownTopic`]).
+/// Only before the sync has started: the database cannot be reached, refuses the login
+/// ([`Error::is_auth_failure`], at once) or has no schema ([`Error::NotMigrated`]), no broker
+/// answers or one refuses the login, or the topic does not exist ([`Error::UnknownTopic`]).
 pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> {
     let pool = sitemon_core::db::connect(&config.database, POOL_SIZE).await?;
     let migrated: bool = error::bounded_db(
@@ -146,6 +147,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
     });
     let mut client = Some(Arc::new(client));
     let mut retry = RETRY.start();
+    let mut refused = REFUSED_RETRY.start();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
         let result = async {
@@ -166,6 +168,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         .await;
         if started.elapsed() >= HEALTHY_SESSION {
             retry.reset();
+            refused.reset();
         }
         let Err(e) = result else { continue };
         if shutdown.is_cancelled() {
@@ -174,8 +177,16 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
             );
             break;
         }
-        let wait = retry.next_wait().unwrap_or(RETRY.max);
-        tracing::error!("{e}; going on from the stored offsets in {wait:?}");
+        let wait = if e.is_auth_failure() {
+            // Final until someone fixes the credentials: a slow backoff, not the fast one.
+            let wait = refused.next_wait().unwrap_or(REFUSED_RETRY.max);
+            tracing::error!("{e}; trying again in {wait:?}");
+            wait
+        } else {
+            let wait = retry.next_wait().unwrap_or(RETRY.max);
+            tracing::error!("{e}; going on from the stored offsets in {wait:?}");
+            wait
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
