@@ -183,7 +183,7 @@ async fn wrong_database_password_is_one_line_without_the_password() {
     assert_ne!(url, db.url, "DATABASE_URL has no password to change");
     for args in [&["add-site", "http://127.0.0.1:9/a"][..], &["list-sites"]] {
         let started = std::time::Instant::now();
-        let output = run(sitemon(&url).args(args));
+        let output = run(sitemon_with_database(&url).args(args));
         let elapsed = started.elapsed();
         assert_fails(
             &output,

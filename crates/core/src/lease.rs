@@ -256,7 +256,7 @@ impl LeaseGroup {
     ///
     /// Two round trips whatever the number of resources (a checker's 256 buckets over a
     /// WAN): one look at the lock table, then one statement that tries exactly the
-    /// resources [`plan`] picked. A resource another member took meanwhile is simply not
+    /// resources `plan` picked. A resource another member took meanwhile is simply not
     /// granted; the next rebalance tries again.
     ///
     /// # Errors

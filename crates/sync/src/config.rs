@@ -20,7 +20,7 @@ pub enum StartFrom {
     Latest,
 }
 
-/// What [`run`] needs.
+/// What [`crate::run`] needs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SyncConfig {
