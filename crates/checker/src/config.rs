@@ -54,7 +54,9 @@ pub struct CheckerConfig {
     /// How often the whole site list is reloaded, besides the reloads notifications cause.
     /// Default 30 s.
     pub reload_every: Duration,
-    /// How often the topic's partition count is read again. Default 60 s.
+    /// How often the topic's partition count is read again (one small metadata request):
+    /// how soon events follow a topic that grew or was created again with another count.
+    /// Default 5 s.
     pub partition_poll_every: Duration,
     /// On stop, how long buffered events may take to reach Kafka. Default 30 s.
     pub flush_timeout: Duration,
@@ -96,7 +98,7 @@ impl CheckerConfig {
             max_batch_bytes: 512 << 10,
             progress_every: Duration::from_secs(5),
             reload_every: Duration::from_secs(30),
-            partition_poll_every: Duration::from_secs(60),
+            partition_poll_every: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(30),
             extra_root_certs: Vec::new(),
             share_with_peers: true,

@@ -285,7 +285,8 @@ async fn ensure_topic(client: &rskafka::client::Client, config: &CheckerConfig) 
         })
 }
 
-/// Adds producer lanes when the topic gains partitions.
+/// Follows the topic's partition count: more partitions, or a topic deleted and created
+/// again with another count.
 async fn follow_partitions(
     client: Arc<rskafka::client::Client>,
     topic: String,
@@ -299,7 +300,7 @@ async fn follow_partitions(
             () = tokio::time::sleep(every) => {}
         }
         match kafka::partition_count(&client, &topic).await {
-            Ok(Some(count)) => lanes.grow(count),
+            Ok(Some(count)) => lanes.resize(count),
             Ok(None) => tracing::warn!(%topic, "the topic has disappeared from the metadata"),
             Err(e) => tracing::debug!("cannot read the topic's metadata: {e}"),
         }

@@ -113,15 +113,13 @@ impl Producer {
             draining: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
-        lanes.grow(partitions);
+        lanes.resize(partitions);
         (Self { shared }, lanes)
     }
 
     /// Queues an event for its partition; never waits.
     pub(crate) fn send(&self, event: &CheckEvent) {
         let key = event.kafka_key();
-        let partitions = self.shared.partitions.load(Ordering::Acquire);
-        let partition = partition_for_key(&key, partitions) as usize;
         let timestamp = rskafka::chrono::DateTime::from_timestamp(
             event.checked_at.unix_timestamp(),
             event.checked_at.nanosecond(),
@@ -134,6 +132,8 @@ impl Producer {
             timestamp,
         };
         let mut buffer = self.shared.lock_buffer();
+        // Under the lock: a change of the partition count re-spreads the buffer under it too.
+        let partition = self.shared.lane_of(&record);
         let seq = buffer.next_seq;
         buffer.next_seq += 1;
         buffer.lanes[partition].push_back(Pending { seq, record });
@@ -175,6 +175,17 @@ impl Buffer {
             dropped += 1;
         }
         dropped
+    }
+
+    /// Spreads every waiting event again over the first `partitions` lanes, by its key, in
+    /// the order they arrived.
+    fn respread(&mut self, partitions: usize) {
+        let mut waiting: Vec<Pending> = self.lanes.iter_mut().flat_map(|q| q.drain(..)).collect();
+        waiting.sort_unstable_by_key(|p| p.seq);
+        for pending in waiting {
+            let key = pending.record.key.as_deref().unwrap_or_default();
+            self.lanes[partition_for_key(key, partitions) as usize].push_back(pending);
+        }
     }
 
     /// The oldest events of `lane` that fit one batch of `max_bytes`.
@@ -225,17 +236,32 @@ impl Shared {
         }
     }
 
-    /// Puts a batch that failed back in front of its lane.
+    /// Puts a batch that failed back in front of its lane: the lane of each event under the
+    /// partition count of now, which is `lane` unless the count changed meanwhile.
     fn requeue(&self, lane: usize, batch: Vec<Pending>) {
         let mut buffer = self.lock_buffer();
-        let queue = &mut buffer.lanes[lane];
+        let mut woken = vec![lane];
         for pending in batch.into_iter().rev() {
-            queue.push_front(pending);
+            let target = self.lane_of(&pending.record);
+            if !woken.contains(&target) {
+                woken.push(target);
+            }
+            buffer.lanes[target].push_front(pending);
         }
         let dropped = buffer.enforce(self.settings.capacity);
         self.publish(&buffer);
         drop(buffer);
         self.count_dropped(dropped);
+        for lane in woken {
+            self.wake(lane);
+        }
+    }
+
+    /// The lane (partition) of a record under the current partition count (read with the
+    /// buffer locked: [`Lanes::resize`] changes it and re-spreads the buffer under the lock).
+    fn lane_of(&self, record: &Record) -> usize {
+        let partitions = self.partitions.load(Ordering::Acquire);
+        partition_for_key(record.key.as_deref().unwrap_or_default(), partitions) as usize
     }
 
     fn delivered(&self, count: usize) {
@@ -258,16 +284,21 @@ impl Shared {
 }
 
 impl Lanes {
-    /// Adds lanes up to `partitions` (the topic grew).
-    pub(crate) fn grow(self: &Arc<Self>, partitions: usize) {
+    /// Spreads the events over `partitions` partitions from now on: the topic grew, or was
+    /// deleted and created again with another count. Lanes are added as needed and never
+    /// removed (a lane beyond the count just stays empty); the events waiting are spread
+    /// again by the new count, in their order, so that a site's events stay in order in
+    /// its new partition. (A batch in flight at that moment goes where it was going; if that
+    /// fails, it comes back to its new lane, ahead of the site's later events.)
+    pub(crate) fn resize(self: &Arc<Self>, partitions: usize) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let mut wake = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
         let mut buffer = self.shared.lock_buffer();
-        let current = buffer.lanes.len();
-        if partitions <= current {
+        let current = self.shared.partitions.load(Ordering::Acquire);
+        if partitions == current || partitions == 0 {
             return;
         }
-        for partition in current..partitions {
+        for partition in buffer.lanes.len()..partitions {
             buffer.lanes.push(VecDeque::new());
             let notify = Arc::new(Notify::new());
             wake.push(Arc::clone(&notify));
@@ -276,16 +307,21 @@ impl Lanes {
                 async move { lane.run(partition, notify).await },
             ));
         }
-        drop(buffer);
         self.shared.partitions.store(partitions, Ordering::Release);
-        if current > 0 {
-            tracing::info!(
-                topic = %self.shared.settings.topic,
-                from = current,
-                to = partitions,
-                "the topic has more partitions now"
-            );
+        if current == 0 {
+            return;
         }
+        buffer.respread(partitions);
+        drop(buffer);
+        for notify in wake.iter().take(partitions) {
+            notify.notify_one();
+        }
+        tracing::info!(
+            topic = %self.shared.settings.topic,
+            from = current,
+            to = partitions,
+            "the topic's partition count changed; events are spread over the new count"
+        );
     }
 
     /// Delivers what is buffered, for at most `deadline`; returns the events left undelivered.
@@ -489,6 +525,41 @@ mod tests {
         assert_eq!(seqs(&buffer.lanes[1]), [3, 4]);
         assert_eq!(buffer.total, 3);
         assert_eq!(buffer.enforce(3), 0);
+    }
+
+    #[test]
+    fn a_new_partition_count_spreads_the_waiting_events_by_key_in_order() {
+        let keyed = |seq: u64, site: u32| {
+            let mut p = pending(seq, 10);
+            p.record.key = Some(site.to_string().into_bytes());
+            p
+        };
+        // Six partitions' worth of events of 40 sites, arrival order interleaved.
+        let mut buffer = Buffer {
+            lanes: (0..6).map(|_| VecDeque::new()).collect(),
+            ..Buffer::default()
+        };
+        for seq in 0..400_u64 {
+            let site = (seq * 7 % 40) as u32;
+            let lane = partition_for_key(site.to_string().as_bytes(), 6) as usize;
+            buffer.lanes[lane].push_back(keyed(seq, site));
+        }
+        buffer.respread(3);
+        assert!(
+            buffer.lanes[3..].iter().all(VecDeque::is_empty),
+            "lanes past the count empty"
+        );
+        let mut seen = 0;
+        for (lane, queue) in buffer.lanes.iter().enumerate().take(3) {
+            let order = seqs(queue);
+            assert!(order.is_sorted(), "lane {lane} keeps the arrival order");
+            for p in queue {
+                let key = p.record.key.as_deref().expect("keyed");
+                assert_eq!(partition_for_key(key, 3) as usize, lane, "by the new count");
+            }
+            seen += queue.len();
+        }
+        assert_eq!(seen, 400, "nothing lost");
     }
 
     #[test]

@@ -425,3 +425,68 @@ async fn a_topic_that_cannot_be_created_is_one_clear_error() {
     assert!(!message.contains('\n'), "{message}");
     db.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_again_with_fewer_partitions_gets_every_site_by_the_new_count() {
+    let (db, topic, http, client) = fixture().await;
+    let mut sites = Vec::new();
+    for i in 0..12 {
+        sites.push(add_site(&db, &http.url(&format!("/ok?{i}")), 1, None).await);
+    }
+    let mut config = checker_config(&db, kafka_config(&topic));
+    config.partition_poll_every = Duration::from_secs(1);
+    let checker = start_checker(config);
+    let every_site = |events: &[Stored]| {
+        let seen: HashSet<i32> = events.iter().map(|s| s.event.website_id).collect();
+        sites.iter().all(|site| seen.contains(site))
+    };
+    let events = wait_for_events(&client, &topic, Duration::from_secs(30), every_site).await;
+    assert!(every_site(&events), "every site checked on the first topic");
+
+    sitemon_core::kafka::delete_topic(&client, &topic)
+        .await
+        .expect("deletes");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sitemon_core::kafka::partition_count(&client, &topic)
+        .await
+        .expect("metadata")
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still there after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sitemon_core::kafka::create_topic(&client, &topic, 2, 1)
+        .await
+        .expect("creates the topic again, with 2 partitions");
+    let recreated = tokio::time::Instant::now();
+
+    // Within a few seconds every site's events land where Kafka's partitioner puts them for
+    // two partitions; the checker keeps producing, so wait for every site.
+    let events = wait_for_events(&client, &topic, Duration::from_secs(45), every_site).await;
+    assert!(
+        every_site(&events),
+        "every site checked into the new topic within 45 s"
+    );
+    let late: Vec<_> = events
+        .iter()
+        .filter(|s| s.event.checked_at > OffsetDateTime::now_utc() - time::Duration::seconds(3))
+        .collect();
+    assert!(!late.is_empty(), "the checker goes on producing");
+    for stored in &late {
+        assert_eq!(
+            stored.partition,
+            partition_for_key(&stored.key, 2),
+            "{stored:?}"
+        );
+    }
+    assert!(
+        events.iter().all(|s| s.partition < 2),
+        "the new topic has two partitions"
+    );
+    tracing::info!(after = ?recreated.elapsed(), "every site reached the new topic");
+    checker.stop().await;
+    db.drop_database().await;
+}

@@ -86,6 +86,14 @@ impl Batch {
         self.advances.values().copied().collect()
     }
 
+    /// Leaves out everything of `partition` (its stored offset moved away: its reader starts
+    /// again from there).
+    pub(crate) fn remove_partition(&mut self, partition: i32) {
+        self.rows.retain(|r| r.partition != partition);
+        self.rejects.retain(|r| r.partition != partition);
+        self.advances.remove(&partition);
+    }
+
     /// Adds as much of `chunk` as fits and returns the rest, if any.
     ///
     /// # Panics
@@ -188,6 +196,19 @@ mod tests {
         let mut next = Batch::new(5);
         assert!(next.push(rest).is_none());
         assert_eq!(next.advances(), [advance(1, 2, 4, Some(30))]);
+    }
+
+    #[test]
+    fn a_partition_is_left_out_whole() {
+        let mut batch = Batch::new(100);
+        batch.push(chunk(0, 0..3));
+        batch.push(chunk(1, 5..9));
+        batch.remove_partition(0);
+        assert_eq!(batch.len(), 4);
+        assert!(batch.rejects.iter().all(|r| r.partition == 1));
+        assert_eq!(batch.advances(), [advance(1, 5, 9, Some(80))]);
+        batch.remove_partition(1);
+        assert!(batch.is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! and stops it before giving the lease away.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rskafka::client::Client;
@@ -43,6 +44,9 @@ pub(crate) struct Readers {
     pub(crate) topic: String,
     pub(crate) chunks: mpsc::Sender<ToWriter>,
     pub(crate) stats: Arc<Stats>,
+    /// The last reader started: each reader's chunks carry its number, so that the writer
+    /// can tell a restarted reader's chunks from its predecessor's.
+    pub(crate) generations: Arc<AtomicU64>,
 }
 
 /// A reader that runs: stop it with [`RunningReader::stop`].
@@ -96,6 +100,7 @@ impl Readers {
         let reader = Reader {
             shared: self.clone(),
             partition,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             next: stored.next,
             fingerprint: stored.fingerprint,
             verified: false,
@@ -151,6 +156,8 @@ impl Readers {
 struct Reader {
     shared: Readers,
     partition: i32,
+    /// This reader's number among the readers of the session.
+    generation: u64,
     /// The next position to fetch.
     next: Position,
     /// The fingerprint of the record before `next`, when known.
@@ -393,7 +400,7 @@ impl Reader {
         let (next, fingerprint) = (chunk.next, chunk.fingerprint);
         self.shared
             .chunks
-            .send(ToWriter::Chunk(chunk))
+            .send(ToWriter::Chunk(chunk, self.generation))
             .await
             .map_err(|_| Error::Task("the writer stopped".into()))?;
         self.next = next;

@@ -26,8 +26,10 @@
 //! # Layout
 //! - [`run`] (here): the entry point. It connects, then runs *sessions*
 //!   until `shutdown`; a session ends on the first error that the readers cannot retry in
-//!   place (PostgreSQL gone, a stored offset that moved, the lease connection lost). [`run`]
-//!   then waits with backoff and jitter and starts a new session from the stored offsets.
+//!   place (PostgreSQL gone, the lease connection lost). [`run`] then waits with backoff and
+//!   jitter and starts a new session from the stored offsets. A stored offset that moved
+//!   under a partition (a worker that crashed had just committed it) restarts that
+//!   partition's reader alone (`writer.rs`, `Restarts`).
 //! - `config.rs`: [`SyncConfig`], [`StartFrom`], [`CHANNEL_CHUNKS`].
 //! - `session.rs`: one session: joins the lease group, starts the writer, rebalances, starts
 //!   the readers of the partitions it takes, stops (and flushes) those it gives away, then

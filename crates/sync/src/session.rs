@@ -17,7 +17,7 @@
 //! hand first, then the session leaves the group: the others take the partitions on their next
 //! rebalance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use crate::config::{CHANNEL_CHUNKS, StartFrom, SyncConfig, lease_group};
 use crate::consumer::{Readers, RunningReader};
 use crate::error::{Error, Result};
 use crate::stats::Stats;
-use crate::writer::{ToWriter, Writer};
+use crate::writer::{Restarts, ToWriter, Writer};
 
 /// Runs one session: joins the lease group, reads the partitions it holds and writes them,
 /// until `shutdown` (then `Ok`, after the last commit and leaving the group) or the first
@@ -65,6 +65,7 @@ pub(crate) async fn run(
 
     let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
     let abandon = CancellationToken::new();
+    let restarts = Arc::new(Restarts::default());
     let writer = Writer {
         pool: pool.clone(),
         topic: topic.clone(),
@@ -72,6 +73,7 @@ pub(crate) async fn run(
         batch_wait: config.batch_wait,
         stats: Arc::clone(stats),
         lease: lease.holder(),
+        restarts: Arc::clone(&restarts),
     };
     let writer = tokio::spawn({
         let (finish, abandon) = (shutdown.clone(), abandon.clone());
@@ -85,8 +87,10 @@ pub(crate) async fn run(
             topic,
             chunks: sender,
             stats: Arc::clone(stats),
+            generations: Arc::default(),
         },
         running: BTreeMap::new(),
+        restarts,
         writer: Some(writer),
         partitions,
         initial_partitions,
@@ -110,6 +114,8 @@ struct Session {
     readers: Readers,
     /// The reader of every partition held.
     running: BTreeMap<i32, RunningReader>,
+    /// Partitions whose reader the writer asks to start again.
+    restarts: Arc<Restarts>,
     /// The writer task, until its result has been taken.
     writer: Option<JoinHandle<Result<()>>>,
     /// The topic's partition count, as last asked.
@@ -137,18 +143,24 @@ impl Session {
                 _ = shutdown.cancelled() => return Ok(()),
                 result = self.rebalance() => result?,
             }
-            let writer = self
-                .writer
-                .as_mut()
-                .ok_or_else(|| Error::Task("the writer is gone".into()))?;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                result = writer => {
-                    self.writer = None;
-                    return Err(writer_failure(result));
+            let wait = tokio::time::sleep(rebalances.next_wait().unwrap_or(every));
+            tokio::pin!(wait);
+            loop {
+                let writer = self
+                    .writer
+                    .as_mut()
+                    .ok_or_else(|| Error::Task("the writer is gone".into()))?;
+                let restarts = Arc::clone(&self.restarts);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(()),
+                    result = writer => {
+                        self.writer = None;
+                        return Err(writer_failure(result));
+                    }
+                    partitions = restarts.wait() => self.restart(partitions).await?,
+                    () = &mut wait => break,
                 }
-                _ = tokio::time::sleep(rebalances.next_wait().unwrap_or(every)) => {}
             }
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + poll_every;
@@ -252,6 +264,37 @@ impl Session {
                 held = ?self.running.keys().collect::<Vec<_>>(),
                 "took partition leases"
             );
+        }
+        self.readers.stats.leases_held(self.running.len());
+        Ok(())
+    }
+
+    /// Starts the readers of `partitions` again from their stored offsets (the writer found
+    /// those moved away); the other readers go on.
+    async fn restart(&mut self, partitions: BTreeSet<i32>) -> Result<()> {
+        for partition in partitions {
+            let Some(reader) = self.running.remove(&partition) else {
+                continue; // given away meanwhile
+            };
+            reader.stop().await;
+            match self.readers.start(partition, StartFrom::Earliest).await {
+                Ok(reader) => {
+                    self.running.insert(partition, reader);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        topic = %self.readers.topic,
+                        partition,
+                        "cannot start reading the partition again ({e}); giving its lease \
+                         back for the next rebalance"
+                    );
+                    self.lease
+                        .release(partition)
+                        .await
+                        .map_err(|e| self.lost(e))?;
+                    self.readers.stats.forget(partition);
+                }
+            }
         }
         self.readers.stats.leases_held(self.running.len());
         Ok(())

@@ -30,12 +30,13 @@
 //! so once the writer has stored the batch in hand and acknowledged, nothing of theirs is left
 //! here and their leases can be released.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sitemon_core::lease::LeaseHolder;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -48,11 +49,48 @@ use crate::stats::Stats;
 /// What the readers and the session send the writer.
 #[derive(Debug)]
 pub(crate) enum ToWriter {
-    /// A reader's fetch.
-    Chunk(Chunk),
+    /// A reader's fetch, with the reader's generation.
+    Chunk(Chunk, u64),
     /// Store the batch in hand now, then acknowledge: the session waits for this before
     /// it releases partitions whose readers it stopped.
     Flush(oneshot::Sender<()>),
+}
+
+/// Partitions whose reader must start again from the stored offset: a batch found the
+/// stored offset moved away from where the reader read (a worker that crashed had stored
+/// it a moment before, or an operator rewound it). The writer stores the rest of the batch
+/// and drops the partition's chunks until its new reader's; the session restarts that one
+/// reader, and every other partition reads on.
+#[derive(Debug, Default)]
+pub(crate) struct Restarts {
+    partitions: std::sync::Mutex<BTreeSet<i32>>,
+    notify: Notify,
+}
+
+impl Restarts {
+    fn request(&self, partition: i32) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(partition);
+        self.notify.notify_one();
+    }
+
+    /// Waits for partitions to restart, and takes them.
+    pub(crate) async fn wait(&self) -> BTreeSet<i32> {
+        loop {
+            let taken = std::mem::take(
+                &mut *self
+                    .partitions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// How long one statement of a batch may take.
@@ -68,6 +106,8 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<Stats>,
     /// The lease session every batch checks before it commits.
     pub(crate) lease: LeaseHolder,
+    /// Where the writer asks for a partition's reader to start again.
+    pub(crate) restarts: Arc<Restarts>,
 }
 
 impl Writer {
@@ -96,6 +136,10 @@ impl Writer {
         finish: &CancellationToken,
     ) -> Result<()> {
         let mut pending: Option<Chunk> = None;
+        // The generation of the last chunk taken of each partition; and of a partition whose
+        // reader must start again, the generation whose chunks are dropped until then.
+        let mut latest: HashMap<i32, u64> = HashMap::new();
+        let mut dropping: HashMap<i32, u64> = HashMap::new();
         loop {
             let mut batch = Batch::new(self.batch_size);
             let mut deadline: Option<Instant> = None;
@@ -117,14 +161,27 @@ impl Writer {
                     _ = finish.cancelled() => { last = true; break; }
                     _ = tokio::time::sleep_until(until), if deadline.is_some() => break,
                     item = chunks.recv() => match item {
-                        Some(ToWriter::Chunk(chunk)) => pending = Some(chunk),
+                        Some(ToWriter::Chunk(chunk, generation)) => {
+                            if dropping.get(&chunk.partition).is_some_and(|&g| generation <= g) {
+                                continue;
+                            }
+                            dropping.remove(&chunk.partition);
+                            latest.insert(chunk.partition, generation);
+                            pending = Some(chunk);
+                        }
                         Some(ToWriter::Flush(done)) => { flushed = Some(done); break; }
                         None => { last = true; break; }
                     },
                 }
             }
             if !batch.is_empty() {
-                self.store(batch).await?;
+                for partition in self.store(&mut batch).await? {
+                    dropping.insert(partition, latest.get(&partition).copied().unwrap_or(0));
+                    if pending.as_ref().is_some_and(|c| c.partition == partition) {
+                        pending = None;
+                    }
+                    self.restarts.request(partition);
+                }
             }
             if let Some(done) = flushed {
                 let _ = done.send(());
@@ -135,8 +192,41 @@ impl Writer {
         }
     }
 
+    /// Stores one batch; returns the partitions left out of it because their stored offset
+    /// had moved away (their readers must start again).
+    ///
+    /// # Errors
+    /// Any other failure: nothing of the batch is stored.
+    async fn store(&self, batch: &mut Batch) -> Result<Vec<i32>> {
+        let mut left_out = Vec::new();
+        loop {
+            match self.try_store(batch).await {
+                Ok(()) => return Ok(left_out),
+                Err(Error::OffsetMoved {
+                    partition,
+                    expected,
+                    ..
+                }) => {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition,
+                        "the stored offset moved away from {expected} under this worker; \
+                         its reader starts again from the stored offset, the other \
+                         partitions go on"
+                    );
+                    batch.remove_partition(partition);
+                    left_out.push(partition);
+                    if batch.is_empty() {
+                        return Ok(left_out);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Stores one batch in one transaction.
-    async fn store(&self, batch: Batch) -> Result<()> {
+    async fn try_store(&self, batch: &Batch) -> Result<()> {
         let advances = batch.advances();
         let messages = batch.len() as u64;
         let mut tx = bounded_db(
@@ -163,30 +253,33 @@ impl Writer {
             )
             .await?
         };
-        let mut rows = Vec::with_capacity(batch.rows.len());
-        let mut rejects = batch.rejects;
-        for row in batch.rows {
+        let mut rows: Vec<&StatusRow> = Vec::with_capacity(batch.rows.len());
+        // Rows that became rejects in this transaction.
+        let mut turned: Vec<Reject> = Vec::new();
+        for row in &batch.rows {
             if present.binary_search(&row.website_id).is_ok() {
                 rows.push(row);
             } else {
                 let reason = unknown_site_reason(row.website_id);
-                rejects.push(row.into_reject(RejectKind::UnknownSite, reason));
+                turned.push(row.clone().into_reject(RejectKind::UnknownSite, reason));
             }
         }
         let row_count = rows.len() as u64;
         let mut inserted = 0;
         if !rows.is_empty() {
-            let (stored, collided) = insert_rows(&mut tx, &self.topic, rows).await?;
+            let (stored, collided) = insert_rows(&mut tx, &self.topic, &rows).await?;
             inserted = stored;
-            for row in collided {
-                let reason = key_collision_reason(&row);
-                rejects.push(row.into_reject(RejectKind::KeyCollision, reason));
+            for i in collided {
+                let row = rows[i];
+                let reason = key_collision_reason(row);
+                turned.push(row.clone().into_reject(RejectKind::KeyCollision, reason));
             }
         }
+        let rejects: Vec<&Reject> = batch.rejects.iter().chain(&turned).collect();
         let rejected = if rejects.is_empty() {
             [0; RejectKind::ALL.len()]
         } else {
-            insert_rejects(&mut tx, &self.topic, rejects).await?
+            insert_rejects(&mut tx, &self.topic, &rejects).await?
         };
         offsets::advance(&mut tx, &self.topic, &advances).await?;
         let partitions: Vec<i32> = advances.iter().map(|a| a.partition).collect();
@@ -210,15 +303,15 @@ impl Writer {
     }
 }
 
-/// Inserts the rows; returns how many were inserted, and the rows that were not although
+/// Inserts the rows; returns how many were inserted, and (by index) the rows that were not although
 /// no row holds their `check_id`: their key already holds another check (a topic created
 /// again under an incarnation the sync did not notice), so they are no duplicates and must
 /// not be dropped as one.
 async fn insert_rows(
     tx: &mut sqlx::PgConnection,
     topic: &str,
-    rows: Vec<StatusRow>,
-) -> Result<(u64, Vec<StatusRow>)> {
+    rows: &[&StatusRow],
+) -> Result<(u64, Vec<usize>)> {
     let n = rows.len();
     let mut partition = Vec::with_capacity(n);
     let mut incarnation = Vec::with_capacity(n);
@@ -232,7 +325,7 @@ async fn insert_rows(
     let mut response_time_ms = Vec::with_capacity(n);
     let mut error_kind = Vec::with_capacity(n);
     let mut location = Vec::with_capacity(n);
-    for row in &rows {
+    for row in rows {
         partition.push(row.partition);
         incarnation.push(row.incarnation);
         offset.push(row.offset);
@@ -297,11 +390,8 @@ async fn insert_rows(
     .await?
     .into_iter()
     .collect();
-    let collided = rows
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| homeless.contains(&(*i as i64 + 1)))
-        .map(|(_, row)| row)
+    let collided = (0..n)
+        .filter(|i| homeless.contains(&(*i as i64 + 1)))
         .collect();
     Ok((inserted, collided))
 }
@@ -310,7 +400,7 @@ async fn insert_rows(
 async fn insert_rejects(
     tx: &mut sqlx::PgConnection,
     topic: &str,
-    rejects: Vec<Reject>,
+    rejects: &[&Reject],
 ) -> Result<[u64; RejectKind::ALL.len()]> {
     let n = rejects.len();
     let kinds: std::collections::HashMap<(i32, i32, i64), RejectKind> = rejects
@@ -333,9 +423,9 @@ async fn insert_rejects(
         incarnation.push(reject.incarnation);
         partition.push(reject.partition);
         offset.push(reject.offset);
-        key.push(reject.key);
-        payload.push(reject.payload);
-        reason.push(reject.reason);
+        key.push(reject.key.as_deref());
+        payload.push(reject.payload.as_deref());
+        reason.push(reject.reason.as_str());
     }
     let inserted: Vec<(i32, i32, i64)> = bounded_db(
         "inserting a batch of rejects",

@@ -456,3 +456,45 @@ async fn a_lost_lease_connection_stops_every_partition_rejoins_and_loses_nothing
     );
     fixture.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_moved_under_the_sync_restarts_that_partition_alone() {
+    let fixture = Fixture::new(3).await;
+    let sites = fixture.sites(6).await;
+    let round = |from: u32| -> Vec<CheckEvent> {
+        sites
+            .iter()
+            .flat_map(|&site| (from..from + 5).map(move |n| event(site, n)))
+            .collect()
+    };
+    fixture.produce_events(&round(0)).await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(30).await;
+    let session = lease_backend(&fixture).await;
+    assert!(session.is_some(), "the sync holds its lease connection");
+
+    // Rewind partition 0 under the running sync, as an operator (or a worker that crashed
+    // just after a commit) would: its reader is ahead of the stored offset now, and its next
+    // batch's compare-and-set fails.
+    let rewound = sqlx::query(
+        "UPDATE sync_offsets SET next_offset = 0, last_fingerprint = NULL
+         WHERE kafka_topic = $1 AND kafka_partition_id = 0",
+    )
+    .bind(&fixture.topic)
+    .execute(&fixture.db.pool)
+    .await
+    .expect("rewinds");
+    assert_eq!(rewound.rows_affected(), 1);
+    fixture.produce_events(&round(100)).await;
+    fixture.wait_for_stored(60).await;
+
+    assert_eq!(
+        lease_backend(&fixture).await,
+        session,
+        "the session went on: only partition 0's reader started again"
+    );
+    sync.stop().await;
+    // Partition 0 was read again from 0: its replayed events are stored once.
+    fixture.assert_stored_exactly_once(60, 0).await;
+    fixture.finish().await;
+}
