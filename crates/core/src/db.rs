@@ -46,10 +46,7 @@ pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<Pg
 /// Whether the server refused the login: SQLSTATE class 28, "invalid authorization
 /// specification" (28P01 a wrong password, 28000 an unknown user or no `pg_hba.conf` entry).
 pub fn is_auth_failure(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code.starts_with("28"))
+    crate::refusal::database_refused(error)
 }
 
 /// A failed connection attempt as [`Error::DatabaseAuth`] or [`Error::DatabaseConnect`].

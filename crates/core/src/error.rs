@@ -159,8 +159,8 @@ impl Error {
     pub fn is_auth_failure(&self) -> bool {
         match self {
             Self::DatabaseAuth { .. } | Self::KafkaAuth { .. } => true,
-            Self::Database { source, .. } => crate::db::is_auth_failure(source),
-            Self::Kafka { source, .. } => crate::kafka::is_auth_failure(source),
+            Self::Database { source, .. } => crate::refusal::database_refused(source),
+            Self::Kafka { source, .. } => crate::refusal::kafka_refused(source),
             _ => false,
         }
     }

@@ -10,12 +10,12 @@ use std::time::Duration;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
-use rustls::AlertDescription;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ClientCertFiles, KafkaConfig, KafkaSecurity, SaslMechanism};
 use crate::error::{Error, Result};
+use crate::refusal::{self, Refusal, refusal};
 use crate::retry;
 
 /// How long connecting to the cluster (the first metadata round trip) may take.
@@ -128,46 +128,10 @@ fn no_answer(config: &KafkaConfig) -> Error {
     }
 }
 
-/// The TLS alerts with which a broker refuses a client certificate (or the lack of one).
-const CERTIFICATE_ALERTS: [AlertDescription; 8] = [
-    AlertDescription::BadCertificate,
-    AlertDescription::UnsupportedCertificate,
-    AlertDescription::CertificateRevoked,
-    AlertDescription::CertificateExpired,
-    AlertDescription::CertificateUnknown,
-    AlertDescription::UnknownCA,
-    AlertDescription::AccessDenied,
-    AlertDescription::CertificateRequired,
-];
-
-/// What a broker refused, if it refused us.
-///
-/// rskafka keeps the cause of a failed connection only as text (its `MultiError` is
-/// private), so this looks for the words the causes' own types write: rskafka's
-/// `SaslAuthenticationFailed`, rustls's `received fatal alert: …`.
-fn refusal(error: &KafkaError) -> Option<Refusal> {
-    let text = error.to_string();
-    if text.contains(&ProtocolError::SaslAuthenticationFailed.to_string()) {
-        return Some(Refusal::Login);
-    }
-    CERTIFICATE_ALERTS
-        .into_iter()
-        .find(|alert| text.contains(&rustls::Error::AlertReceived(*alert).to_string()))
-        .map(Refusal::Certificate)
-}
-
-/// What a broker refused.
-enum Refusal {
-    /// The SASL login.
-    Login,
-    /// The client certificate, with this TLS alert.
-    Certificate(AlertDescription),
-}
-
 /// Whether a broker refused our SASL login or our client certificate: final, where a lost
 /// connection is not.
 pub fn is_auth_failure(error: &KafkaError) -> bool {
-    refusal(error).is_some()
+    refusal::kafka_refused(error)
 }
 
 /// A refusal as [`Error::KafkaAuth`]: what was refused and which settings to check.

@@ -43,6 +43,7 @@ pub mod event;
 pub mod kafka;
 pub mod lease;
 pub mod metrics;
+mod refusal;
 pub mod report;
 pub mod retry;
 pub mod site;
