@@ -171,6 +171,28 @@ async fn bad_site_input_is_refused_and_changes_nothing() {
     db.drop_database().await;
 }
 
+/// `add-site --regex` applies sitemon's 1 MiB limit on the compiled regex, below the regex
+/// crate's own 10 MiB: `[a-z]{n}` compiles to about 72 bytes per repetition, so 20,000 of them
+/// (about 1.4 MiB) are refused and 10,000 (about 0.7 MiB) accepted. `site.rs` pins the limit to
+/// the byte; this is the same limit seen from the command line.
+#[tokio::test]
+async fn add_site_refuses_a_regex_over_one_mebibyte_compiled() {
+    let db = TestDb::migrated().await;
+    let before = snapshot(&db).await;
+    let over = "[a-z]{20000}";
+    let output = add(&db, &["http://example.invalid/over", "--regex", over]);
+    assert_fails(&output, 1, "invalid regex \"[a-z]{20000}\"");
+    assert_eq!(snapshot(&db).await, before, "a refused regex stored a site");
+
+    let under = "[a-z]{10000}";
+    let output = add(&db, &["http://example.invalid/under", "--regex", under]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stored = snapshot(&db).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].3.as_deref(), Some(under));
+    db.drop_database().await;
+}
+
 /// A wrong password is refused at once, not retried: one line that says the login was
 /// refused and to check DATABASE_URL, exit status 1, never the password, nothing changed.
 #[tokio::test]
@@ -233,8 +255,16 @@ fn unreachable_database_is_named_without_the_password() {
     assert!(!stderr(&output).contains("s3cret-pw"));
 }
 
-#[test]
-fn topic_create_is_idempotent_and_delete_removes_it() {
+/// The partition count of `topic` as the broker's metadata has it, `None` once it is gone.
+async fn partitions_of(topic: &str) -> Option<usize> {
+    let client = sitemon_testkit::topic::client(topic).await;
+    sitemon_core::kafka::partition_count(&client, topic)
+        .await
+        .expect("the broker lists its topics")
+}
+
+#[tokio::test]
+async fn topic_create_is_idempotent_and_delete_removes_it() {
     let topic = random_topic();
     let settings = KafkaSettings {
         brokers: services().kafka_brokers.clone(),
@@ -242,12 +272,17 @@ fn topic_create_is_idempotent_and_delete_removes_it() {
         ..KafkaSettings::default()
     };
     let plaintext = |args: &[&str]| run(sitemon_kafka(&settings).arg("topic").args(args));
-    let output = plaintext(&["create", "--partitions", "2"]);
+    let output = plaintext(&["create", "--partitions", "3"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("created topic"),
         "{}",
         stderr(&output)
+    );
+    assert_eq!(
+        partitions_of(&topic).await,
+        Some(3),
+        "topic create --partitions 3"
     );
     let output = plaintext(&["create"]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -258,6 +293,15 @@ fn topic_create_is_idempotent_and_delete_removes_it() {
     );
     let output = plaintext(&["delete"]);
     assert!(output.status.success(), "{}", stderr(&output));
+    // Deletion spreads through the cluster's metadata shortly after the broker answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Some(partitions) = partitions_of(&topic).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic delete: {topic} still has {partitions} partitions after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[test]
