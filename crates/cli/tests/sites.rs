@@ -171,6 +171,58 @@ async fn bad_site_input_is_refused_and_changes_nothing() {
     db.drop_database().await;
 }
 
+/// The history of each site: its number of `website_status` rows.
+async fn history(db: &TestDb, site: i32) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM website_status WHERE website_id = $1")
+        .bind(site)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count the history")
+}
+
+/// `remove-site` on a site with stored checks removes them too (the README: "removes a site
+/// and all its history"), and leaves the other sites' history alone.
+#[tokio::test]
+async fn remove_site_removes_its_history() {
+    let db = TestDb::migrated().await;
+    let mut sites = Vec::new();
+    for url in ["http://example.invalid/gone", "http://example.invalid/kept"] {
+        let output = add(&db, &[url]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        sites.push(stdout(&output).trim().parse::<i32>().expect("the id"));
+    }
+    let (gone, kept) = (sites[0], sites[1]);
+    for (offset, site) in [gone, kept, gone, kept, gone].into_iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
+                 website_id, timestamp_utc, request_info, check_id, is_up, status_code)
+             VALUES ('t', 0, $1, $2, now(), '{}', gen_random_uuid(), true, 200)",
+        )
+        .bind(offset as i64)
+        .bind(site)
+        .execute(&db.pool)
+        .await
+        .expect("a stored check");
+    }
+    assert_eq!((history(&db, gone).await, history(&db, kept).await), (3, 2));
+
+    let output = run(sitemon_with_database(&db.url).args(["remove-site", &gone.to_string()]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        history(&db, gone).await,
+        0,
+        "the removed site's checks stayed"
+    );
+    assert_eq!(
+        history(&db, kept).await,
+        2,
+        "another site's checks went too"
+    );
+    let remaining: Vec<i32> = snapshot(&db).await.into_iter().map(|row| row.0).collect();
+    assert_eq!(remaining, [kept]);
+    db.drop_database().await;
+}
+
 /// `add-site --regex` applies sitemon's 1 MiB limit on the compiled regex, below the regex
 /// crate's own 10 MiB: `[a-z]{n}` compiles to about 72 bytes per repetition, so 20,000 of them
 /// (about 1.4 MiB) are refused and 10,000 (about 0.7 MiB) accepted. `site.rs` pins the limit to
