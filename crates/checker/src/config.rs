@@ -228,6 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn debug_prints_neither_password() {
+        let database_password = "s3cret-pw-41c7";
+        let sasl_password = "s3cret-sasl-93e2";
+        let kafka = KafkaConfig::new(sitemon_core::KafkaSettings {
+            brokers: "127.0.0.1:9093".into(),
+            topic: "t".into(),
+            sasl_mechanism: Some("PLAIN".into()),
+            sasl_username: Some("checker".into()),
+            sasl_password: Some(sitemon_core::Secret::new(sasl_password)),
+            ..sitemon_core::KafkaSettings::default()
+        })
+        .expect("kafka");
+        let database =
+            DatabaseConfig::from_url(&format!("postgres://u:{database_password}@127.0.0.1/db"))
+                .expect("url");
+        let config = CheckerConfig::new(database, kafka);
+        for debug in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!debug.contains(database_password), "{debug}");
+            assert!(!debug.contains(sasl_password), "{debug}");
+            assert!(debug.contains("127.0.0.1:9093"), "{debug}");
+        }
+    }
+
+    #[test]
     fn defaults_are_valid() {
         assert!(config().validate().is_ok());
     }

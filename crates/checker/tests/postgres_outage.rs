@@ -20,7 +20,15 @@ async fn checks_go_on_while_the_database_is_down() {
     let (db, topic, http, client) = fixture().await;
     let site = add_site(&db, &http.url("/ok"), 1, None).await;
     let checker = start_checker(checker_config(&db, kafka_config(&topic)));
-    wait_for_events(&client, &topic, Duration::from_secs(20), |e| e.len() >= 3).await;
+    let before = wait_for_events(&client, &topic, Duration::from_secs(20), |e| {
+        checks_of(e, site).len() >= 3
+    })
+    .await;
+    assert!(
+        checks_of(&before, site).len() >= 3,
+        "only {} checks in the first 20 s, before PostgreSQL was stopped",
+        checks_of(&before, site).len()
+    );
 
     let mut outage = Outage::begin(Service::Postgres);
     let down_from = OffsetDateTime::now_utc();
@@ -30,14 +38,21 @@ async fn checks_go_on_while_the_database_is_down() {
 
     // After PostgreSQL is back the checker has joined its group again and still checks.
     let back = OffsetDateTime::now_utc();
-    wait_for_events(&client, &topic, Duration::from_secs(30), |events| {
-        events
+    let checks_after_return = |events: &[support::Stored]| {
+        checks_of(events, site)
             .iter()
-            .filter(|s| s.event.checked_at > back + time::Duration::seconds(5))
+            .filter(|e| e.checked_at > back + time::Duration::seconds(5))
             .count()
-            >= 3
+    };
+    let after = wait_for_events(&client, &topic, Duration::from_secs(30), |events| {
+        checks_after_return(events) >= 3
     })
     .await;
+    assert!(
+        checks_after_return(&after) >= 3,
+        "only {} checks from 5 s to 30 s after PostgreSQL came back: the checker did not recover",
+        checks_after_return(&after)
+    );
     checker.stop().await;
 
     let checks = checks_of(&support::read_all(&client, &topic).await, site);

@@ -36,20 +36,21 @@ impl Drop for Checker {
 /// Every event in the topic so far, by site, in check order, read with `kcat` (librdkafka:
 /// another Kafka client than the one that produced them).
 async fn events(topic: &str) -> HashMap<i32, Vec<CheckEvent>> {
-    let output = tokio::process::Command::new("kcat")
-        .args([
-            "-C",
-            "-q",
-            "-e",
-            "-b",
-            &services().kafka_brokers,
-            "-t",
-            topic,
-            "-f",
-            "%s\\n",
-        ])
-        .output()
+    let mut kcat = tokio::process::Command::new("kcat");
+    kcat.kill_on_drop(true).args([
+        "-C",
+        "-q",
+        "-e",
+        "-b",
+        &services().kafka_brokers,
+        "-t",
+        topic,
+        "-f",
+        "%s\\n",
+    ]);
+    let output = tokio::time::timeout(Duration::from_secs(60), kcat.output())
         .await
+        .expect("kcat -C -e reads the topic within 60 s")
         .expect("kcat runs (scripts/services installs it)");
     let mut out: HashMap<i32, Vec<CheckEvent>> = HashMap::new();
     if !output.status.success() {

@@ -13,7 +13,7 @@ use sitemon_core::kafka;
 use sitemon_testkit::http::TestServer;
 use sitemon_testkit::{TestDb, random_topic};
 use sqlx::Row as _;
-use support::sitemon;
+use support::{output_with_timeout, sitemon};
 use time::OffsetDateTime;
 
 const PARTITIONS: i32 = 3;
@@ -32,7 +32,7 @@ impl Process {
         let child = self.0.take().expect("running");
         let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let output = child.wait_with_output().expect("waits");
+        let output = output_with_timeout(child, Duration::from_secs(60), "sitemon after SIGTERM");
         (
             output.status.code(),
             String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sitemon_testkit::http::{TestServer, free_port};
 use sitemon_testkit::{TestDb, random_topic};
-use support::{scrape, sitemon, sum_values};
+use support::{scrape, sitemon, sum_values, wait_with_timeout};
 
 /// Kills the process if the test ends before stopping it.
 struct Guard(Child);
@@ -103,7 +103,11 @@ async fn migrates_checks_and_stores_in_one_process() {
             .expect("kill")
             .success()
     );
-    let status = guard.0.wait().expect("waits");
+    let status = wait_with_timeout(
+        &mut guard.0,
+        Duration::from_secs(60),
+        "sitemon run after SIGTERM",
+    );
     let mut log = String::new();
     if let Some(mut stderr) = guard.0.stderr.take() {
         let _ = stderr.read_to_string(&mut log);

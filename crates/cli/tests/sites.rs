@@ -171,6 +171,80 @@ async fn bad_site_input_is_refused_and_changes_nothing() {
     db.drop_database().await;
 }
 
+/// The history of each site: its number of `website_status` rows.
+async fn history(db: &TestDb, site: i32) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM website_status WHERE website_id = $1")
+        .bind(site)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count the history")
+}
+
+/// `remove-site` on a site with stored checks removes them too (the README: "removes a site
+/// and all its history"), and leaves the other sites' history alone.
+#[tokio::test]
+async fn remove_site_removes_its_history() {
+    let db = TestDb::migrated().await;
+    let mut sites = Vec::new();
+    for url in ["http://example.invalid/gone", "http://example.invalid/kept"] {
+        let output = add(&db, &[url]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        sites.push(stdout(&output).trim().parse::<i32>().expect("the id"));
+    }
+    let (gone, kept) = (sites[0], sites[1]);
+    for (offset, site) in [gone, kept, gone, kept, gone].into_iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
+                 website_id, timestamp_utc, request_info, check_id, is_up, status_code)
+             VALUES ('t', 0, $1, $2, now(), '{}', gen_random_uuid(), true, 200)",
+        )
+        .bind(offset as i64)
+        .bind(site)
+        .execute(&db.pool)
+        .await
+        .expect("a stored check");
+    }
+    assert_eq!((history(&db, gone).await, history(&db, kept).await), (3, 2));
+
+    let output = run(sitemon_with_database(&db.url).args(["remove-site", &gone.to_string()]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        history(&db, gone).await,
+        0,
+        "the removed site's checks stayed"
+    );
+    assert_eq!(
+        history(&db, kept).await,
+        2,
+        "another site's checks went too"
+    );
+    let remaining: Vec<i32> = snapshot(&db).await.into_iter().map(|row| row.0).collect();
+    assert_eq!(remaining, [kept]);
+    db.drop_database().await;
+}
+
+/// `add-site --regex` applies sitemon's 1 MiB limit on the compiled regex, below the regex
+/// crate's own 10 MiB: `[a-z]{n}` compiles to about 72 bytes per repetition, so 20,000 of them
+/// (about 1.4 MiB) are refused and 10,000 (about 0.7 MiB) accepted. `site.rs` pins the limit to
+/// the byte; this is the same limit seen from the command line.
+#[tokio::test]
+async fn add_site_refuses_a_regex_over_one_mebibyte_compiled() {
+    let db = TestDb::migrated().await;
+    let before = snapshot(&db).await;
+    let over = "[a-z]{20000}";
+    let output = add(&db, &["http://example.invalid/over", "--regex", over]);
+    assert_fails(&output, 1, "invalid regex \"[a-z]{20000}\"");
+    assert_eq!(snapshot(&db).await, before, "a refused regex stored a site");
+
+    let under = "[a-z]{10000}";
+    let output = add(&db, &["http://example.invalid/under", "--regex", under]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stored = snapshot(&db).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].3.as_deref(), Some(under));
+    db.drop_database().await;
+}
+
 /// A wrong password is refused at once, not retried: one line that says the login was
 /// refused and to check DATABASE_URL, exit status 1, never the password, nothing changed.
 #[tokio::test]
@@ -233,8 +307,16 @@ fn unreachable_database_is_named_without_the_password() {
     assert!(!stderr(&output).contains("s3cret-pw"));
 }
 
-#[test]
-fn topic_create_is_idempotent_and_delete_removes_it() {
+/// The partition count of `topic` as the broker's metadata has it, `None` once it is gone.
+async fn partitions_of(topic: &str) -> Option<usize> {
+    let client = sitemon_testkit::topic::client(topic).await;
+    sitemon_core::kafka::partition_count(&client, topic)
+        .await
+        .expect("the broker lists its topics")
+}
+
+#[tokio::test]
+async fn topic_create_is_idempotent_and_delete_removes_it() {
     let topic = random_topic();
     let settings = KafkaSettings {
         brokers: services().kafka_brokers.clone(),
@@ -242,12 +324,17 @@ fn topic_create_is_idempotent_and_delete_removes_it() {
         ..KafkaSettings::default()
     };
     let plaintext = |args: &[&str]| run(sitemon_kafka(&settings).arg("topic").args(args));
-    let output = plaintext(&["create", "--partitions", "2"]);
+    let output = plaintext(&["create", "--partitions", "3"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("created topic"),
         "{}",
         stderr(&output)
+    );
+    assert_eq!(
+        partitions_of(&topic).await,
+        Some(3),
+        "topic create --partitions 3"
     );
     let output = plaintext(&["create"]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -258,6 +345,15 @@ fn topic_create_is_idempotent_and_delete_removes_it() {
     );
     let output = plaintext(&["delete"]);
     assert!(output.status.success(), "{}", stderr(&output));
+    // Deletion spreads through the cluster's metadata shortly after the broker answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Some(partitions) = partitions_of(&topic).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic delete: {topic} still has {partitions} partitions after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[test]

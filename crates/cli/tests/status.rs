@@ -4,7 +4,7 @@ mod support;
 
 use serde_json::{Value, json};
 use sitemon_testkit::TestDb;
-use support::sitemon_with_database;
+use support::{run, sitemon_with_database};
 
 /// One stored check.
 #[derive(Clone, Copy)]
@@ -103,10 +103,7 @@ async fn reports_state_uptime_and_percentiles() {
     record(&db, Check::answered(flaky, 2_001, 200, 503, 20.0)).await;
     record(&db, Check::failed(flaky, 2_002, 100, "connect")).await;
 
-    let output = sitemon_with_database(&db.url)
-        .args(["status", "--json"])
-        .output()
-        .expect("runs");
+    let output = run(sitemon_with_database(&db.url).args(["status", "--json"]));
     assert!(
         output.status.success(),
         "{}",
@@ -176,19 +173,13 @@ async fn reports_state_uptime_and_percentiles() {
     assert_eq!(n["uptime_pct"], Value::Null);
 
     // A wider window takes the old check in.
-    let output = sitemon_with_database(&db.url)
-        .args(["status", "--json", "--since", "3d"])
-        .output()
-        .expect("runs");
+    let output = run(sitemon_with_database(&db.url).args(["status", "--json", "--since", "3d"]));
     let rows: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(rows[0]["checks"], 101);
     assert!((rows[0]["uptime_pct"].as_f64().expect("uptime") - 10_000.0 / 101.0).abs() < 1e-9);
 
     // For people: an aligned table, no colour off a terminal.
-    let output = sitemon_with_database(&db.url)
-        .arg("status")
-        .output()
-        .expect("runs");
+    let output = run(sitemon_with_database(&db.url).arg("status"));
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).expect("UTF-8");
     assert!(!text.contains('\x1b'), "{text}");
@@ -210,10 +201,7 @@ async fn reports_state_uptime_and_percentiles() {
     );
     assert!(lines[3].contains("never"), "{text}");
 
-    let output = sitemon_with_database(&db.url)
-        .args(["status", "--since", "soon"])
-        .output()
-        .expect("runs");
+    let output = run(sitemon_with_database(&db.url).args(["status", "--since", "soon"]));
     assert_eq!(output.status.code(), Some(2));
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -9,10 +9,15 @@ use std::time::Duration;
 
 use sitemon_testkit::events::event_json;
 use sitemon_testkit::{TestDb, random_topic};
-use support::{Messages, count, kcat_produce, random, scrape, series_value, terminate};
+use support::{
+    Messages, count, kcat_produce, random, run, scrape, series_value, terminate, wait_with_timeout,
+};
 
 /// The most the test waits for the sync to catch up: a bound against hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The longest a stopped process may take to exit: the drain and flush are bounded well below.
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// `sitemon sync` on the test's database and topic, in small batches, logging warnings.
 fn sitemon_sync(db: &TestDb, topic: &str) -> Command {
@@ -91,7 +96,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         let alive = Duration::from_millis(200 + random() % 1200);
         tokio::time::sleep(alive).await;
         child.kill().expect("SIGKILL");
-        let _ = child.wait();
+        wait_with_timeout(&mut child, STOP_PATIENCE, "sitemon sync after SIGKILL");
         kills += 1;
     }
     let (events, poison) = producer.join().expect("producer");
@@ -112,7 +117,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let started = wait_for_line(&mut child, "sync started");
     sitemon_testkit::stored::wait_for(&db.pool, &topic, total, PATIENCE).await;
     terminate(&child);
-    let status = child.wait().expect("sync exits");
+    let status = wait_with_timeout(&mut child, STOP_PATIENCE, "sitemon sync after SIGTERM");
     let log = started.join().expect("stderr reader");
     assert!(status.success(), "exit {status:?}: {log}");
 
@@ -125,7 +130,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 async fn a_missing_topic_is_one_line_and_status_1() {
     let db = TestDb::migrated().await;
     let topic = random_topic();
-    let output = sitemon_sync(&db, &topic).output().expect("runs");
+    let output = run(&mut sitemon_sync(&db, &topic));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -133,10 +138,7 @@ async fn a_missing_topic_is_one_line_and_status_1() {
         stderr.contains(&topic) && stderr.contains("sitemon topic create"),
         "{stderr}"
     );
-    let output = sitemon_sync(&db, &topic)
-        .args(["--start", "middle"])
-        .output()
-        .expect("runs");
+    let output = run(sitemon_sync(&db, &topic).args(["--start", "middle"]));
     assert_eq!(output.status.code(), Some(2));
     db.drop_database().await;
 }
@@ -198,7 +200,7 @@ async fn metrics_count_what_was_consumed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     terminate(&child);
-    let status = child.wait().expect("sync exits");
+    let status = wait_with_timeout(&mut child, STOP_PATIENCE, "sitemon sync after SIGTERM");
     let log = started.join().expect("stderr reader");
     assert!(status.success(), "exit {status:?}: {log}");
 

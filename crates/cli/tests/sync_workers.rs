@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sitemon_testkit::http::free_port;
 use sitemon_testkit::{TestDb, random_topic, unique_name};
-use support::{Messages, first_value, kcat_produce};
+use support::{Messages, first_value, kcat_produce, wait_with_timeout};
 
 /// What issue 5 asks: a dead worker's partitions, and a newcomer's share, within 15 s.
 const TAKEOVER: Duration = Duration::from_secs(15);
@@ -26,6 +26,9 @@ const TAKEOVER: Duration = Duration::from_secs(15);
 const HANDOVER: Duration = Duration::from_secs(5);
 /// The most the test waits for the workers to catch up: a bound against hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The longest a stopped worker may take to exit.
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 6;
 
 /// One `sitemon sync` process, its metrics address and its log file.
@@ -182,7 +185,7 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
     let before = holders(&db, &topic).await;
     let mut a = a;
     a.child.kill().expect("SIGKILL");
-    let _ = a.child.wait();
+    wait_with_timeout(&mut a.child, STOP_PATIENCE, "worker a after SIGKILL");
     let took = wait_for_shares(&db, &topic, &[3, 3], TAKEOVER, &[&b, &c]).await;
     eprintln!("the killed worker's partitions moved in {took:?}");
     let after = holders(&db, &topic).await;
@@ -212,7 +215,7 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
     // SIGTERM one: it stores what it holds, exits 0, and the others take over at once.
     let mut b = b;
     b.terminate();
-    let status = b.child.wait().expect("exits");
+    let status = wait_with_timeout(&mut b.child, STOP_PATIENCE, "worker b after SIGTERM");
     assert!(status.success(), "exit {status:?}\n{}", b.log());
     let handed = wait_for_shares(&db, &topic, &[3, 3], HANDOVER, &[&c, &d]).await;
     eprintln!("a stopped worker's partitions moved {handed:?} after it exited");
@@ -224,17 +227,21 @@ async fn workers_divide_the_partitions_take_over_and_store_every_message_once() 
 
     // Every message is stored once.
     producing.store(false, Ordering::Relaxed);
-    let (events, poison) = tokio::task::spawn_blocking(move || producer.join())
-        .await
-        .expect("joined")
-        .expect("producer");
+    let (events, poison) = tokio::time::timeout(
+        PATIENCE,
+        tokio::task::spawn_blocking(move || producer.join()),
+    )
+    .await
+    .expect("the producer stops within PATIENCE of being told")
+    .expect("joined")
+    .expect("producer");
     let total = (events + poison) as i64;
     sitemon_testkit::stored::wait_for(&db.pool, &topic, total, PATIENCE).await;
     for worker in [&c, &d] {
         worker.terminate();
     }
     for mut worker in [c, d] {
-        let status = worker.child.wait().expect("exits");
+        let status = wait_with_timeout(&mut worker.child, STOP_PATIENCE, "a worker after SIGTERM");
         assert!(status.success(), "exit {status:?}\n{}", worker.log());
     }
     sitemon_testkit::stored::assert_exactly_once(&db.pool, &topic, events as i64, poison as i64)

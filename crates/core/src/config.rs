@@ -408,6 +408,48 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 
+    /// A SASL password unlike any other word in the configuration, so that finding it in
+    /// a `Debug` output can only mean the password was printed.
+    const SASL_PASSWORD: &str = "s3cret-sasl-41c7";
+
+    fn sasl_settings() -> KafkaSettings {
+        KafkaSettings {
+            ca_file: Some("ca.pem".into()),
+            sasl_mechanism: Some("SCRAM-SHA-256".into()),
+            sasl_username: Some("avnadmin".into()),
+            sasl_password: Some(Secret::new(SASL_PASSWORD)),
+            ..settings("a:1")
+        }
+    }
+
+    #[test]
+    fn secret_debug_prints_nothing_of_the_secret() {
+        let debug = format!("{:?}", Secret::new(SASL_PASSWORD));
+        assert!(!debug.contains(SASL_PASSWORD), "{debug}");
+        assert!(!debug.contains("41c7"), "{debug}");
+        let pretty = format!("{:#?}", Secret::new(SASL_PASSWORD));
+        assert!(!pretty.contains(SASL_PASSWORD), "{pretty}");
+    }
+
+    #[test]
+    fn kafka_settings_debug_hides_the_sasl_password() {
+        let settings = sasl_settings();
+        for debug in [format!("{settings:?}"), format!("{settings:#?}")] {
+            assert!(!debug.contains(SASL_PASSWORD), "{debug}");
+            assert!(debug.contains("avnadmin"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn kafka_config_debug_hides_the_sasl_password() {
+        let config = KafkaConfig::new(sasl_settings()).expect("valid SASL settings");
+        assert!(matches!(config.security, KafkaSecurity::SaslTls { .. }));
+        for debug in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!debug.contains(SASL_PASSWORD), "{debug}");
+            assert!(debug.contains("avnadmin"), "{debug}");
+        }
+    }
+
     #[test]
     fn topic_names_follow_kafka() {
         assert!(validate_topic("website_status").is_ok());

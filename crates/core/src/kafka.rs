@@ -10,7 +10,7 @@ use std::time::Duration;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ClientCertFiles, KafkaConfig, KafkaSecurity, SaslMechanism};
@@ -218,7 +218,7 @@ pub fn tls_client_config(
                 PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::TlsFile {
                     setting: "KAFKA_KEY_FILE",
                     path: files.key_file.clone(),
-                    reason: format!("no PEM private key in it ({e})"),
+                    reason: format!("no PEM private key in it ({})", key_pem_problem(&e)),
                 })
             })?;
             builder
@@ -231,6 +231,19 @@ pub fn tls_client_config(
         }
     };
     Ok(Arc::new(config))
+}
+
+/// What is wrong with a key file, without any of its contents: the PEM parser's own errors
+/// list the offending line's bytes, which may be key material.
+fn key_pem_problem(error: &pem::Error) -> &'static str {
+    match error {
+        pem::Error::MissingSectionEnd { .. } => "a section has no END line",
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        pem::Error::Base64Decode(_) => "a section is not valid base64",
+        pem::Error::NoItemsFound => "no PRIVATE KEY section",
+        pem::Error::SectionTooLarge => "a section is larger than 256 MB",
+        _ => "it does not parse as PEM",
+    }
 }
 
 fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {

@@ -216,6 +216,56 @@ mod tests {
         assert!(compile_up_regex(&huge).is_err());
     }
 
+    /// `[a-z]{n}`: a compiled size that grows a little with each `n`.
+    fn repeated(n: usize) -> String {
+        format!("[a-z]{{{n}}}")
+    }
+
+    /// The largest `n` whose [`repeated`] pattern compiles within `limit` bytes, by a regex
+    /// builder of the test's own.
+    fn largest_within(limit: usize) -> usize {
+        let fits = |n: usize| {
+            RegexBuilder::new(&repeated(n))
+                .size_limit(limit)
+                .build()
+                .is_ok()
+        };
+        let (mut fitting, mut too_big) = (1, 2);
+        while fits(too_big) {
+            fitting = too_big;
+            too_big *= 2;
+        }
+        while too_big - fitting > 1 {
+            let middle = fitting + (too_big - fitting) / 2;
+            if fits(middle) {
+                fitting = middle;
+            } else {
+                too_big = middle;
+            }
+        }
+        fitting
+    }
+
+    /// The limit is sitemon's 1 MiB, not the regex crate's larger default: a pattern just
+    /// under 1 MiB compiled is accepted, one just over is refused although the regex crate
+    /// alone would take it.
+    #[test]
+    fn regex_size_limit_is_one_mebibyte() {
+        assert_eq!(REGEX_SIZE_LIMIT, 1 << 20);
+        let n = largest_within(1 << 20);
+        let under = repeated(n);
+        let over = repeated(n + 1);
+        assert!(compile_up_regex(&under).is_ok(), "{under} is refused");
+        let message = compile_up_regex(&over)
+            .expect_err("just over 1 MiB compiled")
+            .to_string();
+        assert!(message.starts_with("invalid regex"), "{message}");
+        assert!(
+            Regex::new(&over).is_ok(),
+            "{over} is refused by the regex crate's own limit too: the test proves nothing"
+        );
+    }
+
     #[test]
     fn empty_regex_means_none() {
         let site = NewSite::new("http://example.com", 5, Some("")).expect("valid");

@@ -161,3 +161,58 @@ async fn unreachable_broker_is_named() {
         "{error}"
     );
 }
+
+/// A key file whose contents are not a usable key: the error names the file and the setting,
+/// and shows nothing of what the file holds, neither as text nor as the bytes that a PEM
+/// parser's error would list.
+#[tokio::test]
+async fn key_file_contents_never_appear_in_errors() {
+    // Base64's alphabet only, so that it also passes as the body of a PEM section.
+    const MARKER: &str = "s3cretKEYmaterial41c7xyz";
+    let marker_bytes = format!("{:?}", MARKER.as_bytes());
+    let marker_bytes = marker_bytes.trim_start_matches('[').trim_end_matches(']');
+    let pem =
+        |body: &str| format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+    let contents = [
+        ("no PEM at all", format!("the key is {MARKER}\n")),
+        ("a section whose body is not a key", pem(MARKER)),
+        (
+            "a section whose body is not base64",
+            pem(&format!("{MARKER}-!")),
+        ),
+        ("a malformed BEGIN line", format!("-----BEGIN {MARKER}\n")),
+        (
+            "a section with no END line",
+            format!("-----BEGIN {MARKER}-----\nAAAA\n"),
+        ),
+        (
+            "an unfinished key section",
+            format!("-----BEGIN PRIVATE KEY-----\n{MARKER}\n"),
+        ),
+    ];
+    for (index, (what, content)) in contents.into_iter().enumerate() {
+        let key_file =
+            std::env::temp_dir().join(format!("sitemon-key-{}-{index}.key", std::process::id()));
+        std::fs::write(&key_file, &content).expect("write the key file");
+        let mut settings = tls_kafka_settings(&random_topic());
+        settings.key_file = Some(key_file.clone());
+        let config = KafkaConfig::new(settings).expect("files are read on connect");
+        let result = tokio::time::timeout(Duration::from_secs(30), kafka::connect(&config))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: connect did not end within 30 s"));
+        std::fs::remove_file(&key_file).expect("remove the key file");
+        let error = result.expect_err(what);
+        let shown = format!("{error}");
+        assert!(
+            shown.contains("KAFKA_KEY_FILE") && shown.contains(&*key_file.to_string_lossy()),
+            "{what}: the file is not named in {shown:?}"
+        );
+        for text in [shown, format!("{error:?}")] {
+            assert!(!text.contains(MARKER), "{what}: key contents in {text:?}");
+            assert!(
+                !text.contains(marker_bytes),
+                "{what}: key contents as bytes in {text:?}"
+            );
+        }
+    }
+}

@@ -84,3 +84,34 @@ pub(crate) const REFUSED_RETRY: Backoff =
 pub fn lease_group(topic: &str) -> String {
     format!("sync:{topic}")
 }
+
+#[cfg(test)]
+mod tests {
+    use sitemon_core::{KafkaSettings, Secret};
+
+    use super::*;
+
+    #[test]
+    fn debug_prints_neither_password() {
+        let database_password = "s3cret-pw-41c7";
+        let sasl_password = "s3cret-sasl-93e2";
+        let kafka = KafkaConfig::new(KafkaSettings {
+            brokers: "127.0.0.1:9093".into(),
+            topic: "t".into(),
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            sasl_username: Some("sync".into()),
+            sasl_password: Some(Secret::new(sasl_password)),
+            ..KafkaSettings::default()
+        })
+        .expect("kafka");
+        let database =
+            DatabaseConfig::from_url(&format!("postgres://u:{database_password}@127.0.0.1/db"))
+                .expect("url");
+        let config = SyncConfig::new(database, kafka);
+        for debug in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!debug.contains(database_password), "{debug}");
+            assert!(!debug.contains(sasl_password), "{debug}");
+            assert!(debug.contains("127.0.0.1:9093"), "{debug}");
+        }
+    }
+}

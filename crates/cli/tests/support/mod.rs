@@ -6,8 +6,8 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sitemon_core::config::KafkaSettings;
 use sitemon_testkit::events::event_json;
@@ -66,9 +66,64 @@ pub(crate) fn sitemon_kafka(settings: &KafkaSettings) -> Command {
     command
 }
 
-/// Runs `command` to its end.
+/// The longest a one-shot command (`add-site`, `status`, a `sync` that cannot start...) may
+/// take before the test fails instead of hanging.
+pub(crate) const RUN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end, its output captured and no stdin, as [`Command::output`] does,
+/// for at most [`RUN_PATIENCE`].
+///
+/// # Panics
+/// When it does not start, or is still running after [`RUN_PATIENCE`] (it is killed then).
 pub(crate) fn run(command: &mut Command) -> Output {
-    command.output().expect("runs the sitemon binary")
+    let what = format!("{:?}", command.get_args().collect::<Vec<_>>());
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs the sitemon binary");
+    output_with_timeout(child, RUN_PATIENCE, &format!("sitemon {what}"))
+}
+
+/// Waits at most `within` for `child` to exit; `what` names it in the failure.
+///
+/// # Panics
+/// When it is still running after `within` (it is killed first, so that it does not outlive
+/// the test).
+pub(crate) fn wait_with_timeout(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`Child::wait_with_output`] for at most `within`: the exit status and all the child wrote
+/// to its piped stdout and stderr. `what` names it in the failure.
+///
+/// # Panics
+/// When it is still running after `within` (it is killed first).
+pub(crate) fn output_with_timeout(child: Child, within: Duration, what: &str) -> Output {
+    let pid = child.id().to_string();
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(within) {
+        Ok(output) => output.expect("the child's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("{what} did not exit within {within:?}");
+        }
+    }
 }
 
 /// What the command wrote to stdout.
@@ -212,7 +267,7 @@ pub(crate) fn kcat_produce(topic: &str, partition: Option<i32>, lines: &[u8]) {
         .expect("stdin")
         .write_all(lines)
         .expect("kcat reads");
-    let output = kcat.wait_with_output().expect("kcat exits");
+    let output = output_with_timeout(kcat, Duration::from_secs(60), "kcat -P");
     assert!(
         output.status.success(),
         "kcat failed: {}",

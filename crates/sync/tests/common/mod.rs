@@ -210,11 +210,27 @@ pub fn add_partitions(topic: &str, partitions: i32) {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/support/AddPartitions.java"
     );
-    let output = std::process::Command::new("java")
+    let java = std::process::Command::new("java")
         .args(["-cp", &classpath, source, &services.kafka_brokers, topic])
         .arg(partitions.to_string())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("java runs");
+    let java_pid = java.id().to_string();
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(java.wait_with_output());
+    });
+    let output = match output.recv_timeout(Duration::from_secs(120)) {
+        Ok(output) => output.expect("java's output"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &java_pid])
+                .status();
+            panic!("adding partitions with Kafka's Admin client took over 120 s");
+        }
+    };
     assert!(
         output.status.success(),
         "adding partitions failed: {}",
