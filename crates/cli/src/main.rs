@@ -72,14 +72,49 @@ fn invalid_value(error: &clap::Error) -> Option<String> {
     Some(format!("invalid {flag}: {reason}"))
 }
 
+/// The error and its causes as one line. Our errors often say their cause already ("PostgreSQL
+/// failed while removing the site: …"): a cause whose words are there is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 /// Prints the error as one line on stderr and picks the exit status: 2 when the
 /// configuration given was unusable, 1 for everything that failed at run time.
 fn report(error: &anyhow::Error) -> ExitCode {
-    let message = format!("{error:#}");
-    eprintln!(
-        "error: {}",
-        message.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
+    eprintln!("error: {}", one_line(error));
     let usage = error.chain().any(|cause| cause.is::<args::Usage>());
     ExitCode::from(if usage { 2 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that says its cause in its own message, as sitemon's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("PostgreSQL failed while removing the site: {0}")]
+    struct Failed(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_said_is_not_repeated() {
+        let cause = std::io::Error::other("connection reset\n   by peer");
+        let error = anyhow::Error::new(Failed(cause)).context("cannot remove site 3");
+        assert_eq!(
+            super::one_line(&error),
+            "cannot remove site 3: PostgreSQL failed while removing the site: connection \
+             reset by peer"
+        );
+        let error = anyhow::Error::new(std::io::Error::other("disk full")).context("cannot write");
+        assert_eq!(super::one_line(&error), "cannot write: disk full");
+    }
 }
