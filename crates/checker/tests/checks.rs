@@ -56,6 +56,7 @@ async fn every_behaviour_makes_the_right_event() {
     let untrusted = add_site(&db, &self_signed.https_url("/ok"), 2, None).await;
     let https_ok = add_site(&db, &trusted.https_url("/ok"), 2, None).await;
     let broken_body = add_site(&db, &http.url("/broken"), 2, None).await;
+    let not_http = add_site(&db, &http.url("/garbage"), 2, None).await;
     let bad_url = add_by_sql(&db, "htp:/not a url", None).await;
     let bad_regex = add_by_sql(&db, &http.url("/ok?r"), Some("(unclosed")).await;
     let all = [
@@ -72,6 +73,7 @@ async fn every_behaviour_makes_the_right_event() {
         untrusted,
         https_ok,
         broken_body,
+        not_http,
         bad_url,
         bad_regex,
     ];
@@ -252,6 +254,25 @@ async fn every_behaviour_makes_the_right_event() {
         "the response arrived; its body broke off"
     );
     assert_eq!(e.response_time_ms, Some(e.timings_ms.total));
+
+    let e = &first(not_http).event;
+    assert!(!e.up);
+    assert_eq!(error_kind(first(not_http)), Some(ErrorKind::Http), "{e:?}");
+    let message = e
+        .error
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .unwrap_or_default();
+    assert!(
+        message.contains(&http.url("")),
+        "names the origin: {message}"
+    );
+    assert_eq!(
+        (e.status_code, e.response_time_ms, e.final_url.as_deref()),
+        (None, None, None),
+        "no response arrived"
+    );
+    assert!(e.timings_ms.connect.is_some() && e.timings_ms.ttfb.is_some());
 
     let e = &first(bad_url).event;
     assert!(!e.up);

@@ -9,6 +9,7 @@
 //! | `/404`, `/500` | that status |
 //! | `/slow` | 200 after 5 s |
 //! | `/broken` | 200 promising 1000 bytes, then 10 and a hang-up |
+//! | `/garbage` | bytes that are no HTTP response, then a hang-up |
 //! | anything else | 404, empty |
 //!
 //! A query does not change the answer: `/ok?first` and `/ok?second` are two sites that
@@ -151,6 +152,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
             // Promise 1000 bytes, send 10, hang up.
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        "/garbage" => {
+            // No status line: a server that does not speak HTTP.
+            let _ = stream
+                .write_all(b"SSH-2.0-OpenSSH_9.6 this is no HTTP\r\n\r\n\x00\xff")
                 .await;
             let _ = stream.shutdown().await;
             return;
