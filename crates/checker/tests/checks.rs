@@ -511,3 +511,58 @@ async fn a_topic_created_again_with_fewer_partitions_gets_every_site_by_the_new_
     checker.stop().await;
     db.drop_database().await;
 }
+
+/// Each site's events sit in its partition in check order: read in offset order, as a
+/// consumer reads them, never sorted by `checked_at` first (a sort would hide a reorder).
+/// A long linger puts several checks of a site in each batch, so that the order within a
+/// batch counts as well as the order of the batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sites_events_are_in_check_order_in_its_partition() {
+    let (db, topic, http, client) = fixture().await;
+    let mut sites = Vec::new();
+    for i in 0..6 {
+        sites.push(add_site(&db, &http.url(&format!("/ok?order{i}")), 1, None).await);
+    }
+    let mut config = checker_config(&db, kafka_config(&topic));
+    config.linger = Duration::from_millis(2500);
+    let checker = start_checker(config);
+    let enough = |events: &[Stored]| {
+        sites.iter().all(|site| {
+            events
+                .iter()
+                .filter(|s| s.event.website_id == *site)
+                .count()
+                >= 6
+        })
+    };
+    let events = wait_for_events(&client, &topic, Duration::from_secs(60), enough).await;
+    checker.stop_within(Duration::from_secs(30)).await;
+    assert!(enough(&events), "6 checks of every site within 60 s");
+
+    // `read_all` returns each partition's records in offset order.
+    for site in &sites {
+        let mut seen = HashSet::new();
+        let mut along_offsets: Vec<(i32, i64, OffsetDateTime)> = Vec::new();
+        for stored in events.iter().filter(|s| s.event.website_id == *site) {
+            // A batch the broker kept although the producer saw an error is sent again:
+            // a repeat of a check already seen, not a reorder.
+            if seen.insert(stored.event.check_id) {
+                along_offsets.push((stored.partition, stored.offset, stored.event.checked_at));
+            }
+        }
+        let partitions: HashSet<i32> = along_offsets.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(partitions.len(), 1, "site {site} in one partition");
+        for pair in along_offsets.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].1 && pair[0].2 <= pair[1].2,
+                "site {site}: the check at offset {} ({}) comes after the one at offset {} \
+                 ({}):\n{along_offsets:?}",
+                pair[1].1,
+                pair[1].2,
+                pair[0].1,
+                pair[0].2
+            );
+        }
+    }
+    db.drop_database().await;
+}
