@@ -566,3 +566,46 @@ async fn a_sites_events_are_in_check_order_in_its_partition() {
     }
     db.drop_database().await;
 }
+
+/// The body cap (default 1 MiB): a 5 MiB body is read up to the cap and the regex searched
+/// in what was read; the check ends as usual, up or down by what the first MiB holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_mib_of_a_body_is_searched() {
+    let (db, topic, http, client) = fixture().await;
+    let cases = [
+        ("early-mark", true),
+        ("edge-in", true),
+        ("edge-in-more", false),
+        ("late-mark", false),
+    ];
+    let mut sites = Vec::new();
+    for (i, (regex, found)) in cases.into_iter().enumerate() {
+        let site = add_site(&db, &http.url(&format!("/big?{i}")), 2, Some(regex)).await;
+        sites.push((site, regex, found));
+    }
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
+    let every_site = |events: &[Stored]| {
+        let seen: HashSet<i32> = events.iter().map(|s| s.event.website_id).collect();
+        sites.iter().all(|(site, _, _)| seen.contains(site))
+    };
+    let events = wait_for_events(&client, &topic, Duration::from_secs(30), every_site).await;
+    checker.stop_within(Duration::from_secs(30)).await;
+    assert!(every_site(&events), "every site checked within 30 s");
+    let by = by_site(&events);
+    for (site, regex, found) in sites {
+        let e = &by[&site][0].event;
+        assert_eq!(
+            e.error, None,
+            "{regex}: the check ends without error: {e:?}"
+        );
+        assert_eq!(e.status_code, Some(200), "{regex}");
+        assert_eq!(
+            e.regex_matched,
+            Some(found),
+            "{regex:?} {} in the first MiB",
+            if found { "lies" } else { "does not lie" }
+        );
+        assert_eq!(e.up, found, "{regex}");
+    }
+    db.drop_database().await;
+}
