@@ -56,6 +56,7 @@ async fn every_behaviour_makes_the_right_event() {
     let untrusted = add_site(&db, &self_signed.https_url("/ok"), 2, None).await;
     let https_ok = add_site(&db, &trusted.https_url("/ok"), 2, None).await;
     let broken_body = add_site(&db, &http.url("/broken"), 2, None).await;
+    let not_http = add_site(&db, &http.url("/garbage"), 2, None).await;
     let bad_url = add_by_sql(&db, "htp:/not a url", None).await;
     let bad_regex = add_by_sql(&db, &http.url("/ok?r"), Some("(unclosed")).await;
     let all = [
@@ -72,6 +73,7 @@ async fn every_behaviour_makes_the_right_event() {
         untrusted,
         https_ok,
         broken_body,
+        not_http,
         bad_url,
         bad_regex,
     ];
@@ -252,6 +254,25 @@ async fn every_behaviour_makes_the_right_event() {
         "the response arrived; its body broke off"
     );
     assert_eq!(e.response_time_ms, Some(e.timings_ms.total));
+
+    let e = &first(not_http).event;
+    assert!(!e.up);
+    assert_eq!(error_kind(first(not_http)), Some(ErrorKind::Http), "{e:?}");
+    let message = e
+        .error
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .unwrap_or_default();
+    assert!(
+        message.contains(&http.url("")),
+        "names the origin: {message}"
+    );
+    assert_eq!(
+        (e.status_code, e.response_time_ms, e.final_url.as_deref()),
+        (None, None, None),
+        "no response arrived"
+    );
+    assert!(e.timings_ms.connect.is_some() && e.timings_ms.ttfb.is_some());
 
     let e = &first(bad_url).event;
     assert!(!e.up);
@@ -488,5 +509,103 @@ async fn a_topic_created_again_with_fewer_partitions_gets_every_site_by_the_new_
     );
     tracing::info!(after = ?recreated.elapsed(), "every site reached the new topic");
     checker.stop().await;
+    db.drop_database().await;
+}
+
+/// Each site's events sit in its partition in check order: read in offset order, as a
+/// consumer reads them, never sorted by `checked_at` first (a sort would hide a reorder).
+/// A long linger puts several checks of a site in each batch, so that the order within a
+/// batch counts as well as the order of the batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sites_events_are_in_check_order_in_its_partition() {
+    let (db, topic, http, client) = fixture().await;
+    let mut sites = Vec::new();
+    for i in 0..6 {
+        sites.push(add_site(&db, &http.url(&format!("/ok?order{i}")), 1, None).await);
+    }
+    let mut config = checker_config(&db, kafka_config(&topic));
+    config.linger = Duration::from_millis(2500);
+    let checker = start_checker(config);
+    let enough = |events: &[Stored]| {
+        sites.iter().all(|site| {
+            events
+                .iter()
+                .filter(|s| s.event.website_id == *site)
+                .count()
+                >= 6
+        })
+    };
+    let events = wait_for_events(&client, &topic, Duration::from_secs(60), enough).await;
+    checker.stop_within(Duration::from_secs(30)).await;
+    assert!(enough(&events), "6 checks of every site within 60 s");
+
+    // `read_all` returns each partition's records in offset order.
+    for site in &sites {
+        let mut seen = HashSet::new();
+        let mut along_offsets: Vec<(i32, i64, OffsetDateTime)> = Vec::new();
+        for stored in events.iter().filter(|s| s.event.website_id == *site) {
+            // A batch the broker kept although the producer saw an error is sent again:
+            // a repeat of a check already seen, not a reorder.
+            if seen.insert(stored.event.check_id) {
+                along_offsets.push((stored.partition, stored.offset, stored.event.checked_at));
+            }
+        }
+        let partitions: HashSet<i32> = along_offsets.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(partitions.len(), 1, "site {site} in one partition");
+        for pair in along_offsets.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].1 && pair[0].2 <= pair[1].2,
+                "site {site}: the check at offset {} ({}) comes after the one at offset {} \
+                 ({}):\n{along_offsets:?}",
+                pair[1].1,
+                pair[1].2,
+                pair[0].1,
+                pair[0].2
+            );
+        }
+    }
+    db.drop_database().await;
+}
+
+/// The body cap (default 1 MiB): a 5 MiB body is read up to the cap and the regex searched
+/// in what was read; the check ends as usual, up or down by what the first MiB holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_mib_of_a_body_is_searched() {
+    let (db, topic, http, client) = fixture().await;
+    let cases = [
+        ("early-mark", true),
+        ("edge-in", true),
+        ("edge-in-more", false),
+        ("late-mark", false),
+    ];
+    let mut sites = Vec::new();
+    for (i, (regex, found)) in cases.into_iter().enumerate() {
+        let site = add_site(&db, &http.url(&format!("/big?{i}")), 2, Some(regex)).await;
+        sites.push((site, regex, found));
+    }
+    let checker = start_checker(checker_config(&db, kafka_config(&topic)));
+    let every_site = |events: &[Stored]| {
+        let seen: HashSet<i32> = events.iter().map(|s| s.event.website_id).collect();
+        sites.iter().all(|(site, _, _)| seen.contains(site))
+    };
+    let events = wait_for_events(&client, &topic, Duration::from_secs(30), every_site).await;
+    checker.stop_within(Duration::from_secs(30)).await;
+    assert!(every_site(&events), "every site checked within 30 s");
+    let by = by_site(&events);
+    for (site, regex, found) in sites {
+        let e = &by[&site][0].event;
+        assert_eq!(
+            e.error, None,
+            "{regex}: the check ends without error: {e:?}"
+        );
+        assert_eq!(e.status_code, Some(200), "{regex}");
+        assert_eq!(
+            e.regex_matched,
+            Some(found),
+            "{regex:?} {} in the first MiB",
+            if found { "lies" } else { "does not lie" }
+        );
+        assert_eq!(e.up, found, "{regex}");
+    }
     db.drop_database().await;
 }

@@ -1,5 +1,5 @@
 //! `sitemon sync` as a process: crash safety under `kill -9`, a clean exit on SIGTERM, and
-//! one clear line when it cannot start.
+//! one clear line when it cannot start, and where `--start latest` begins.
 
 mod support;
 
@@ -241,6 +241,101 @@ async fn metrics_count_what_was_consumed() {
         )
         .await,
         90
+    );
+    db.drop_database().await;
+}
+
+/// `--start latest`: a partition without a stored offset starts at its end when the sync
+/// first takes it, so what was published before is never stored and what comes after is,
+/// every event of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_latest_skips_what_came_before_and_stores_what_comes_after() {
+    const PARTITIONS: i32 = 3;
+    const PER_PARTITION: i32 = 20;
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    sitemon_testkit::topic::create(&topic, PARTITIONS).await;
+    let sites = db.add_sites(PARTITIONS as usize).await;
+    // Events of each site into a partition of its own; the check_ids, to tell them apart.
+    let produce = |round: u64| {
+        let mut check_ids = std::collections::BTreeSet::new();
+        for (partition, site) in (0..PARTITIONS).zip(&sites) {
+            let mut lines = Vec::new();
+            for n in 0..PER_PARTITION {
+                let value = event_json(*site, round * 1000 + n as u64);
+                let event: serde_json::Value = serde_json::from_slice(&value).expect("json");
+                check_ids.insert(event["check_id"].as_str().expect("check_id").to_owned());
+                lines.extend_from_slice(format!("{site}\t").as_bytes());
+                lines.extend_from_slice(&value);
+                lines.push(b'\n');
+            }
+            kcat_produce(&topic, Some(partition), &lines);
+        }
+        check_ids
+    };
+    let before = produce(0);
+
+    let mut child = sitemon_sync(&db, &topic)
+        .env("RUST_LOG", "info")
+        .args(["--start", "latest"])
+        .spawn()
+        .expect("sync starts");
+    let started = wait_for_line(&mut child, "sync started");
+    // Each partition's start is resolved and stored when its reader starts: at the end.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let starts: Vec<i64> = sqlx::query_scalar(
+            "SELECT next_offset FROM sync_offsets WHERE kafka_topic = $1 ORDER BY kafka_partition_id",
+        )
+        .bind(&topic)
+        .fetch_all(&db.pool)
+        .await
+        .expect("the stored offsets");
+        if starts.len() == PARTITIONS as usize {
+            assert_eq!(
+                starts,
+                vec![i64::from(PER_PARTITION); PARTITIONS as usize],
+                "every partition starts at its end"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync did not start every partition within {PATIENCE:?}: {starts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = produce(1);
+    let total = i64::from(2 * PARTITIONS * PER_PARTITION);
+    sitemon_testkit::stored::wait_for(&db.pool, &topic, total, PATIENCE).await;
+    terminate(&child);
+    let status = wait_with_timeout(&mut child, STOP_PATIENCE, "sitemon sync after SIGTERM");
+    let log = started.join().expect("stderr reader");
+    assert!(status.success(), "exit {status:?}: {log}");
+
+    let stored: std::collections::BTreeSet<String> =
+        sqlx::query_scalar("SELECT check_id::text FROM website_status WHERE kafka_topic = $1")
+            .bind(&topic)
+            .fetch_all(&db.pool)
+            .await
+            .expect("the stored rows")
+            .into_iter()
+            .collect();
+    assert!(
+        stored.is_disjoint(&before),
+        "{} events published before the start were stored",
+        stored.intersection(&before).count()
+    );
+    assert_eq!(stored, after, "every event published after the start, once");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM website_status WHERE kafka_topic = $1",
+            &topic
+        )
+        .await,
+        i64::from(PARTITIONS * PER_PARTITION),
+        "no event stored twice"
     );
     db.drop_database().await;
 }

@@ -9,6 +9,8 @@
 //! | `/404`, `/500` | that status |
 //! | `/slow` | 200 after 5 s |
 //! | `/broken` | 200 promising 1000 bytes, then 10 and a hang-up |
+//! | `/garbage` | bytes that are no HTTP response, then a hang-up |
+//! | `/big` | 200 with [`big_body`]: 5 MiB, marks placed about the 1 MiB cap |
 //! | anything else | 404, empty |
 //!
 //! A query does not change the answer: `/ok?first` and `/ok?second` are two sites that
@@ -155,10 +157,33 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
             let _ = stream.shutdown().await;
             return;
         }
+        "/big" => response("200 OK", "Content-Type: text/plain\r\n", &big_body()),
+        "/garbage" => {
+            // No status line: a server that does not speak HTTP.
+            let _ = stream
+                .write_all(b"SSH-2.0-OpenSSH_9.6 this is no HTTP\r\n\r\n\x00\xff")
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
         _ => response("404 Not Found", "", ""),
     };
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// The body of `/big`: 5 MiB of `x` holding four marks, placed about the checker's default
+/// 1 MiB body cap: `early-mark` at 512 KiB, `edge-in` ending exactly at 1 MiB (within the
+/// cap) and followed by `-more` (so `edge-in-more` straddles the cap), `late-mark` at 2 MiB.
+pub fn big_body() -> String {
+    const MIB: usize = 1 << 20;
+    let mut body = vec![b'x'; 5 * MIB];
+    let mut place = |at: usize, mark: &[u8]| body[at..at + mark.len()].copy_from_slice(mark);
+    place(MIB / 2, b"early-mark");
+    place(MIB - b"edge-in".len(), b"edge-in");
+    place(MIB, b"-more");
+    place(2 * MIB, b"late-mark");
+    String::from_utf8(body).expect("ASCII")
 }
 
 /// An address on 127.0.0.1 that nothing listened on a moment ago (bound, then released):
