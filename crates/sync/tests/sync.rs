@@ -498,3 +498,39 @@ async fn a_stored_offset_moved_under_the_sync_restarts_that_partition_alone() {
     fixture.assert_stored_exactly_once(60, 0).await;
     fixture.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_in_hand_is_stored_on_shutdown() {
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let events: Vec<CheckEvent> = (0..7).map(|n| event(site, n)).collect();
+    fixture.produce_events(&events).await;
+    // A batch that would wait a minute for more: only the shutdown can store it in time.
+    let mut config = fixture.config();
+    config.batch_size = 1_000;
+    config.batch_wait = std::time::Duration::from_secs(60);
+    let metrics = config.metrics.clone();
+    let sync = fixture.start(config);
+
+    // The reader has fetched the seven (the partition's lag says so) and nothing is stored.
+    let lag = format!(
+        "sitemon_sync_partition_lag{{topic=\"{}\",partition=\"0\"}} 7",
+        fixture.topic
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !metrics.render().lines().any(|line| line == lag) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync did not fetch the events within 30 s:\n{}",
+            metrics.render()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The chunk goes from the reader to the writer's batch at once; give it a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(fixture.count("website_status").await, 0, "the batch waits");
+
+    sync.stop().await;
+    fixture.assert_stored_exactly_once(7, 0).await;
+    fixture.finish().await;
+}
