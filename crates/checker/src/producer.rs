@@ -183,8 +183,7 @@ impl Buffer {
         let mut waiting: Vec<Pending> = self.lanes.iter_mut().flat_map(|q| q.drain(..)).collect();
         waiting.sort_unstable_by_key(|p| p.seq);
         for pending in waiting {
-            let key = pending.record.key.as_deref().unwrap_or_default();
-            self.lanes[partition_for_key(key, partitions) as usize].push_back(pending);
+            self.lanes[lane_for(&pending.record, partitions)].push_back(pending);
         }
     }
 
@@ -260,8 +259,7 @@ impl Shared {
     /// The lane (partition) of a record under the current partition count (read with the
     /// buffer locked: [`Lanes::resize`] changes it and re-spreads the buffer under the lock).
     fn lane_of(&self, record: &Record) -> usize {
-        let partitions = self.partitions.load(Ordering::Acquire);
-        partition_for_key(record.key.as_deref().unwrap_or_default(), partitions) as usize
+        lane_for(record, self.partitions.load(Ordering::Acquire))
     }
 
     fn delivered(&self, count: usize) {
@@ -484,6 +482,11 @@ async fn produce(
             None => Ok(()),
         },
     }
+}
+
+/// The lane (partition) of a record among `partitions`: Kafka's partitioner over its key.
+fn lane_for(record: &Record, partitions: usize) -> usize {
+    partition_for_key(record.key.as_deref().unwrap_or_default(), partitions) as usize
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rskafka::client::Client;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::record::RecordAndOffset;
+use rskafka::record::{Record, RecordAndOffset};
 use sitemon_core::retry::{self, Retry};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -101,6 +101,7 @@ impl Readers {
             shared: self.clone(),
             partition,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            fetching: format!("Kafka: fetch from {}/{partition}", self.topic),
             next: stored.next,
             fingerprint: stored.fingerprint,
             verified: false,
@@ -158,6 +159,8 @@ struct Reader {
     partition: i32,
     /// This reader's number among the readers of the session.
     generation: u64,
+    /// What a fetch is called when it times out (made once, not at every fetch).
+    fetching: String,
     /// The next position to fetch.
     next: Position,
     /// The fingerprint of the record before `next`, when known.
@@ -232,11 +235,7 @@ impl Reader {
                     partition: self.partition,
                     incarnation,
                     offset: r.offset,
-                    fingerprint: fingerprint(
-                        record.key.as_deref(),
-                        record.value.as_deref(),
-                        record.timestamp.timestamp_millis(),
-                    ),
+                    fingerprint: record_fingerprint(&record),
                     key: record.key,
                     value: record.value,
                 })
@@ -269,9 +268,10 @@ impl Reader {
         offset: i64,
     ) -> Result<Result<(Vec<RecordAndOffset>, i64), OutOfRange>> {
         let fetch = client.fetch_records(offset, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS);
-        let named = format!("Kafka: fetch from {}/{}", self.shared.topic, self.partition);
-        let fetched =
-            retry::timeout(&named, KAFKA_TIMEOUT, async { Ok::<_, Error>(fetch.await) }).await?;
+        let fetched = retry::timeout(&self.fetching, KAFKA_TIMEOUT, async {
+            Ok::<_, Error>(fetch.await)
+        })
+        .await?;
         match fetched {
             Ok(fetched) => Ok(Ok(fetched)),
             Err(KafkaError::ServerError {
@@ -298,13 +298,10 @@ impl Reader {
             return Ok(());
         };
         let found = match self.fetch(client, before).await? {
-            Ok((records, _)) => records.into_iter().find(|r| r.offset == before).map(|r| {
-                fingerprint(
-                    r.record.key.as_deref(),
-                    r.record.value.as_deref(),
-                    r.record.timestamp.timestamp_millis(),
-                )
-            }),
+            Ok((records, _)) => records
+                .into_iter()
+                .find(|r| r.offset == before)
+                .map(|r| record_fingerprint(&r.record)),
             Err(OutOfRange) => {
                 let earliest = self.shared.get_offset(client, OffsetAt::Earliest).await?;
                 if before < earliest {
@@ -407,6 +404,15 @@ impl Reader {
         self.fingerprint = fingerprint;
         Ok(())
     }
+}
+
+/// [`fingerprint`] of a record as fetched.
+fn record_fingerprint(record: &Record) -> i64 {
+    fingerprint(
+        record.key.as_deref(),
+        record.value.as_deref(),
+        record.timestamp.timestamp_millis(),
+    )
 }
 
 /// A fetch's offset is not in the partition (deleted by retention, or past its end).
