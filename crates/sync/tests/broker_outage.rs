@@ -10,21 +10,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, event};
-use sitemon_core::CheckEvent;
+use common::{Fixture, events};
 use sitemon_testkit::{Outage, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_rides_out_a_broker_outage_and_stores_everything_once() {
     let mut fixture = Fixture::new(2).await;
     let sites = fixture.sites(4).await;
-    let round = |from: u32| -> Vec<CheckEvent> {
-        sites
-            .iter()
-            .flat_map(|&site| (from..from + 5).map(move |n| event(site, n)))
-            .collect()
-    };
-    fixture.produce_events(&round(0)).await;
+    fixture.produce_events(&events(&sites, 0, 5)).await;
     let sync = fixture.start(fixture.config());
     fixture.wait_for_stored(20).await;
 
@@ -34,7 +27,7 @@ async fn the_sync_rides_out_a_broker_outage_and_stores_everything_once() {
 
     // The sync was not restarted: it reconnects on its own and reads what came after.
     fixture.client = sitemon_testkit::topic::client(&fixture.topic).await;
-    fixture.produce_events(&round(100)).await;
+    fixture.produce_events(&events(&sites, 100, 5)).await;
     fixture.wait_for_stored(40).await;
     sync.stop().await;
     fixture.assert_stored_exactly_once(40, 0).await;

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Fixture, add_partitions, event};
+use common::{Fixture, add_partitions, event, events};
 use serde_json::Value;
 use sitemon_core::CheckEvent;
 use sitemon_sync::{Error, StartFrom};
@@ -461,13 +461,7 @@ async fn a_lost_lease_connection_stops_every_partition_rejoins_and_loses_nothing
 async fn a_stored_offset_moved_under_the_sync_restarts_that_partition_alone() {
     let fixture = Fixture::new(3).await;
     let sites = fixture.sites(6).await;
-    let round = |from: u32| -> Vec<CheckEvent> {
-        sites
-            .iter()
-            .flat_map(|&site| (from..from + 5).map(move |n| event(site, n)))
-            .collect()
-    };
-    fixture.produce_events(&round(0)).await;
+    fixture.produce_events(&events(&sites, 0, 5)).await;
     let sync = fixture.start(fixture.config());
     fixture.wait_for_stored(30).await;
     let session = lease_backend(&fixture).await;
@@ -485,7 +479,7 @@ async fn a_stored_offset_moved_under_the_sync_restarts_that_partition_alone() {
     .await
     .expect("rewinds");
     assert_eq!(rewound.rows_affected(), 1);
-    fixture.produce_events(&round(100)).await;
+    fixture.produce_events(&events(&sites, 100, 5)).await;
     fixture.wait_for_stored(60).await;
 
     assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Fixture, PATIENCE, event};
+use common::{Fixture, PATIENCE, event, events};
 use sitemon_core::CheckEvent;
 use sitemon_core::kafka;
 use uuid::Uuid;
@@ -86,13 +86,6 @@ async fn incarnations(fixture: &Fixture) -> Vec<(i32, i32, i64)> {
     .fetch_all(&fixture.db.pool)
     .await
     .expect("incarnations")
-}
-
-fn events(sites: &[i32], from: u32, per_site: u32) -> Vec<CheckEvent> {
-    sites
-        .iter()
-        .flat_map(|&site| (from..from + per_site).map(move |n| event(site, n)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

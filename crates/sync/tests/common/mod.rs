@@ -185,6 +185,14 @@ impl Fixture {
     }
 }
 
+/// Events `from..from + per_site` of each of `sites`, site by site.
+pub fn events(sites: &[i32], from: u32, per_site: u32) -> Vec<CheckEvent> {
+    sites
+        .iter()
+        .flat_map(|&site| (from..from + per_site).map(move |n| event(site, n)))
+        .collect()
+}
+
 /// A sync running in this process.
 pub type RunningSync = Running<sitemon_sync::Error>;
 
