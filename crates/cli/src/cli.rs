@@ -36,6 +36,11 @@ pub(crate) enum Command {
     ListSites(commands::list_sites::ListSitesArgs),
     /// Every site's state: last check, up or down, uptime and response times over a window.
     Status(commands::status::StatusArgs),
+    /// One site's history bucket by bucket: checks, uptime, p50/p95/p99, top error kind.
+    History(commands::history::HistoryArgs),
+    /// Recompute the hourly and daily rollups from the raw rows.
+    #[command(subcommand)]
+    Rollup(commands::rollup::RollupCommand),
     /// Create or delete the Kafka topic of the check events.
     #[command(subcommand)]
     Topic(commands::topic::TopicCommand),
@@ -57,6 +62,8 @@ impl Command {
             Self::ListSites(args) => commands::list_sites::exec(args).await,
             Self::Topic(command) => commands::topic::exec(command).await,
             Self::Status(args) => commands::status::exec(args).await,
+            Self::History(args) => commands::history::exec(args).await,
+            Self::Rollup(command) => commands::rollup::exec(command).await,
             Self::Check(args) => commands::check::exec(args).await,
             Self::Sync(args) => commands::sync::exec(args).await,
             Self::Run(args) => commands::run::exec(args).await,

@@ -81,15 +81,31 @@ fn describe_connect_error(error: &sqlx::Error) -> String {
     }
 }
 
-/// Applies the embedded migrations; applying them again is a no-op.
+/// Applies the embedded migrations, creates the day partitions from yesterday to a few
+/// days ahead, and moves history of the layout before partitions into them; applying them
+/// again is a no-op. See [`migrate_with_progress`].
 ///
 /// # Errors
-/// [`Error::Migrate`].
+/// [`Error::Migrate`], [`Error::Database`], [`Error::Timeout`].
 pub async fn migrate(pool: &PgPool) -> Result<()> {
+    migrate_with_progress(pool, |_| {}).await
+}
+
+/// [`migrate`], telling `progress` how many rows of old history have moved.
+///
+/// # Errors
+/// [`Error::Migrate`], [`Error::Database`], [`Error::Timeout`].
+pub async fn migrate_with_progress(
+    pool: &PgPool,
+    progress: impl FnMut(crate::history::Progress),
+) -> Result<()> {
     MIGRATOR
         .run(pool)
         .await
         .map_err(|e| Error::Migrate(Box::new(e)))?;
+    let now = time::OffsetDateTime::now_utc();
+    crate::history::ensure_partitions(pool, crate::history::days_around(now)).await?;
+    crate::history::move_unpartitioned(pool, progress).await?;
     Ok(())
 }
 

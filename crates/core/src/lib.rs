@@ -15,7 +15,10 @@
 //!   PostgreSQL advisory locks.
 //! - [`metrics`]: the `prometheus-client` registry the checker and the sync register in, and
 //!   the `/metrics` server (OpenMetrics text).
-//! - [`report`]: the operator's view of the history (`sitemon status`).
+//! - [`history`]: `website_status` partitioned by day, retention, and the hourly and daily
+//!   rollups the sync keeps in the same transaction as the rows.
+//! - [`report`]: the operator's view of the history (`sitemon status`, `sitemon history`),
+//!   from the rollups.
 //! - [`retry`]: [`retry::Backoff`] between attempts and [`retry::timeout`] around every call
 //!   that can hang.
 //! - [`error`]: this crate's [`Error`].
@@ -40,6 +43,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod kafka;
 pub mod lease;
 pub mod metrics;

@@ -1,4 +1,10 @@
-//! What an operator asks of the history: the state of every site, computed in PostgreSQL.
+//! What an operator asks of the history: the state of every site over a window
+//! ([`site_statuses`]), and one site's history bucket by bucket ([`site_history`]).
+//!
+//! Both read the rollups (`website_status_hourly`, `website_status_daily`) for whole hours
+//! and days and the raw rows only for the edges of a window, so a window of a year costs
+//! about as much as a window of a day. Percentiles come from the rollups' latency sketches:
+//! within 2 % of the exact value (see `migrations/20261130000001_history_partitions.sql`).
 
 use std::time::Duration;
 
@@ -6,7 +12,7 @@ use serde::Serialize;
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How long the status query may take.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,11 +37,11 @@ pub struct SiteStatus {
     pub last_error_kind: Option<String>,
     /// The share of checks in the window that found the site up, in percent.
     pub uptime_pct: Option<f64>,
-    /// Median response time of the window's checks that got a response, ms.
+    /// Median response time of the window's checks that got a response, ms (within 2 %).
     pub p50_ms: Option<f64>,
-    /// 95th percentile response time, ms.
+    /// 95th percentile response time, ms (within 2 %).
     pub p95_ms: Option<f64>,
-    /// 99th percentile response time, ms.
+    /// 99th percentile response time, ms (within 2 %).
     pub p99_ms: Option<f64>,
     /// Checks in the window.
     pub checks: i64,
@@ -44,46 +50,441 @@ pub struct SiteStatus {
     pub tls_cert_not_after: Option<OffsetDateTime>,
 }
 
-/// The state of every site over the last `window`, by id.
+/// Where the numbers of a stretch of a window come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The raw rows of `website_status`.
+    Raw,
+    /// `website_status_hourly`.
+    Hourly,
+    /// `website_status_daily`.
+    Daily,
+}
+
+/// A stretch `[from, until)` of a window and where its numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Segment {
+    /// Where the numbers come from.
+    pub source: Source,
+    /// The first instant.
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    /// The instant after the last.
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+
+fn floor_to(at: OffsetDateTime, grain: i64) -> OffsetDateTime {
+    let t = at.unix_timestamp();
+    OffsetDateTime::from_unix_timestamp(t - t.rem_euclid(grain)).unwrap_or(at)
+}
+
+fn ceil_to(at: OffsetDateTime, grain: i64) -> OffsetDateTime {
+    let floor = floor_to(at, grain);
+    if floor == at {
+        at
+    } else {
+        floor + time::Duration::seconds(grain)
+    }
+}
+
+/// Splits the window `[start, now)` into whole days (daily rollups), whole hours (hourly
+/// rollups) and the edges (raw rows). A head edge older than `raw_horizon` (its raw rows
+/// are gone) is taken from its hour's rollup, the whole hour.
+pub fn plan(
+    start: OffsetDateTime,
+    now: OffsetDateTime,
+    raw_horizon: Option<OffsetDateTime>,
+) -> Vec<Segment> {
+    let segment = |source, from, until| Segment {
+        source,
+        from,
+        until,
+    };
+    let mut segments = Vec::new();
+    let (h0, h1) = (ceil_to(start, HOUR), floor_to(now, HOUR));
+    if h0 >= h1 {
+        segments.push(segment(Source::Raw, start, now));
+    } else {
+        if start < h0 {
+            if raw_horizon.is_some_and(|h| start < h) {
+                segments.push(segment(Source::Hourly, floor_to(start, HOUR), h0));
+            } else {
+                segments.push(segment(Source::Raw, start, h0));
+            }
+        }
+        let (d0, d1) = (ceil_to(start, DAY), floor_to(now, DAY));
+        if d0 < d1 {
+            if h0 < d0 {
+                segments.push(segment(Source::Hourly, h0, d0));
+            }
+            segments.push(segment(Source::Daily, d0, d1));
+            if d1 < h1 {
+                segments.push(segment(Source::Hourly, d1, h1));
+            }
+        } else {
+            segments.push(segment(Source::Hourly, h0, h1));
+        }
+        segments.push(segment(Source::Raw, h1, now));
+    }
+    segments.retain(|s| s.from < s.until);
+    // A head edge taken from its hour's rollup joins the hours after it.
+    segments.dedup_by(|next, previous| {
+        let joined = previous.source == next.source && previous.until == next.from;
+        if joined {
+            previous.until = next.until;
+        }
+        joined
+    });
+    segments
+}
+
+/// The ranges of `segments` from `source`, as two `[from, until)` pairs (empty ranges where
+/// there are fewer): the parameters of the report queries.
+fn ranges(segments: &[Segment], source: Source) -> [OffsetDateTime; 4] {
+    debug_assert!(segments.iter().filter(|s| s.source == source).count() <= 2);
+    let mut found = segments.iter().filter(|s| s.source == source);
+    let epoch = OffsetDateTime::UNIX_EPOCH;
+    let first = found.next().map_or((epoch, epoch), |s| (s.from, s.until));
+    let second = found.next().map_or((epoch, epoch), |s| (s.from, s.until));
+    [first.0, first.1, second.0, second.1]
+}
+
+/// The state of every site over the window of `window` ending now, by id, and the segments
+/// its numbers come from.
 ///
-/// The latest check of each site comes from the index on `(website_id, timestamp_utc DESC)`;
-/// the window's numbers from one range scan of the same index.
+/// The latest check of each site comes from the index on `(website_id, timestamp_utc DESC)`
+/// (the last two days' partitions first); the window's numbers from the rollups and the
+/// edges' raw rows ([`plan`]).
 ///
 /// # Errors
 /// [`crate::Error::Database`], [`crate::Error::Timeout`] after [`STATUS_TIMEOUT`].
-pub async fn site_statuses(pool: &PgPool, window: Duration) -> Result<Vec<SiteStatus>> {
+pub async fn site_statuses(
+    pool: &PgPool,
+    window: Duration,
+) -> Result<(Vec<SiteStatus>, Vec<Segment>)> {
+    let now = OffsetDateTime::now_utc();
+    let start = now - window;
+    let horizon = crate::history::raw_horizon(pool).await?;
+    let segments = plan(start, now, horizon);
+    let [r0, r1, r2, r3] = ranges(&segments, Source::Raw);
+    let [h0, h1, h2, h3] = ranges(&segments, Source::Hourly);
+    let [d0, d1, _, _] = ranges(&segments, Source::Daily);
     let query = sqlx::query_as::<_, SiteStatus>(
-        "WITH recent AS (
-             SELECT website_id,
-                    count(*) AS checks,
-                    100.0 * avg(CASE WHEN is_up THEN 1.0 ELSE 0.0 END)::float8 AS uptime_pct,
-                    percentile_cont(0.50) WITHIN GROUP (ORDER BY response_time_ms) AS p50_ms,
-                    percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms) AS p95_ms,
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY response_time_ms) AS p99_ms
+        "WITH source AS (
+             SELECT website_id, checks, up, rt_sketch FROM website_status_daily
+             WHERE bucket_start >= $9 AND bucket_start < $10
+             UNION ALL
+             SELECT website_id, checks, up, rt_sketch FROM website_status_hourly
+             WHERE (bucket_start >= $5 AND bucket_start < $6)
+                OR (bucket_start >= $7 AND bucket_start < $8)
+             UNION ALL
+             SELECT website_id, count(*), count(*) FILTER (WHERE is_up),
+                    sitemon_sketch(array_agg(response_time_ms))
              FROM website_status
-             WHERE timestamp_utc >= now() - make_interval(secs => $1)
+             WHERE (timestamp_utc >= $1 AND timestamp_utc < $2)
+                OR (timestamp_utc >= $3 AND timestamp_utc < $4)
              GROUP BY website_id
+         ),
+         totals AS (
+             SELECT website_id, sum(checks)::bigint AS checks, sum(up)::bigint AS up
+             FROM source GROUP BY website_id
+         ),
+         bins AS (
+             SELECT website_id, e >> 32 AS bin, sum(e & 4294967295)::bigint AS n
+             FROM source, unnest(rt_sketch) AS e
+             GROUP BY 1, 2
+         ),
+         sketches AS (
+             SELECT website_id, array_agg((bin << 32) | n ORDER BY bin) AS sketch
+             FROM bins GROUP BY website_id
+         ),
+         recent AS (
+             SELECT t.website_id, t.checks,
+                    100.0 * t.up / nullif(t.checks, 0)::float8 AS uptime_pct,
+                    sitemon_sketch_quantile(s.sketch, 0.50) AS p50_ms,
+                    sitemon_sketch_quantile(s.sketch, 0.95) AS p95_ms,
+                    sitemon_sketch_quantile(s.sketch, 0.99) AS p99_ms
+             FROM totals t LEFT JOIN sketches s USING (website_id)
          )
          SELECT w.id, w.url, w.check_interval,
                 latest.timestamp_utc AS last_checked_at,
                 latest.is_up AS up,
                 latest.status_code AS last_status_code,
                 latest.error_kind AS last_error_kind,
-                recent.uptime_pct, recent.p50_ms, recent.p95_ms, recent.p99_ms,
+                recent.uptime_pct::float8 AS uptime_pct,
+                recent.p50_ms, recent.p95_ms, recent.p99_ms,
                 coalesce(recent.checks, 0) AS checks,
                 (latest.request_info ->> 'tls_cert_not_after')::timestamptz AS tls_cert_not_after
          FROM websites w
          LEFT JOIN recent ON recent.website_id = w.id
          LEFT JOIN LATERAL (
-             SELECT s.timestamp_utc, s.is_up, s.status_code, s.error_kind, s.request_info
-             FROM website_status s
-             WHERE s.website_id = w.id
-             ORDER BY s.timestamp_utc DESC
+             -- The last two days' partitions first; all of them only for a site that has
+             -- not been checked since (Append stops at the first row).
+             (SELECT s.timestamp_utc, s.is_up, s.status_code, s.error_kind, s.request_info
+              FROM website_status s
+              WHERE s.website_id = w.id AND s.timestamp_utc >= $11
+              ORDER BY s.timestamp_utc DESC LIMIT 1)
+             UNION ALL
+             (SELECT s.timestamp_utc, s.is_up, s.status_code, s.error_kind, s.request_info
+              FROM website_status s
+              WHERE s.website_id = w.id
+              ORDER BY s.timestamp_utc DESC LIMIT 1)
              LIMIT 1
          ) latest ON true
          ORDER BY w.id",
     )
-    .bind(window.as_secs_f64())
+    .bind(r0)
+    .bind(r1)
+    .bind(r2)
+    .bind(r3)
+    .bind(h0)
+    .bind(h1)
+    .bind(h2)
+    .bind(h3)
+    .bind(d0)
+    .bind(d1)
+    .bind(now - time::Duration::days(2))
     .fetch_all(pool);
-    crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, query).await
+    let statuses =
+        crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, query).await?;
+    Ok((statuses, segments))
+}
+
+/// One bucket of a site's history.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct HistoryBucket {
+    /// The bucket's first instant (buckets are aligned to multiples of their length since
+    /// 1970-01-01 UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub bucket_start: OffsetDateTime,
+    /// Checks in the bucket.
+    pub checks: i64,
+    /// The share of them that found the site up, in percent.
+    pub uptime_pct: Option<f64>,
+    /// Median response time, ms (within 2 %).
+    pub p50_ms: Option<f64>,
+    /// 95th percentile, ms (within 2 %).
+    pub p95_ms: Option<f64>,
+    /// 99th percentile, ms (within 2 %).
+    pub p99_ms: Option<f64>,
+    /// The most common error kind of the bucket's failed checks (the first by name on a
+    /// tie); `None` when no check failed with an error.
+    pub top_error: Option<String>,
+}
+
+/// The longest a history may reach back, and the most buckets it may have.
+pub const HISTORY_MAX_BUCKETS: u64 = 100_000;
+
+/// The history of site `site` over the `since` before now, in buckets of `every`, oldest
+/// first; buckets without checks are left out.
+///
+/// A bucket length that is a whole number of days is read from the daily rollups, of hours
+/// from the hourly rollups (both complete up to the last stored check), any other from the
+/// raw rows. The first bucket is the one that holds `now - since`.
+///
+/// # Errors
+/// [`Error::Config`] for a bucket length under a second or more than
+/// [`HISTORY_MAX_BUCKETS`] buckets; [`Error::UnknownSite`]; [`Error::Database`],
+/// [`Error::Timeout`].
+pub async fn site_history(
+    pool: &PgPool,
+    site: i32,
+    since: Duration,
+    every: Duration,
+) -> Result<Vec<HistoryBucket>> {
+    let every_s = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+    if every_s < 1 || every.subsec_nanos() != 0 {
+        return Err(Error::Config {
+            setting: "--every",
+            reason: "a bucket is a whole number of seconds, at least 1".into(),
+        });
+    }
+    if since.as_secs() / every.as_secs() > HISTORY_MAX_BUCKETS {
+        return Err(Error::Config {
+            setting: "--every",
+            reason: format!(
+                "{} buckets of {} over {} is more than {HISTORY_MAX_BUCKETS}",
+                since.as_secs() / every.as_secs(),
+                humantime::format_duration(every),
+                humantime::format_duration(since)
+            ),
+        });
+    }
+    let known: bool = crate::db::bounded(
+        "looking up the site",
+        STATUS_TIMEOUT,
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM websites WHERE id = $1)")
+            .bind(site)
+            .fetch_one(pool),
+    )
+    .await?;
+    if !known {
+        return Err(Error::UnknownSite { id: site.into() });
+    }
+    let now = OffsetDateTime::now_utc();
+    let first = floor_to(now - since, every_s);
+    let bucket = "to_timestamp(floor(extract(epoch FROM {t}) / $3) * $3)";
+    let (source, time_column) = if every_s % DAY == 0 {
+        ("website_status_daily", "bucket_start")
+    } else if every_s % HOUR == 0 {
+        ("website_status_hourly", "bucket_start")
+    } else {
+        ("raw", "timestamp_utc")
+    };
+    let bucket = bucket.replace("{t}", time_column);
+    let rows = if source == "raw" {
+        format!(
+            "SELECT {bucket} AS bucket_start, count(*) AS checks,
+                    count(*) FILTER (WHERE is_up) AS up,
+                    sitemon_count_kinds(array_agg(error_kind)) AS errors,
+                    sitemon_sketch(array_agg(response_time_ms)) AS sketch
+             FROM website_status
+             WHERE website_id = $1 AND timestamp_utc >= $2
+             GROUP BY 1"
+        )
+    } else {
+        format!(
+            "WITH b AS (SELECT {bucket} AS bucket_start, checks, up, errors, rt_sketch
+                        FROM {source} WHERE website_id = $1 AND bucket_start >= $2),
+                  sums AS (SELECT bucket_start, sum(checks)::bigint AS checks,
+                                  sum(up)::bigint AS up
+                           FROM b GROUP BY 1),
+                  kinds AS (SELECT bucket_start, jsonb_object_agg(k, n) AS errors
+                            FROM (SELECT bucket_start, k, sum(v::bigint) AS n
+                                  FROM b, jsonb_each_text(errors) AS x(k, v)
+                                  GROUP BY 1, 2) AS e
+                            GROUP BY 1),
+                  bins AS (SELECT bucket_start, e >> 32 AS bin, sum(e & 4294967295)::bigint AS n
+                           FROM b, unnest(rt_sketch) AS e GROUP BY 1, 2),
+                  sketches AS (SELECT bucket_start,
+                                      array_agg((bin << 32) | n ORDER BY bin) AS sketch
+                               FROM bins GROUP BY 1)
+             SELECT sums.bucket_start, sums.checks, sums.up,
+                    coalesce(kinds.errors, '{{}}') AS errors,
+                    coalesce(sketches.sketch, '{{}}') AS sketch
+             FROM sums LEFT JOIN kinds USING (bucket_start)
+                       LEFT JOIN sketches USING (bucket_start)"
+        )
+    };
+    let query = format!(
+        "SELECT r.bucket_start, r.checks,
+                (100.0 * r.up / nullif(r.checks, 0))::float8 AS uptime_pct,
+                sitemon_sketch_quantile(r.sketch, 0.50) AS p50_ms,
+                sitemon_sketch_quantile(r.sketch, 0.95) AS p95_ms,
+                sitemon_sketch_quantile(r.sketch, 0.99) AS p99_ms,
+                (SELECT k FROM jsonb_each_text(r.errors) AS x(k, v)
+                 ORDER BY v::bigint DESC, k LIMIT 1) AS top_error
+         FROM ({rows}) AS r
+         ORDER BY r.bucket_start"
+    );
+    let history = sqlx::query_as::<_, HistoryBucket>(&query)
+        .bind(site)
+        .bind(first)
+        .bind(every_s as f64)
+        .fetch_all(pool);
+    crate::db::bounded("reading a site's history", STATUS_TIMEOUT, history).await
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn seg(source: Source, from: OffsetDateTime, until: OffsetDateTime) -> Segment {
+        Segment {
+            source,
+            from,
+            until,
+        }
+    }
+
+    #[test]
+    fn a_short_window_is_raw() {
+        let now = datetime!(2026-11-30 10:20 UTC);
+        let start = datetime!(2026-11-30 10:05 UTC);
+        assert_eq!(plan(start, now, None), vec![seg(Source::Raw, start, now)]);
+        // Across an hour boundary, with no whole hour in it: still one raw stretch.
+        let start = datetime!(2026-11-30 09:50 UTC);
+        assert_eq!(plan(start, now, None), vec![seg(Source::Raw, start, now)]);
+    }
+
+    #[test]
+    fn a_day_is_edges_and_hours() {
+        let now = datetime!(2026-11-30 10:20 UTC);
+        let start = now - time::Duration::hours(24);
+        assert_eq!(
+            plan(start, now, None),
+            vec![
+                seg(Source::Raw, start, datetime!(2026-11-29 11:00 UTC)),
+                seg(
+                    Source::Hourly,
+                    datetime!(2026-11-29 11:00 UTC),
+                    datetime!(2026-11-30 10:00 UTC)
+                ),
+                seg(Source::Raw, datetime!(2026-11-30 10:00 UTC), now),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_month_is_mostly_days() {
+        let now = datetime!(2026-11-30 10:20 UTC);
+        let start = now - time::Duration::days(30);
+        assert_eq!(
+            plan(start, now, None),
+            vec![
+                seg(Source::Raw, start, datetime!(2026-10-31 11:00 UTC)),
+                seg(
+                    Source::Hourly,
+                    datetime!(2026-10-31 11:00 UTC),
+                    datetime!(2026-11-01 00:00 UTC)
+                ),
+                seg(
+                    Source::Daily,
+                    datetime!(2026-11-01 00:00 UTC),
+                    datetime!(2026-11-30 00:00 UTC)
+                ),
+                seg(
+                    Source::Hourly,
+                    datetime!(2026-11-30 00:00 UTC),
+                    datetime!(2026-11-30 10:00 UTC)
+                ),
+                seg(Source::Raw, datetime!(2026-11-30 10:00 UTC), now),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_edge_past_the_raw_horizon_is_its_whole_hour() {
+        let now = datetime!(2026-11-30 10:20 UTC);
+        let start = now - time::Duration::days(30);
+        let horizon = Some(datetime!(2026-11-20 00:00 UTC));
+        let segments = plan(start, now, horizon);
+        assert_eq!(
+            segments[0],
+            seg(
+                Source::Hourly,
+                datetime!(2026-10-31 10:00 UTC),
+                datetime!(2026-11-01 00:00 UTC)
+            ),
+            "the whole hour of the head, joined to the hours after it"
+        );
+        for source in [Source::Raw, Source::Hourly, Source::Daily] {
+            assert!(segments.iter().filter(|s| s.source == source).count() <= 2);
+        }
+        assert_eq!(segments.last().map(|s| s.source), Some(Source::Raw));
+    }
+
+    #[test]
+    fn aligned_ends_leave_no_empty_edges() {
+        let now = datetime!(2026-11-30 00:00 UTC);
+        let start = datetime!(2026-11-28 00:00 UTC);
+        assert_eq!(plan(start, now, None), vec![seg(Source::Daily, start, now)]);
+    }
 }

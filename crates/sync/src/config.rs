@@ -44,6 +44,13 @@ pub struct SyncConfig {
     /// take a quarter, at random): the longest a dead worker's partitions, or a newcomer's
     /// share, wait for it.
     pub rebalance_every: Duration,
+    /// How long raw rows are kept: day partitions that ended longer ago are dropped (whole,
+    /// never emptied by `DELETE`). `None` (the default) keeps everything.
+    pub retention: Option<Duration>,
+    /// How long the hourly and daily rollups are kept, whatever `retention` says.
+    pub rollup_retention: Duration,
+    /// How often partitions ahead are created and the retentions applied.
+    pub maintain_every: Duration,
     /// Where the sync's metrics are registered (`sitemon_sync_*`): serve it to Prometheus
     /// with [`sitemon_core::metrics::serve`]. The default is a registry of its own that
     /// nobody reads.
@@ -52,8 +59,9 @@ pub struct SyncConfig {
 
 impl SyncConfig {
     /// The defaults: batches of 5,000 or 200 ms, the whole history, progress every 5 s,
-    /// new partitions looked for every 10 s, leases rebalanced every 2 s, metrics in a
-    /// registry of their own.
+    /// new partitions looked for every 10 s, leases rebalanced every 2 s, raw rows kept
+    /// forever and rollups 400 days, day partitions kept every hour, metrics in a registry
+    /// of their own.
     pub fn new(database: DatabaseConfig, kafka: KafkaConfig) -> Self {
         Self {
             database,
@@ -64,6 +72,9 @@ impl SyncConfig {
             progress_every: Duration::from_secs(5),
             partition_poll_every: Duration::from_secs(10),
             rebalance_every: Duration::from_secs(2),
+            retention: None,
+            rollup_retention: sitemon_core::history::DEFAULT_ROLLUP_RETENTION,
+            maintain_every: sitemon_core::history::MAINTAIN_EVERY,
             metrics: Registry::new(),
         }
     }

@@ -147,6 +147,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         let every = config.progress_every;
         async move { stats.report(every, stop).await }
     });
+    let maintainer = tokio::spawn(maintain(pool.clone(), config.clone(), shutdown.clone()));
     let mut client = Some(Arc::new(client));
     let mut retry = RETRY.start();
     let mut refused = REFUSED_RETRY.start();
@@ -195,9 +196,39 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         }
     }
     reporter.abort();
+    maintainer.abort();
     pool.close().await;
     tracing::info!("sync stopped");
     Ok(())
+}
+
+/// Keeps the history, at start and every [`SyncConfig::maintain_every`]: the day partitions
+/// from yesterday to a few days ahead exist, and what is past its retention is dropped
+/// ([`sitemon_core::history`]). Every worker does it; the database serializes them, and a
+/// failure is logged and tried again next time (the default partition catches any event
+/// whose day has no partition yet).
+async fn maintain(pool: sqlx::PgPool, config: SyncConfig, shutdown: CancellationToken) {
+    use sitemon_core::history;
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        if let Err(e) = history::ensure_partitions(&pool, history::days_around(now)).await {
+            tracing::warn!("cannot create the partitions ahead: {e}; trying again later");
+        }
+        match history::drop_expired(&pool, now, config.retention, config.rollup_retention).await {
+            Ok(expired) if expired.rollups > 0 => {
+                tracing::info!(
+                    rows = expired.rollups,
+                    "deleted rollups past their retention"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot apply the retention: {e}; trying again later"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(config.maintain_every) => {}
+        }
+    }
 }
 
 async fn connect_kafka(config: &KafkaConfig) -> Result<rskafka::client::Client> {

@@ -10,7 +10,10 @@
 //!    `DELETE` is still possible, PostgreSQL breaks it by failing one side, and if that is
 //!    the batch it is read and written again.
 //! 2. One `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING` for the rows: a replayed
-//!    offset (primary key) or a retried produce (same `check_id`) stores nothing. When some
+//!    offset (primary key) or a retried produce (same `check_id`) stores nothing. The same
+//!    statement adds exactly the rows it inserted to the hourly and daily rollups
+//!    ([`sitemon_core::history::rollup_ctes`]), so rollups and rows commit or roll back
+//!    together, and a duplicate or a reject never counts. When some
 //!    row was left out, one more statement finds those whose `check_id` is stored nowhere:
 //!    their key holds another check, so they are kept as rejects (`key_collision`) instead
 //!    of being counted as duplicates.
@@ -339,11 +342,9 @@ async fn insert_rows(
         error_kind.push(row.error_kind);
         location.push(row.location.as_str());
     }
-    let done = bounded_db(
-        "inserting a batch of rows",
-        STATEMENT_TIMEOUT,
-        sqlx::query(
-            "INSERT INTO website_status (
+    let statement = format!(
+        "WITH source AS (
+             INSERT INTO website_status (
                  kafka_topic, kafka_topic_incarnation, kafka_partition_id, kafka_offset_id,
                  website_id, timestamp_utc, request_info, check_id, is_up, status_code,
                  response_time_ms, error_kind, location)
@@ -353,25 +354,34 @@ async fn insert_rows(
                          $7::text[], $8::uuid[], $9::bool[], $10::int2[], $11::float8[],
                          $12::text[], $13::text[])
                   AS t(i, p, o, w, ts, info, id, up, sc, rt, ek, loc)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(topic)
-        .bind(incarnation)
-        .bind(partition)
-        .bind(offset)
-        .bind(website_id)
-        .bind(checked_at)
-        .bind(request_info)
-        .bind(&check_id)
-        .bind(is_up)
-        .bind(status_code)
-        .bind(response_time_ms)
-        .bind(error_kind)
-        .bind(location)
-        .execute(&mut *tx),
+             ON CONFLICT DO NOTHING
+             RETURNING website_id, timestamp_utc, location, is_up, response_time_ms, error_kind
+         ),
+         {}
+         SELECT count(*) FROM source",
+        sitemon_core::history::rollup_ctes("source")
+    );
+    let inserted: i64 = bounded_db(
+        "inserting a batch of rows and their rollups",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar(&statement)
+            .bind(topic)
+            .bind(incarnation)
+            .bind(partition)
+            .bind(offset)
+            .bind(website_id)
+            .bind(&checked_at)
+            .bind(request_info)
+            .bind(&check_id)
+            .bind(is_up)
+            .bind(status_code)
+            .bind(response_time_ms)
+            .bind(error_kind)
+            .bind(location)
+            .fetch_one(&mut *tx),
     )
     .await?;
-    let inserted = done.rows_affected();
+    let inserted = u64::try_from(inserted).unwrap_or(0);
     if inserted == n as u64 {
         return Ok((inserted, Vec::new()));
     }
@@ -381,10 +391,12 @@ async fn insert_rows(
         "looking for key collisions",
         STATEMENT_TIMEOUT,
         sqlx::query_scalar(
-            "SELECT t.n FROM UNNEST($1::uuid[]) WITH ORDINALITY AS t(id, n)
-             WHERE NOT EXISTS (SELECT 1 FROM website_status s WHERE s.check_id = t.id)",
+            "SELECT t.n FROM UNNEST($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS t(id, ts, n)
+             WHERE NOT EXISTS (SELECT 1 FROM website_status s
+                               WHERE s.check_id = t.id AND s.timestamp_utc = t.ts)",
         )
         .bind(&check_id)
+        .bind(&checked_at)
         .fetch_all(&mut *tx),
     )
     .await?

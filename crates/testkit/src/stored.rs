@@ -80,4 +80,49 @@ pub async fn assert_exactly_once(pool: &PgPool, topic: &str, events: i64, reject
         events + rejects,
         "the stored offsets account for every message"
     );
+    assert_rollups_match(pool).await;
+}
+
+/// Asserts that the hourly and daily rollups equal a `GROUP BY` over the stored rows:
+/// every count, minimum, maximum, error count and latency sketch equal, and the sums of
+/// response times equal up to floating-point rounding (they were added in another order).
+///
+/// # Panics
+/// On the first rollup table that differs, with a row that shows how.
+pub async fn assert_rollups_match(pool: &PgPool) {
+    for (table, grain) in [
+        ("website_status_hourly", "hour"),
+        ("website_status_daily", "day"),
+    ] {
+        let expected = sitemon_core::history::rollup_select("website_status", grain);
+        let sql = format!(
+            "WITH expected AS (
+                 SELECT * FROM ({expected}) AS e(website_id, bucket_start, location, checks, up,
+                                                 errors, rt_count, rt_sum, rt_min, rt_max,
+                                                 rt_sketch)
+             )
+             SELECT coalesce(e.website_id, r.website_id), coalesce(e.bucket_start, r.bucket_start),
+                    format('expected %s, stored %s', row_to_json(e), row_to_json(r))
+             FROM expected e
+             FULL JOIN {table} r USING (website_id, bucket_start, location)
+             WHERE e.checks IS DISTINCT FROM r.checks
+                OR e.up IS DISTINCT FROM r.up
+                OR e.errors IS DISTINCT FROM r.errors
+                OR e.rt_count IS DISTINCT FROM r.rt_count
+                OR e.rt_min IS DISTINCT FROM r.rt_min
+                OR e.rt_max IS DISTINCT FROM r.rt_max
+                OR e.rt_sketch IS DISTINCT FROM r.rt_sketch
+                OR abs(e.rt_sum - r.rt_sum) > 1e-9 * greatest(1, abs(e.rt_sum))
+                OR e.rt_sum IS NULL OR r.rt_sum IS NULL
+             LIMIT 3"
+        );
+        let differences: Vec<(i32, time::OffsetDateTime, String)> = sqlx::query_as(&sql)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("comparing {table} with the rows: {e}"));
+        assert!(
+            differences.is_empty(),
+            "{table} differs from a GROUP BY over website_status: {differences:#?}"
+        );
+    }
 }

@@ -13,7 +13,15 @@ pub(crate) struct MigrateArgs {
 
 pub(crate) async fn exec(args: MigrateArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
-    sitemon_core::db::migrate(&pool).await?;
+    sitemon_core::db::migrate_with_progress(&pool, |p| {
+        eprintln!(
+            "moved {} of {} rows of history into the day partitions ({:.0}%)",
+            p.done,
+            p.total,
+            100.0 * p.done as f64 / p.total.max(1) as f64
+        );
+    })
+    .await?;
     eprintln!(
         "database {} is at schema version {}",
         args.db.config()?.target(),

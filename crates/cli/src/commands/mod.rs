@@ -2,9 +2,11 @@
 
 pub(crate) mod add_site;
 pub(crate) mod check;
+pub(crate) mod history;
 pub(crate) mod list_sites;
 pub(crate) mod migrate;
 pub(crate) mod remove_site;
+pub(crate) mod rollup;
 pub(crate) mod run;
 pub(crate) mod status;
 pub(crate) mod sync;

@@ -4,7 +4,8 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use clap::Args;
-use sitemon_core::report::{self, SiteStatus};
+use serde::Serialize;
+use sitemon_core::report::{self, Segment, SiteStatus};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -19,7 +20,8 @@ pub(crate) struct StatusArgs {
     since: Since,
     /// Print a JSON array for scripts: `id`, `url`, `check_interval`, `last_checked_at`, `up`,
     /// `last_status_code`, `last_error_kind`, `uptime_pct`, `p50_ms`, `p95_ms`, `p99_ms`,
-    /// `checks`, `tls_cert_not_after` (null where unknown).
+    /// `checks`, `tls_cert_not_after` (null where unknown), and `sources`: the stretches of
+    /// the window and where their numbers come from (`raw`, `hourly` or `daily`).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -45,14 +47,29 @@ impl Since {
 pub(crate) async fn exec(args: StatusArgs) -> anyhow::Result<()> {
     let window = args.since.window;
     let pool = args.db.connect().await?;
-    let statuses = report::site_statuses(&pool, window).await?;
+    let (statuses, sources) = report::site_statuses(&pool, window).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        let sites: Vec<Sourced<'_>> = statuses
+            .iter()
+            .map(|status| Sourced {
+                status,
+                sources: &sources,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&sites)?);
         return Ok(());
     }
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     print!("{}", table(&statuses, &args.since.text, colour));
     Ok(())
+}
+
+/// One site of `--json`: its status and where the numbers come from.
+#[derive(Serialize)]
+struct Sourced<'a> {
+    #[serde(flatten)]
+    status: &'a SiteStatus,
+    sources: &'a [Segment],
 }
 
 fn table(statuses: &[SiteStatus], since: &str, colour: bool) -> Table<12> {

@@ -34,6 +34,25 @@ pub(crate) struct SyncOptions {
     /// Once an offset is stored, the sync always goes on from it.
     #[arg(long, env = "SITEMON_SYNC_START", value_enum, default_value_t = Start::Earliest)]
     start: Start,
+    /// How long raw check rows are kept (e.g. 30d): whole days older than this are dropped.
+    /// Unset: kept forever. The hourly and daily rollups are kept apart (--rollup-retention).
+    #[arg(long, env = "SITEMON_RETENTION", value_parser = retention)]
+    retention: Option<Duration>,
+    /// How long the hourly and daily rollups (the long-window reports) are kept.
+    #[arg(long, env = "SITEMON_ROLLUP_RETENTION", default_value = "400d", value_parser = retention)]
+    rollup_retention: Duration,
+}
+
+/// A retention: whole days, at least one (raw history is dropped a day partition at a time).
+fn retention(text: &str) -> Result<Duration, crate::args::InvalidValue> {
+    let window = crate::args::window(text)?;
+    if window.as_secs() % 86_400 != 0 {
+        return Err(crate::args::InvalidValue(format!(
+            "{:?} must be whole days, such as 30d",
+            text.trim()
+        )));
+    }
+    Ok(window)
 }
 
 /// `--start`.
@@ -53,6 +72,8 @@ impl SyncOptions {
         let mut config = SyncConfig::new(database, kafka);
         config.batch_size = self.batch_size as usize;
         config.batch_wait = Duration::from_millis(self.batch_wait);
+        config.retention = self.retention;
+        config.rollup_retention = self.rollup_retention;
         config.start = match self.start {
             Start::Earliest => StartFrom::Earliest,
             Start::Latest => StartFrom::Latest,

@@ -1,0 +1,547 @@
+//! Years of history: `website_status` partitioned by UTC day, its retention, and the hourly
+//! and daily rollups (`website_status_hourly`, `website_status_daily`).
+//!
+//! The schema and the latency sketch are described in
+//! `migrations/20261130000001_history_partitions.sql`. This module keeps them:
+//! - [`ensure_partitions`] creates the day partitions ahead of time (the sync, every
+//!   [`MAINTAIN_EVERY`], and `migrate`); rows that landed in the default partition for a day
+//!   that gets its partition move into it.
+//! - [`drop_expired`] drops whole day partitions older than a retention (a metadata
+//!   operation: no `DELETE`), and rollups older than theirs.
+//! - [`rollup_ctes`] is the SQL that adds stored rows to the rollups; the sync runs it in
+//!   the transaction that stores them, so a crash can never leave the two apart.
+//! - [`rebuild_rollups`] recomputes the rollups from the raw rows; [`move_unpartitioned`]
+//!   moves a table of the old layout into the partitions.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime, Time};
+
+use crate::db::bounded;
+use crate::error::{Error, Result};
+
+/// How many days ahead of today the partitions exist.
+pub const DAYS_AHEAD: i64 = 3;
+/// How often a sync keeps the partitions and retentions.
+pub const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+/// The default time rollups are kept: a year and a month, so that a year is always whole.
+pub const DEFAULT_ROLLUP_RETENTION: Duration = Duration::from_secs(400 * 86_400);
+/// How long one maintenance statement may take (moving a day's rows, rebuilding a day).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long partition work waits for its table locks before it gives up until next time,
+/// so that a long report never stalls the writers queued behind it.
+const LOCK_TIMEOUT: &str = "10s";
+
+/// The name of the partition of `day`: `website_status_pYYYYMMDD`.
+pub fn partition_name(day: Date) -> String {
+    let format = format_description!("[year][month][day]");
+    format!(
+        "website_status_p{}",
+        day.format(&format).unwrap_or_default()
+    )
+}
+
+fn partition_day(name: &str) -> Option<Date> {
+    let digits = name.strip_prefix("website_status_p")?;
+    Date::parse(digits, format_description!("[year][month][day]")).ok()
+}
+
+fn midnight(day: Date) -> OffsetDateTime {
+    day.with_time(Time::MIDNIGHT).assume_utc()
+}
+
+/// The days that have a partition, oldest first.
+///
+/// # Errors
+/// [`Error::Database`], [`Error::Timeout`].
+pub async fn partition_days(pool: &PgPool) -> Result<Vec<Date>> {
+    let names: Vec<String> = bounded(
+        "listing the partitions of website_status",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'website_status'::regclass",
+        )
+        .fetch_all(pool),
+    )
+    .await?;
+    let mut days: Vec<Date> = names.iter().filter_map(|n| partition_day(n)).collect();
+    days.sort_unstable();
+    Ok(days)
+}
+
+/// The start of the raw history: the first day that has a partition (rows before it were
+/// dropped by retention, or never existed). `None` before `migrate` made any.
+///
+/// # Errors
+/// [`Error::Database`], [`Error::Timeout`].
+pub async fn raw_horizon(pool: &PgPool) -> Result<Option<OffsetDateTime>> {
+    Ok(partition_days(pool).await?.first().map(|d| midnight(*d)))
+}
+
+/// Creates the partition of every day in `days` that has none; returns the days created.
+///
+/// Each day is one transaction, serialized among syncs by a transaction-level advisory
+/// lock. A day whose rows had landed in the default partition gets them moved into its new
+/// partition in the same transaction (PostgreSQL refuses a partition whose rows sit in the
+/// default one).
+///
+/// # Errors
+/// [`Error::Database`], [`Error::Timeout`]: the days before the failing one are created.
+pub async fn ensure_partitions(
+    pool: &PgPool,
+    days: impl IntoIterator<Item = Date>,
+) -> Result<Vec<Date>> {
+    let existing = partition_days(pool).await?;
+    let mut created = Vec::new();
+    for day in days {
+        if existing.binary_search(&day).is_ok() {
+            continue;
+        }
+        if create_partition(pool, day).await? {
+            created.push(day);
+        }
+    }
+    Ok(created)
+}
+
+async fn create_partition(pool: &PgPool, day: Date) -> Result<bool> {
+    const DOING: &str = "creating a partition of website_status";
+    let name = partition_name(day);
+    let from = midnight(day);
+    let until = midnight(day.next_day().unwrap_or(day));
+    let work = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sitemon:website_status partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
+        if exists {
+            return Ok::<_, sqlx::Error>(false);
+        }
+        let strays: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM website_status_default
+                            WHERE timestamp_utc >= $1 AND timestamp_utc < $2)",
+        )
+        .bind(from)
+        .bind(until)
+        .fetch_one(&mut *tx)
+        .await?;
+        if strays {
+            sqlx::query(
+                "CREATE TEMPORARY TABLE sitemon_strays (LIKE website_status) ON COMMIT DROP",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "WITH moved AS (DELETE FROM website_status_default
+                                WHERE timestamp_utc >= $1 AND timestamp_utc < $2 RETURNING *)
+                 INSERT INTO sitemon_strays SELECT * FROM moved",
+            )
+            .bind(from)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // The bounds are our own timestamps, formatted: DDL takes no parameters.
+        sqlx::query(&format!(
+            "CREATE TABLE {name} PARTITION OF website_status
+             FOR VALUES FROM ('{from}') TO ('{until}')",
+            from = rfc3339(from),
+            until = rfc3339(until),
+        ))
+        .execute(&mut *tx)
+        .await?;
+        if strays {
+            sqlx::query("INSERT INTO website_status SELECT * FROM sitemon_strays")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    };
+    let created = bounded(DOING, STATEMENT_TIMEOUT, work).await?;
+    if created {
+        tracing::info!(partition = %name, "created a partition of website_status");
+    }
+    Ok(created)
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The days from yesterday to [`DAYS_AHEAD`] days ahead of today (UTC): the partitions a
+/// running sync needs.
+pub fn days_around(now: OffsetDateTime) -> impl Iterator<Item = Date> {
+    let today = now.to_offset(time::UtcOffset::UTC).date();
+    (-1..=DAYS_AHEAD).filter_map(move |d| today.checked_add(time::Duration::days(d)))
+}
+
+/// What [`drop_expired`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The day partitions dropped.
+    pub partitions: Vec<Date>,
+    /// The rows of the default partition (days without a partition) deleted.
+    pub strays: u64,
+    /// The rollup rows deleted (hourly and daily).
+    pub rollups: u64,
+}
+
+/// Drops every day partition that ends `raw` or more before `now` (whole partitions, never
+/// a `DELETE`; `None` keeps everything) and the default partition's rows older than that,
+/// and deletes rollups whose bucket ends `rollups` or more before `now`.
+///
+/// # Errors
+/// [`Error::Database`], [`Error::Timeout`]: what was dropped before the failure stays
+/// dropped.
+pub async fn drop_expired(
+    pool: &PgPool,
+    now: OffsetDateTime,
+    raw: Option<Duration>,
+    rollups: Duration,
+) -> Result<Expired> {
+    let mut expired = Expired::default();
+    if let Some(raw) = raw {
+        let cutoff = now - raw;
+        for day in partition_days(pool).await? {
+            let end = midnight(day.next_day().unwrap_or(day));
+            if end > cutoff {
+                break;
+            }
+            let name = partition_name(day);
+            let work = async {
+                let mut tx = pool.begin().await?;
+                sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            };
+            bounded("dropping an expired partition", STATEMENT_TIMEOUT, work).await?;
+            tracing::info!(partition = %name, "dropped a day of raw history past the retention");
+            expired.partitions.push(day);
+        }
+        // Strays of days without a partition: the default partition holds only those, so
+        // this DELETE is small.
+        let strays = bounded(
+            "deleting expired rows of the default partition",
+            STATEMENT_TIMEOUT,
+            sqlx::query("DELETE FROM website_status_default WHERE timestamp_utc < $1")
+                .bind(cutoff)
+                .execute(pool),
+        )
+        .await?;
+        expired.strays = strays.rows_affected();
+    }
+    let cutoff = now - rollups;
+    for (table, grain) in [
+        ("website_status_hourly", 3600),
+        ("website_status_daily", 86_400),
+    ] {
+        let deleted = bounded(
+            "deleting expired rollups",
+            STATEMENT_TIMEOUT,
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE bucket_start + make_interval(secs => {grain}) <= $1"
+            ))
+            .bind(cutoff)
+            .execute(pool),
+        )
+        .await?;
+        expired.rollups += deleted.rows_affected();
+    }
+    Ok(expired)
+}
+
+/// The SQL that adds rows to the rollups: two data-modifying CTEs (`hourly_added`,
+/// `daily_added`) to append to a `WITH` whose CTE `source` yields the stored rows'
+/// `website_id`, `timestamp_utc`, `location`, `is_up`, `response_time_ms` and `error_kind`.
+/// Every statement that stores raw rows runs it over exactly the rows it stored, so the
+/// rollups always equal a `GROUP BY` over `website_status` (sums of response times up to
+/// floating-point rounding).
+pub fn rollup_ctes(source: &str) -> String {
+    let upsert = |table: &str, grain: &str| {
+        format!(
+            "{grain}_added AS (
+                 INSERT INTO {table} AS r (website_id, bucket_start, location, checks, up,
+                     errors, rt_count, rt_sum, rt_min, rt_max, rt_sketch)
+                 {select}
+                 ON CONFLICT (website_id, bucket_start, location) DO UPDATE SET
+                     checks = r.checks + EXCLUDED.checks,
+                     up = r.up + EXCLUDED.up,
+                     errors = CASE WHEN EXCLUDED.errors = '{{}}' THEN r.errors
+                                   ELSE sitemon_counts_merge(r.errors, EXCLUDED.errors) END,
+                     rt_count = r.rt_count + EXCLUDED.rt_count,
+                     rt_sum = r.rt_sum + EXCLUDED.rt_sum,
+                     rt_min = least(r.rt_min, EXCLUDED.rt_min),
+                     rt_max = greatest(r.rt_max, EXCLUDED.rt_max),
+                     rt_sketch = sitemon_sketch_merge(r.rt_sketch, EXCLUDED.rt_sketch)
+                 RETURNING 1)",
+            select = rollup_select(source, grain),
+        )
+    };
+    format!(
+        "{}, {}",
+        upsert("website_status_hourly", "hour"),
+        upsert("website_status_daily", "day")
+    )
+}
+
+/// `SELECT` of the rollup rows of `source` at the grain `hour` or `day`: the one definition
+/// of a rollup, used by the writers and by every comparison with the raw rows.
+pub fn rollup_select(source: &str, grain: &str) -> String {
+    format!(
+        "SELECT website_id, date_trunc('{grain}', timestamp_utc, 'UTC'), coalesce(location, ''),
+                count(*), count(*) FILTER (WHERE is_up),
+                sitemon_count_kinds(array_agg(error_kind)),
+                count(response_time_ms), coalesce(sum(response_time_ms), 0),
+                min(response_time_ms), max(response_time_ms),
+                sitemon_sketch(array_agg(response_time_ms))
+         FROM {source}
+         GROUP BY 1, 2, 3"
+    )
+}
+
+/// Progress of a long maintenance job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done so far (rows, or days).
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+}
+
+/// Recomputes the rollups of every day from `since` (UTC, whole days; `None`: from the
+/// first day with raw rows) that has raw rows (a partition, or rows in the default
+/// partition), from the raw rows. Days whose raw rows retention dropped keep their rollups.
+///
+/// Each day is one transaction that holds the rollup tables against concurrent writers
+/// (a sync waits for it, then adds its rows to the rebuilt rollups), so it is safe beside
+/// running syncs. Returns the days rebuilt.
+///
+/// # Errors
+/// [`Error::Database`], [`Error::Timeout`]: the days before the failing one are rebuilt.
+pub async fn rebuild_rollups(
+    pool: &PgPool,
+    since: Option<OffsetDateTime>,
+    mut progress: impl FnMut(Date, Progress),
+) -> Result<Vec<Date>> {
+    let mut days = partition_days(pool).await?;
+    // Days without a partition whose rows sat in the default partition (a broken clock's
+    // future, a past older than the partitions).
+    let strays: Vec<OffsetDateTime> = bounded(
+        "finding the days of the default partition",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar(
+            "SELECT DISTINCT date_trunc('day', timestamp_utc, 'UTC') FROM website_status_default",
+        )
+        .fetch_all(pool),
+    )
+    .await?;
+    days.extend(strays.iter().map(|d| d.date()));
+    days.sort_unstable();
+    days.dedup();
+    let since_day = since.map(|s| s.to_offset(time::UtcOffset::UTC).date());
+    days.retain(|d| since_day.is_none_or(|s| *d >= s));
+    for (i, day) in days.iter().enumerate() {
+        rebuild_day(pool, *day).await?;
+        progress(
+            *day,
+            Progress {
+                done: i as u64 + 1,
+                total: days.len() as u64,
+            },
+        );
+    }
+    Ok(days)
+}
+
+async fn rebuild_day(pool: &PgPool, day: Date) -> Result<()> {
+    let from = midnight(day);
+    let until = midnight(day.next_day().unwrap_or(day));
+    let work = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "LOCK TABLE website_status_hourly, website_status_daily IN SHARE ROW EXCLUSIVE MODE",
+        )
+        .execute(&mut *tx)
+        .await?;
+        for table in ["website_status_hourly", "website_status_daily"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE bucket_start >= $1 AND bucket_start < $2"
+            ))
+            .bind(from)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(&format!(
+            "WITH source AS (SELECT * FROM website_status
+                             WHERE timestamp_utc >= $1 AND timestamp_utc < $2),
+                  {}
+             SELECT 1",
+            rollup_ctes("source")
+        ))
+        .bind(from)
+        .bind(until)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    };
+    bounded("rebuilding a day of rollups", STATEMENT_TIMEOUT, work).await
+}
+
+/// How many rows one transaction of [`move_unpartitioned`] moves at most (whole sites).
+const MOVE_CHUNK_ROWS: i64 = 200_000;
+
+/// Moves the rows of `website_status_unpartitioned` (a table of the layout before
+/// partitions, renamed by the migration) into the partitions, adding them to the rollups,
+/// then drops it; a no-op when there is none. Sites move in chunks of about
+/// [`MOVE_CHUNK_ROWS`] rows, each chunk one transaction (rows out of the old table, into
+/// the new one, and into the rollups), so a move cut short loses nothing and goes on where
+/// it stopped. `progress` hears the rows moved.
+///
+/// # Errors
+/// [`Error::Database`], [`Error::Timeout`].
+pub async fn move_unpartitioned(pool: &PgPool, mut progress: impl FnMut(Progress)) -> Result<u64> {
+    let exists: bool = bounded(
+        "looking for an unpartitioned website_status",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar("SELECT to_regclass('website_status_unpartitioned') IS NOT NULL")
+            .fetch_one(pool),
+    )
+    .await?;
+    if !exists {
+        return Ok(0);
+    }
+    let days: Vec<OffsetDateTime> = bounded(
+        "finding the days of the old history",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar(
+            "SELECT DISTINCT date_trunc('day', timestamp_utc, 'UTC')
+             FROM website_status_unpartitioned",
+        )
+        .fetch_all(pool),
+    )
+    .await?;
+    ensure_partitions(pool, days.iter().map(|d| d.date())).await?;
+    let sites: Vec<(i32, i64)> = bounded(
+        "counting the old history",
+        STATEMENT_TIMEOUT,
+        sqlx::query_as(
+            "SELECT website_id, count(*) FROM website_status_unpartitioned
+             GROUP BY website_id ORDER BY website_id",
+        )
+        .fetch_all(pool),
+    )
+    .await?;
+    let total: i64 = sites.iter().map(|(_, n)| n).sum();
+    let mut moved = 0u64;
+    let mut chunk: Vec<i32> = Vec::new();
+    let mut chunk_rows = 0;
+    for (i, (site, rows)) in sites.iter().enumerate() {
+        chunk.push(*site);
+        chunk_rows += rows;
+        if chunk_rows < MOVE_CHUNK_ROWS && i + 1 < sites.len() {
+            continue;
+        }
+        moved += move_sites(pool, &chunk).await?;
+        chunk.clear();
+        chunk_rows = 0;
+        progress(Progress {
+            done: moved,
+            total: u64::try_from(total).unwrap_or(0),
+        });
+    }
+    let work = async {
+        let mut tx = pool.begin().await?;
+        let left: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM website_status_unpartitioned)")
+                .fetch_one(&mut *tx)
+                .await?;
+        if !left {
+            sqlx::query("DROP TABLE website_status_unpartitioned")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await.map(|()| left)
+    };
+    let left = bounded("dropping the old history table", STATEMENT_TIMEOUT, work).await?;
+    if left {
+        // Rows of a site added while we moved: the next `migrate` moves them.
+        return Err(Error::Config {
+            setting: "website_status_unpartitioned",
+            reason: "rows arrived while it was moved; run `sitemon migrate` again".into(),
+        });
+    }
+    Ok(moved)
+}
+
+async fn move_sites(pool: &PgPool, sites: &[i32]) -> Result<u64> {
+    let work = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "LOCK TABLE website_status_hourly, website_status_daily IN SHARE ROW EXCLUSIVE MODE",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let moved: i64 = sqlx::query_scalar(&format!(
+            "WITH old AS (DELETE FROM website_status_unpartitioned
+                          WHERE website_id = ANY($1) RETURNING *),
+                  source AS (INSERT INTO website_status SELECT * FROM old
+                             ON CONFLICT DO NOTHING RETURNING *),
+                  {}
+             SELECT count(*) FROM source",
+            rollup_ctes("source")
+        ))
+        .bind(sites)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(u64::try_from(moved).unwrap_or(0))
+    };
+    bounded(
+        "moving old history into the partitions",
+        STATEMENT_TIMEOUT,
+        work,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::{date, datetime};
+
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip() {
+        let day = date!(2026 - 03 - 07);
+        assert_eq!(partition_name(day), "website_status_p20260307");
+        assert_eq!(partition_day(&partition_name(day)), Some(day));
+        assert_eq!(partition_day("website_status_default"), None);
+        assert_eq!(partition_day("website_status_p2026"), None);
+    }
+
+    #[test]
+    fn days_around_today_in_utc() {
+        let now = datetime!(2026-12-31 23:30 -02:00); // 2027-01-01 01:30 UTC
+        let days: Vec<Date> = days_around(now).collect();
+        assert_eq!(days.first(), Some(&date!(2026 - 12 - 31)));
+        assert_eq!(days.last(), Some(&date!(2027 - 01 - 04)));
+        assert_eq!(days.len(), 5);
+    }
+}
