@@ -63,22 +63,17 @@ CREATE TABLE website_status_default PARTITION OF website_status DEFAULT;
 -- by bin). Times under 1 µs count as 1 µs. A sketch is a `bigint[]` sorted by bin, one
 -- element per bin that has values: the bin in the high 32 bits, its count in the low 32.
 
+-- (Plain SQL bodies, so that PostgreSQL inlines them into the queries that call them.)
 CREATE FUNCTION sitemon_sketch_bin(ms double precision) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN ceil(ln(greatest(ms, 0.001)) / ln(1.02 / 0.98))::integer;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT ceil(ln(CASE WHEN ms < 0.001 THEN 0.001 ELSE ms END)
+                / ln(1.02::float8 / 0.98::float8))::integer
+$$;
 
 CREATE FUNCTION sitemon_sketch_value(bin integer) RETURNS double precision
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN 2 * power(1.02 / 0.98, bin) / (1.02 / 0.98 + 1);
-
--- The sketch of some response times (NULLs are skipped).
-CREATE FUNCTION sitemon_sketch(ms double precision[]) RETURNS bigint[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(array_agg((b::bigint << 32) | n ORDER BY b), '{}')
-    FROM (SELECT sitemon_sketch_bin(m) AS b, count(*) AS n
-          FROM unnest(ms) AS m WHERE m IS NOT NULL GROUP BY 1) AS bins;
-END;
+AS $$ SELECT 2 * power(1.02::float8 / 0.98::float8, bin) / (1.02::float8 / 0.98::float8 + 1) $$;
 
 -- Two sketches as one.
 CREATE FUNCTION sitemon_sketch_merge(a bigint[], b bigint[]) RETURNS bigint[]
@@ -90,7 +85,8 @@ BEGIN ATOMIC
 END;
 
 -- The value at quantile q (0..1) of a sketch: the middle of the bin holding the element of
--- rank floor(q * (n - 1)), counting from 0; NULL for an empty sketch.
+-- rank floor(q * (n - 1)), counting from 0; NULL for an empty sketch. For queries by hand:
+-- the reports compute the same over many sketches at once (`sitemon_core::report`).
 CREATE FUNCTION sitemon_sketch_quantile(sketch bigint[], q double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -105,14 +101,7 @@ BEGIN ATOMIC
     LIMIT 1;
 END;
 
--- Error kinds counted: {"timeout": 3, "dns": 1}.
-CREATE FUNCTION sitemon_count_kinds(kinds text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(jsonb_object_agg(k, n), '{}')
-    FROM (SELECT k, count(*) AS n FROM unnest(kinds) AS k WHERE k IS NOT NULL GROUP BY k) AS c;
-END;
-
+-- Two counts of error kinds as one: {"timeout": 3} and {"timeout": 1, "dns": 1}.
 CREATE FUNCTION sitemon_counts_merge(a jsonb, b jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC

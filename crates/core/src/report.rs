@@ -17,6 +17,23 @@ use crate::error::{Error, Result};
 /// How long the status query may take.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// p50, p95 and p99 of every `key` from a CTE `bins (key, bin, n)` of latency-sketch bins:
+/// the middle of the bin that holds the element of rank floor(q * (n - 1)), counting from
+/// 0 (as `sitemon_sketch_quantile` in SQL), for all keys in one pass.
+const PERCENTILES: &str = "
+    SELECT key,
+           sitemon_sketch_value((min(bin) FILTER (WHERE below > floor(0.50 * (total - 1))))::int)
+               AS p50_ms,
+           sitemon_sketch_value((min(bin) FILTER (WHERE below > floor(0.95 * (total - 1))))::int)
+               AS p95_ms,
+           sitemon_sketch_value((min(bin) FILTER (WHERE below > floor(0.99 * (total - 1))))::int)
+               AS p99_ms
+    FROM (SELECT key, bin,
+                 sum(n) OVER (PARTITION BY key ORDER BY bin) AS below,
+                 sum(n) OVER (PARTITION BY key) AS total
+          FROM bins) AS cumulative
+    GROUP BY key";
+
 /// One site's state and its numbers over a window of time.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct SiteStatus {
@@ -174,42 +191,46 @@ pub async fn site_statuses(
     let [r0, r1, r2, r3] = ranges(&segments, Source::Raw);
     let [h0, h1, h2, h3] = ranges(&segments, Source::Hourly);
     let [d0, d1, _, _] = ranges(&segments, Source::Daily);
-    let query = sqlx::query_as::<_, SiteStatus>(
-        "WITH source AS (
+    let sql = r#"WITH rolled AS (
              SELECT website_id, checks, up, rt_sketch FROM website_status_daily
              WHERE bucket_start >= $9 AND bucket_start < $10
              UNION ALL
              SELECT website_id, checks, up, rt_sketch FROM website_status_hourly
              WHERE (bucket_start >= $5 AND bucket_start < $6)
                 OR (bucket_start >= $7 AND bucket_start < $8)
-             UNION ALL
-             SELECT website_id, count(*), count(*) FILTER (WHERE is_up),
-                    sitemon_sketch(array_agg(response_time_ms))
+         ),
+         raw AS (
+             SELECT website_id, is_up, sitemon_sketch_bin(response_time_ms) AS bin
              FROM website_status
              WHERE (timestamp_utc >= $1 AND timestamp_utc < $2)
                 OR (timestamp_utc >= $3 AND timestamp_utc < $4)
-             GROUP BY website_id
          ),
          totals AS (
              SELECT website_id, sum(checks)::bigint AS checks, sum(up)::bigint AS up
-             FROM source GROUP BY website_id
+             FROM (SELECT website_id, checks, up FROM rolled
+                   UNION ALL
+                   SELECT website_id, count(*), count(*) FILTER (WHERE is_up)
+                   FROM raw GROUP BY website_id) AS t
+             GROUP BY website_id
          ),
          bins AS (
-             SELECT website_id, e >> 32 AS bin, sum(e & 4294967295)::bigint AS n
-             FROM source, unnest(rt_sketch) AS e
+             SELECT website_id AS key, bin, sum(n) AS n
+             FROM (SELECT website_id, e >> 32 AS bin, e & 4294967295 AS n
+                   FROM rolled, unnest(rt_sketch) AS e
+                   UNION ALL
+                   SELECT website_id, bin, count(*) FROM raw WHERE bin IS NOT NULL
+                   GROUP BY 1, 2) AS b
              GROUP BY 1, 2
          ),
-         sketches AS (
-             SELECT website_id, array_agg((bin << 32) | n ORDER BY bin) AS sketch
-             FROM bins GROUP BY website_id
-         ),
+         percentiles AS ("#
+        .to_owned()
+        + PERCENTILES
+        + r#"),
          recent AS (
              SELECT t.website_id, t.checks,
                     100.0 * t.up / nullif(t.checks, 0)::float8 AS uptime_pct,
-                    sitemon_sketch_quantile(s.sketch, 0.50) AS p50_ms,
-                    sitemon_sketch_quantile(s.sketch, 0.95) AS p95_ms,
-                    sitemon_sketch_quantile(s.sketch, 0.99) AS p99_ms
-             FROM totals t LEFT JOIN sketches s USING (website_id)
+                    p.p50_ms, p.p95_ms, p.p99_ms
+             FROM totals t LEFT JOIN percentiles p ON p.key = t.website_id
          )
          SELECT w.id, w.url, w.check_interval,
                 latest.timestamp_utc AS last_checked_at,
@@ -236,20 +257,20 @@ pub async fn site_statuses(
               ORDER BY s.timestamp_utc DESC LIMIT 1)
              LIMIT 1
          ) latest ON true
-         ORDER BY w.id",
-    )
-    .bind(r0)
-    .bind(r1)
-    .bind(r2)
-    .bind(r3)
-    .bind(h0)
-    .bind(h1)
-    .bind(h2)
-    .bind(h3)
-    .bind(d0)
-    .bind(d1)
-    .bind(now - time::Duration::days(2))
-    .fetch_all(pool);
+         ORDER BY w.id"#;
+    let query = sqlx::query_as::<_, SiteStatus>(&sql)
+        .bind(r0)
+        .bind(r1)
+        .bind(r2)
+        .bind(r3)
+        .bind(h0)
+        .bind(h1)
+        .bind(h2)
+        .bind(h3)
+        .bind(d0)
+        .bind(d1)
+        .bind(now - time::Duration::days(2))
+        .fetch_all(pool);
     let statuses =
         crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, query).await?;
     Ok((statuses, segments))
@@ -337,50 +358,44 @@ pub async fn site_history(
         ("raw", "timestamp_utc")
     };
     let bucket = bucket.replace("{t}", time_column);
-    let rows = if source == "raw" {
+    let parts = if source == "raw" {
         format!(
-            "SELECT {bucket} AS bucket_start, count(*) AS checks,
-                    count(*) FILTER (WHERE is_up) AS up,
-                    sitemon_count_kinds(array_agg(error_kind)) AS errors,
-                    sitemon_sketch(array_agg(response_time_ms)) AS sketch
-             FROM website_status
-             WHERE website_id = $1 AND timestamp_utc >= $2
-             GROUP BY 1"
+            "src AS (SELECT {bucket} AS bucket_start, is_up, error_kind,
+                            sitemon_sketch_bin(response_time_ms) AS bin
+                     FROM website_status WHERE website_id = $1 AND timestamp_utc >= $2),
+             sums AS (SELECT bucket_start, count(*) AS checks,
+                             count(*) FILTER (WHERE is_up) AS up
+                      FROM src GROUP BY 1),
+             kinds AS (SELECT bucket_start, error_kind AS k, count(*) AS n
+                       FROM src WHERE error_kind IS NOT NULL GROUP BY 1, 2),
+             bins AS (SELECT bucket_start AS key, bin, count(*) AS n
+                      FROM src WHERE bin IS NOT NULL GROUP BY 1, 2)"
         )
     } else {
         format!(
-            "WITH b AS (SELECT {bucket} AS bucket_start, checks, up, errors, rt_sketch
-                        FROM {source} WHERE website_id = $1 AND bucket_start >= $2),
-                  sums AS (SELECT bucket_start, sum(checks)::bigint AS checks,
-                                  sum(up)::bigint AS up
-                           FROM b GROUP BY 1),
-                  kinds AS (SELECT bucket_start, jsonb_object_agg(k, n) AS errors
-                            FROM (SELECT bucket_start, k, sum(v::bigint) AS n
-                                  FROM b, jsonb_each_text(errors) AS x(k, v)
-                                  GROUP BY 1, 2) AS e
-                            GROUP BY 1),
-                  bins AS (SELECT bucket_start, e >> 32 AS bin, sum(e & 4294967295)::bigint AS n
-                           FROM b, unnest(rt_sketch) AS e GROUP BY 1, 2),
-                  sketches AS (SELECT bucket_start,
-                                      array_agg((bin << 32) | n ORDER BY bin) AS sketch
-                               FROM bins GROUP BY 1)
-             SELECT sums.bucket_start, sums.checks, sums.up,
-                    coalesce(kinds.errors, '{{}}') AS errors,
-                    coalesce(sketches.sketch, '{{}}') AS sketch
-             FROM sums LEFT JOIN kinds USING (bucket_start)
-                       LEFT JOIN sketches USING (bucket_start)"
+            "src AS (SELECT {bucket} AS bucket_start, checks, up, errors, rt_sketch
+                     FROM {source} WHERE website_id = $1 AND bucket_start >= $2),
+             sums AS (SELECT bucket_start, sum(checks)::bigint AS checks,
+                             sum(up)::bigint AS up
+                      FROM src GROUP BY 1),
+             kinds AS (SELECT bucket_start, k, sum(v::bigint) AS n
+                       FROM src, jsonb_each_text(errors) AS x(k, v) GROUP BY 1, 2),
+             bins AS (SELECT bucket_start AS key, e >> 32 AS bin, sum(e & 4294967295) AS n
+                      FROM src, unnest(rt_sketch) AS e GROUP BY 1, 2)"
         )
     };
     let query = format!(
-        "SELECT r.bucket_start, r.checks,
-                (100.0 * r.up / nullif(r.checks, 0))::float8 AS uptime_pct,
-                sitemon_sketch_quantile(r.sketch, 0.50) AS p50_ms,
-                sitemon_sketch_quantile(r.sketch, 0.95) AS p95_ms,
-                sitemon_sketch_quantile(r.sketch, 0.99) AS p99_ms,
-                (SELECT k FROM jsonb_each_text(r.errors) AS x(k, v)
-                 ORDER BY v::bigint DESC, k LIMIT 1) AS top_error
-         FROM ({rows}) AS r
-         ORDER BY r.bucket_start"
+        "WITH {parts},
+              percentiles AS ({PERCENTILES}),
+              top AS (SELECT DISTINCT ON (bucket_start) bucket_start, k
+                      FROM kinds ORDER BY bucket_start, n DESC, k)
+         SELECT s.bucket_start, s.checks,
+                (100.0 * s.up / nullif(s.checks, 0))::float8 AS uptime_pct,
+                p.p50_ms, p.p95_ms, p.p99_ms, top.k AS top_error
+         FROM sums s
+         LEFT JOIN percentiles p ON p.key = s.bucket_start
+         LEFT JOIN top USING (bucket_start)
+         ORDER BY s.bucket_start"
     );
     let history = sqlx::query_as::<_, HistoryBucket>(&query)
         .bind(site)

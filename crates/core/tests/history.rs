@@ -182,8 +182,8 @@ async fn an_event_whose_day_has_no_partition_is_kept_and_moves_into_its_partitio
     assert_eq!(
         placement(&db.pool).await,
         [
-            (partition_today.clone(), 1),
-            ("website_status_default".into(), 2)
+            ("website_status_default".into(), 2),
+            (partition_today.clone(), 1)
         ]
     );
     let future = Date::from_calendar_date(2999, time::Month::January, 2).expect("a date");
