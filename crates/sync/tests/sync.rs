@@ -528,3 +528,79 @@ async fn the_batch_in_hand_is_stored_on_shutdown() {
     fixture.assert_stored_exactly_once(7, 0).await;
     fixture.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sync_keeps_partitions_ahead_and_drops_days_past_the_retention() {
+    use sitemon_core::history;
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let now = time::OffsetDateTime::now_utc();
+    let old_day = (now - time::Duration::days(40)).date();
+    let kept_day = (now - time::Duration::days(20)).date();
+    history::ensure_partitions(&fixture.db.pool, [old_day, kept_day])
+        .await
+        .expect("old partitions");
+    // A check on each of those days, stored with its rollups as the sync stores them.
+    sqlx::query(&format!(
+        "WITH source AS (
+             INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
+                 website_id, timestamp_utc, request_info, is_up, response_time_ms)
+             VALUES ('old', 0, 1, $1, now() - interval '40 days', '{{}}', true, 10),
+                    ('old', 0, 2, $1, now() - interval '20 days', '{{}}', true, 10)
+             -- (another topic's rows: offset 0 of this one is the event below)
+             RETURNING *),
+         {}
+         SELECT 1",
+        history::rollup_ctes("source")
+    ))
+    .bind(site)
+    .execute(&fixture.db.pool)
+    .await
+    .expect("old rows");
+    // Whatever is ahead was made by `migrate`; the sync makes the rest.
+    let ahead = (now + time::Duration::days(history::DAYS_AHEAD)).date();
+
+    let mut config = fixture.config();
+    config.retention = Some(std::time::Duration::from_secs(30 * 86_400));
+    config.maintain_every = std::time::Duration::from_millis(200);
+    sqlx::query(&format!("DROP TABLE {}", history::partition_name(ahead)))
+        .execute(&fixture.db.pool)
+        .await
+        .expect("the last partition ahead gone, for the sync to make again");
+    let sync = fixture.start(config);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let days = history::partition_days(&fixture.db.pool)
+            .await
+            .expect("days");
+        if !days.contains(&old_day) && days.contains(&ahead) {
+            assert!(days.contains(&kept_day), "{days:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync neither dropped {old_day} nor made {ahead}: {days:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The event of the day kept arrives normally; both days stay in the rollups.
+    fixture.produce_events(&[event(site, 1)]).await;
+    fixture.wait_for_stored(1).await;
+    sync.stop().await;
+    let rows: Vec<time::OffsetDateTime> =
+        sqlx::query_scalar("SELECT timestamp_utc FROM website_status ORDER BY 1")
+            .fetch_all(&fixture.db.pool)
+            .await
+            .expect("rows");
+    assert_eq!(
+        rows.len(),
+        2,
+        "40 days ago is gone, 20 days ago and now stay: {rows:?}"
+    );
+    let days: i64 = sqlx::query_scalar("SELECT count(*) FROM website_status_daily")
+        .fetch_one(&fixture.db.pool)
+        .await
+        .expect("daily");
+    assert_eq!(days, 3, "the rollups outlive the raw retention");
+    fixture.finish().await;
+}
