@@ -114,24 +114,6 @@ pub fn event_json(website_id: i32, n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Asserts that each of one site's check times (in order) follows the one before by less than
-/// `max_gap`: no check was lost, and the checking never paused.
-///
-/// # Panics
-/// At the first gap of `max_gap` or more, naming it.
-#[track_caller]
-pub fn assert_no_gap(times: &[OffsetDateTime], max_gap: time::Duration) {
-    for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap < max_gap,
-            "a gap of {gap} between the checks at {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
-}
-
 /// Asserts that every tick of one site's grid from its first check to its last was either
 /// checked or counted as skipped, and that no tick was checked twice: what the scheduler
 /// promises, whatever the machine's load.
