@@ -10,7 +10,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use sitemon_core::CheckEvent;
@@ -26,6 +26,16 @@ fn add_site(db: &TestDb, topic: &str, url: &str, interval: u32) -> i32 {
         .trim()
         .parse()
         .expect("add-site prints the id")
+}
+
+/// Kills the checker if the test fails before it exits.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The number after `name=` in a log line.
@@ -52,7 +62,8 @@ async fn sigterm_finishes_the_checks_in_flight_and_flushes_the_buffer() {
         .args(["--flush-timeout", "20s"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"));
-    let mut checker = command.spawn().expect("sitemon check starts");
+    let mut guard = Guard(command.spawn().expect("sitemon check starts"));
+    let checker = &mut guard.0;
 
     // The slow site's first check is on its way: the server holds the request for 5 s.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -68,11 +79,11 @@ async fn sigterm_finishes_the_checks_in_flight_and_flushes_the_buffer() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    terminate(&checker);
+    terminate(checker);
     // The bound: the check's 10 s timeout, the 20 s flush timeout, and room for a busy
     // machine.
     let exit = wait_with_timeout(
-        &mut checker,
+        checker,
         Duration::from_secs(60),
         "sitemon check after SIGTERM",
     );
