@@ -207,9 +207,15 @@ impl TestDb {
         let superuser = superuser_pool().await;
         let name = unique_name("sitemon_t");
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let services_user = connect_options(&services().database_url)
+            .get_username()
+            .to_owned();
         for statement in [
             format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
             format!("CREATE DATABASE {name} OWNER {name}"),
+            // The services' own role may drop the database: `scripts/test` clears the
+            // databases of tests that panicked with it.
+            format!("GRANT {name} TO \"{services_user}\""),
         ] {
             sqlx::query(&statement)
                 .execute(&superuser)
