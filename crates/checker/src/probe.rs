@@ -63,6 +63,45 @@ pub(crate) struct Prober {
     tls: TlsConnector,
     user_agent: HeaderValue,
     max_body_bytes: usize,
+    resolver: Resolver,
+}
+
+/// Where a check's addresses come from.
+#[derive(Debug, Clone, Default)]
+enum Resolver {
+    /// The system's resolver (`getaddrinfo`), in the order it answers.
+    #[default]
+    System,
+    /// Fixed answers by name, in the order given: names a unit test needs (a dead address
+    /// first, then a live one) that no hosts file of a test machine holds.
+    #[cfg(test)]
+    Fixed(std::collections::HashMap<String, Vec<IpAddr>>),
+}
+
+impl Resolver {
+    /// The addresses of `host`, in the order to try them.
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+        let dns_error = |reason: String| {
+            Failure::new(ErrorKind::Dns, format!("cannot resolve {host}: {reason}"))
+        };
+        let addresses: Vec<SocketAddr> = match self {
+            Self::System => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| dns_error(e.to_string()))?
+                .collect(),
+            #[cfg(test)]
+            Self::Fixed(names) => names
+                .get(host)
+                .into_iter()
+                .flatten()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect(),
+        };
+        if addresses.is_empty() {
+            return Err(dns_error("no address".into()));
+        }
+        Ok(addresses)
+    }
 }
 
 impl std::fmt::Debug for Prober {
@@ -100,6 +139,7 @@ impl Prober {
             tls: TlsConnector::from(Arc::new(config)),
             user_agent: HeaderValue::from_static(concat!("sitemon/", env!("CARGO_PKG_VERSION"))),
             max_body_bytes,
+            resolver: Resolver::System,
         })
     }
 
@@ -190,7 +230,7 @@ impl Prober {
         let timings = &mut outcome.timings;
 
         let phase = Instant::now();
-        let addresses = resolve(&target.host, target.port).await;
+        let addresses = self.resolver.resolve(&target.host, target.port).await;
         add(&mut timings.dns, phase.elapsed());
         let addresses = addresses?;
 
@@ -342,19 +382,6 @@ fn is_redirect(status: StatusCode) -> bool {
     matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
 
-async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
-    let dns_error =
-        |reason: String| Failure::new(ErrorKind::Dns, format!("cannot resolve {host}: {reason}"));
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| dns_error(e.to_string()))?
-        .collect();
-    if addresses.is_empty() {
-        return Err(dns_error("no address".into()));
-    }
-    Ok(addresses)
-}
-
 /// Tries each address in turn until one accepts.
 async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
     let mut failures = Vec::new();
@@ -400,5 +427,43 @@ mod tests {
             message: "broke off".into(),
         });
         assert!(!outcome.is_up());
+    }
+
+    /// A name whose first address refuses the connection and whose second is a live server:
+    /// the check tries the second and is up; the dead address alone is a `connect` failure
+    /// naming it.
+    #[tokio::test]
+    async fn each_resolved_address_is_tried_in_turn() {
+        let server = sitemon_testkit::http::TestServer::http().await;
+        let port = server.addr.port();
+        // Nothing listens on ::1 nor on 127.0.0.2 at the server's port: it is bound to
+        // 127.0.0.1 alone.
+        let dead: [IpAddr; 2] = ["::1".parse().expect("ip"), "127.0.0.2".parse().expect("ip")];
+        let live: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mut prober = Prober::new(1 << 20, &[]).expect("prober");
+        prober.resolver = Resolver::Fixed(
+            [
+                ("dead-first.test".to_owned(), vec![dead[0], dead[1], live]),
+                ("dead-only.test".to_owned(), dead.to_vec()),
+            ]
+            .into(),
+        );
+        let check = |host: &str| {
+            let target = Target::parse(&format!("http://{host}:{port}/ok?{host}")).expect("url");
+            let prober = prober.clone();
+            async move { prober.check(&target, None, Duration::from_secs(10)).await }
+        };
+
+        let outcome = check("dead-first.test").await;
+        assert!(outcome.is_up(), "{outcome:?}");
+        assert_eq!(outcome.status, Some(200));
+        assert_eq!(server.requests_for("/ok?dead-first.test").len(), 1);
+
+        let outcome = check("dead-only.test").await;
+        let error = outcome.error.expect("no address accepts");
+        assert_eq!(error.kind, ErrorKind::Connect, "{}", error.message);
+        for address in [format!("[::1]:{port}"), format!("127.0.0.2:{port}")] {
+            assert!(error.message.contains(&address), "{}", error.message);
+        }
     }
 }

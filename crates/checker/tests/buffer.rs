@@ -12,34 +12,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sitemon_testkit::http::TestServer;
 use sitemon_testkit::{TestDb, kafka_config, random_topic};
-use support::{add_site, checker_config, start_checker, wait_for_events};
-
-/// Everything logged in this process, for the test to read.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
-    }
-}
+use support::{Captured, add_site, checker_config, start_checker, wait_for_events};
 
 /// The value of `sitemon_events_dropped_total` in the rendered registry.
 fn dropped(text: &str) -> f64 {
@@ -55,15 +32,7 @@ fn dropped(text: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_drops_counts_and_logs() {
     const CAPACITY: usize = 2;
-    let log = Captured::default();
-    tracing_subscriber::fmt()
-        .with_env_filter("info,rskafka=warn,sqlx=warn")
-        .with_ansi(false)
-        .with_writer({
-            let log = log.clone();
-            move || log.clone()
-        })
-        .init();
+    let log = Captured::install();
     let db = TestDb::migrated().await;
     let topic = random_topic();
     let client = sitemon_testkit::topic::create(&topic, 3).await;

@@ -22,8 +22,10 @@ use support::{Messages, first_value, kcat_produce, wait_with_timeout};
 /// What issue 5 asks: a dead worker's partitions, and a newcomer's share, within 15 s.
 const TAKEOVER: Duration = Duration::from_secs(15);
 /// A worker stopped cleanly hands over "at once": its leases are free the moment it exits,
-/// and the others take them on their next rebalance (every 2 s, give or take a quarter).
-const HANDOVER: Duration = Duration::from_secs(5);
+/// and the others take them on their next rebalance (every 2 s, give or take a quarter,
+/// about 2 s measured). The bound is the documented one for every move, 15 s, which a busy
+/// machine keeps; that it left the group rather than lost its connection is read in its log.
+const HANDOVER: Duration = TAKEOVER;
 /// The most the test waits for the workers to catch up: a bound against hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
 

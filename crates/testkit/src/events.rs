@@ -114,20 +114,38 @@ pub fn event_json(website_id: i32, n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Asserts that each of one site's check times (in order) follows the one before by less than
-/// `max_gap`: no check was lost, and the checking never paused.
+/// Asserts that every tick of one site's grid from its first check to its last was either
+/// checked or counted as skipped, and that no tick was checked twice: what the scheduler
+/// promises, whatever the machine's load.
+///
+/// `times` are the site's check times in order, `interval` its interval, `skipped` the
+/// checker's skipped-tick count (for all its sites: an upper bound for this one's) and
+/// `overlaps` the checks a hand-over may add (two checkers checking one tick). A check may
+/// start late by a fraction of an interval (a busy machine), so the span between the first
+/// and the last check is rounded to whole ticks, with one tick of slack either way.
 ///
 /// # Panics
-/// At the first gap of `max_gap` or more, naming it.
+/// When more ticks went by than were checked or counted, or more checks were made than ticks.
 #[track_caller]
-pub fn assert_no_gap(times: &[OffsetDateTime], max_gap: time::Duration) {
-    for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap < max_gap,
-            "a gap of {gap} between the checks at {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
+pub fn assert_ticks_accounted(
+    times: &[OffsetDateTime],
+    interval: time::Duration,
+    skipped: u64,
+    overlaps: u64,
+) {
+    let (Some(first), Some(last)) = (times.first(), times.last()) else {
+        panic!("no check at all");
+    };
+    let ticks = ((*last - *first) / interval).round() as u64;
+    let checks = times.len() as u64 - 1;
+    assert!(
+        checks + skipped + 1 >= ticks,
+        "{ticks} ticks from {first} to {last}, only {checks} checks after the first and \
+         {skipped} skipped ticks counted: ticks were lost without being counted"
+    );
+    assert!(
+        checks <= ticks + 1 + overlaps,
+        "{checks} checks after the first in {ticks} ticks from {first} to {last}: a tick \
+         checked twice"
+    );
 }

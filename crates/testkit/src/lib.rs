@@ -159,6 +159,9 @@ pub struct TestDb {
     pub url: String,
     /// A small pool on it.
     pub pool: PgPool,
+    /// Whether the database is owned by a login role of its own, named like it (see
+    /// [`TestDb::empty_with_own_role`]), dropped with it.
+    own_role: bool,
 }
 
 impl TestDb {
@@ -185,7 +188,57 @@ impl TestDb {
         let pool = sitemon_core::db::connect(&config, 4)
             .await
             .unwrap_or_else(|e| panic!("{e}: {HOW_TO_START}"));
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            pool,
+            own_role: false,
+        }
+    }
+
+    /// A new, empty database owned by a login role of its own, named like it, whose password
+    /// is random and distinctive (unlike `sitemon`'s, which equals its user name): for tests
+    /// that look for the password in what sitemon prints. Returns the database (its
+    /// [`TestDb::url`] and [`TestDb::pool`] log in as that role) and the password.
+    ///
+    /// The role is made through the services' superuser, `postgres`, which `scripts/services`
+    /// lets in by trust on its private socket only (the `sitemon` role may not create roles).
+    pub async fn empty_with_own_role() -> (Self, String) {
+        let superuser = superuser_pool().await;
+        let name = unique_name("sitemon_t");
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let services_user = connect_options(&services().database_url)
+            .get_username()
+            .to_owned();
+        for statement in [
+            format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
+            format!("CREATE DATABASE {name} OWNER {name}"),
+            // The services' own role may drop the database: `scripts/test` clears the
+            // databases of tests that panicked with it.
+            format!("GRANT {name} TO \"{services_user}\""),
+        ] {
+            sqlx::query(&statement)
+                .execute(&superuser)
+                .await
+                .unwrap_or_else(|e| panic!("{statement:?} as the superuser: {e}"));
+        }
+        superuser.close().await;
+        let url = url_with_credentials(
+            &url_with_database(&services().database_url, &name),
+            &name,
+            &password,
+        );
+        let config = DatabaseConfig::from_url(&url).expect("test database URL parses");
+        let pool = sitemon_core::db::connect(&config, 4)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {HOW_TO_START}"));
+        let db = Self {
+            name,
+            url,
+            pool,
+            own_role: true,
+        };
+        (db, password)
     }
 
     /// Registers `n` sites (`http://127.0.0.1:9/site-N`, every 5 s) and returns their ids:
@@ -204,10 +257,14 @@ impl TestDb {
         ids
     }
 
-    /// Drops the database (and ends its sessions).
+    /// Drops the database (and ends its sessions), and its own role if it has one.
     pub async fn drop_database(self) {
         self.pool.close().await;
-        let admin = admin_pool().await;
+        let admin = if self.own_role {
+            superuser_pool().await
+        } else {
+            admin_pool().await
+        };
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
@@ -215,8 +272,47 @@ impl TestDb {
         .execute(&admin)
         .await
         .unwrap_or_else(|e| panic!("cannot drop test database {}: {e}", self.name));
+        if self.own_role {
+            sqlx::query(&format!("DROP ROLE IF EXISTS {}", self.name))
+                .execute(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot drop test role {}: {e}", self.name));
+        }
         admin.close().await;
     }
+}
+
+/// A one-connection pool on the services' PostgreSQL as its superuser, `postgres`, over the
+/// private socket `scripts/services` keeps in its state folder (trust there, and only there).
+async fn superuser_pool() -> PgPool {
+    let state = services()
+        .cert_dir
+        .parent()
+        .expect("the certificates live in the services' state folder");
+    let socket = state.join("postgres/socket");
+    let port = connect_options(&services().database_url).get_port();
+    let options = PgConnectOptions::new()
+        .socket(&socket)
+        .port(port)
+        .username("postgres")
+        .database("postgres");
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach the services' superuser on {} (port {port}): {e}: {HOW_TO_START}",
+                socket.display()
+            )
+        })
+}
+
+/// Replaces the user and password in a `postgres://` URL, keeping the rest.
+fn url_with_credentials(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
 }
 
 /// A one-connection pool on the database `DATABASE_URL` names.

@@ -5,6 +5,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rskafka::client::Client;
@@ -131,6 +133,59 @@ pub fn by_site(events: &[Stored]) -> HashMap<i32, Vec<Stored>> {
         list.sort_by_key(|s| s.event.checked_at);
     }
     map
+}
+
+/// The checker's `sitemon_checker_skipped_ticks_total`, from the registry it was given
+/// ([`CheckerConfig::metrics`]).
+pub fn skipped_ticks(metrics: &sitemon_core::metrics::Registry) -> u64 {
+    let text = metrics.render();
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("sitemon_checker_skipped_ticks_total{")?;
+            rest.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("no sitemon_checker_skipped_ticks_total in:\n{text}"))
+}
+
+/// Everything logged in this process, for a test to read: a test binary of its own installs
+/// it as the process's log subscriber ([`Captured::install`]).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Installs a subscriber that logs into the returned buffer (info, without colours).
+    ///
+    /// # Panics
+    /// When the process already has a subscriber.
+    pub fn install() -> Self {
+        let log = Self::default();
+        tracing_subscriber::fmt()
+            .with_env_filter("info,rskafka=warn,sqlx=warn")
+            .with_ansi(false)
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .init();
+        log
+    }
+
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Logs to the test output (`--nocapture` shows them).
