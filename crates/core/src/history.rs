@@ -523,14 +523,11 @@ pub async fn move_unpartitioned(pool: &PgPool, mut progress: impl FnMut(Progress
     Ok(moved)
 }
 
+/// Moves the rows of `sites` and adds them to the rollups, in one transaction. The rollup
+/// upserts add to what is there, so running syncs need not wait.
 async fn move_sites(pool: &PgPool, sites: &[i32]) -> Result<u64> {
     let work = async {
         let mut tx = pool.begin().await?;
-        sqlx::query(
-            "LOCK TABLE website_status_hourly, website_status_daily IN SHARE ROW EXCLUSIVE MODE",
-        )
-        .execute(&mut *tx)
-        .await?;
         let moved: i64 = sqlx::query_scalar(&format!(
             "WITH old AS (DELETE FROM website_status_unpartitioned
                           WHERE website_id = ANY($1) RETURNING *),
