@@ -157,7 +157,10 @@ async fn main() {
     let file = std::env::temp_dir().join(format!("{name}.copy"));
     psql(
         &url,
-        &format!("\\copy website_status TO '{}'", file.display()),
+        &format!(
+            "\\copy (SELECT * FROM website_status) TO '{}'",
+            file.display()
+        ),
     );
     sqlx::query("TRUNCATE website_status")
         .execute(&pool)
