@@ -266,19 +266,46 @@ pub async fn drop_expired(
     Ok(expired)
 }
 
-/// The SQL that adds rows to the rollups: two data-modifying CTEs (`hourly_added`,
-/// `daily_added`) to append to a `WITH` whose CTE `source` yields the stored rows'
+/// The SQL that adds rows to the rollups: data-modifying CTEs (ending with `hour_added` and
+/// `day_added`) to append to a `WITH` whose CTE `source` yields the stored rows'
 /// `website_id`, `timestamp_utc`, `location`, `is_up`, `response_time_ms` and `error_kind`.
 /// Every statement that stores raw rows runs it over exactly the rows it stored, so the
-/// rollups always equal a `GROUP BY` over `website_status` (sums of response times up to
-/// floating-point rounding).
+/// rollups always equal [`rollup_select`] over `website_status` (sums of response times up
+/// to floating-point rounding).
+///
+/// The rows are read once: grouped per hour (totals, error kinds, latency bins), and the
+/// days are grouped from the hours.
 pub fn rollup_ctes(source: &str) -> String {
-    let upsert = |table: &str, grain: &str| {
+    let level = |grain: &str, bucket: &str| {
         format!(
-            "{grain}_added AS (
-                 INSERT INTO {table} AS r (website_id, bucket_start, location, checks, up,
-                     errors, rt_count, rt_sum, rt_min, rt_max, rt_sketch)
-                 {select}
+            "{grain}_totals AS (
+                 SELECT website_id, {bucket} AS bucket_start, location,
+                        sum(checks)::bigint AS checks, sum(up)::bigint AS up,
+                        sum(rt_count)::bigint AS rt_count, sum(rt_sum) AS rt_sum,
+                        min(rt_min) AS rt_min, max(rt_max) AS rt_max
+                 FROM stored_totals GROUP BY 1, 2, 3),
+             {grain}_kinds AS (
+                 SELECT website_id, bucket_start, location, jsonb_object_agg(error_kind, n) AS errors
+                 FROM (SELECT website_id, {bucket} AS bucket_start, location, error_kind,
+                              sum(n)::bigint AS n
+                       FROM stored_kinds GROUP BY 1, 2, 3, 4) AS k
+                 GROUP BY 1, 2, 3),
+             {grain}_bins AS (
+                 SELECT website_id, bucket_start, location,
+                        array_agg((bin::bigint << 32) | n ORDER BY bin) AS rt_sketch
+                 FROM (SELECT website_id, {bucket} AS bucket_start, location, bin,
+                              sum(n)::bigint AS n
+                       FROM stored_bins GROUP BY 1, 2, 3, 4) AS b
+                 GROUP BY 1, 2, 3),
+             {grain}_added AS (
+                 INSERT INTO website_status_{table} AS r (website_id, bucket_start, location,
+                     checks, up, errors, rt_count, rt_sum, rt_min, rt_max, rt_sketch)
+                 SELECT t.website_id, t.bucket_start, t.location, t.checks, t.up,
+                        coalesce(k.errors, '{{}}'::jsonb), t.rt_count, t.rt_sum, t.rt_min,
+                        t.rt_max, coalesce(b.rt_sketch, '{{}}'::bigint[])
+                 FROM {grain}_totals t
+                 LEFT JOIN {grain}_kinds k USING (website_id, bucket_start, location)
+                 LEFT JOIN {grain}_bins b USING (website_id, bucket_start, location)
                  ON CONFLICT (website_id, bucket_start, location) DO UPDATE SET
                      checks = r.checks + EXCLUDED.checks,
                      up = r.up + EXCLUDED.up,
@@ -294,13 +321,31 @@ pub fn rollup_ctes(source: &str) -> String {
                                       ELSE sitemon_sketch_merge(r.rt_sketch, EXCLUDED.rt_sketch)
                                       END
                  RETURNING 1)",
-            select = rollup_select(source, grain),
+            table = if grain == "hour" { "hourly" } else { "daily" },
         )
     };
     format!(
-        "{}, {}",
-        upsert("website_status_hourly", "hour"),
-        upsert("website_status_daily", "day")
+        "stored_rows AS (
+             SELECT website_id, date_trunc('hour', timestamp_utc, 'UTC') AS hour,
+                    coalesce(location, '') AS location, is_up, response_time_ms, error_kind,
+                    sitemon_sketch_bin(response_time_ms) AS bin
+             FROM {source}),
+         stored_totals AS (
+             SELECT website_id, hour, location, count(*) AS checks,
+                    count(*) FILTER (WHERE is_up) AS up, count(response_time_ms) AS rt_count,
+                    coalesce(sum(response_time_ms), 0) AS rt_sum,
+                    min(response_time_ms) AS rt_min, max(response_time_ms) AS rt_max
+             FROM stored_rows GROUP BY 1, 2, 3),
+         stored_kinds AS (
+             SELECT website_id, hour, location, error_kind, count(*) AS n
+             FROM stored_rows WHERE error_kind IS NOT NULL GROUP BY 1, 2, 3, 4),
+         stored_bins AS (
+             SELECT website_id, hour, location, bin, count(*) AS n
+             FROM stored_rows WHERE bin IS NOT NULL GROUP BY 1, 2, 3, 4),
+         {},
+         {}",
+        level("hour", "hour"),
+        level("day", "date_trunc('day', hour, 'UTC')"),
     )
 }
 
