@@ -6,7 +6,7 @@
 //! applied. A file's site is matched to a stored one by its `name` when it has one and a
 //! stored site has it, otherwise by its URL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -85,11 +85,6 @@ impl std::fmt::Display for Plan {
     /// One line per site: `+` add, `~` change with the fields that change, `-` remove; then
     /// `=` the count of unchanged sites.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let show = |value: &Value| match value {
-            Value::Null => "(none)".to_owned(),
-            Value::String(text) => format!("{text:?}"),
-            other => other.to_string(),
-        };
         for change in &self.changes {
             match change {
                 Change::Add { site } => {
@@ -102,11 +97,7 @@ impl std::fmt::Display for Plan {
                 Change::Update {
                     id, url, fields, ..
                 } => {
-                    let fields: Vec<String> = fields
-                        .iter()
-                        .map(|(key, old, new)| format!("{key} {} -> {}", show(old), show(new)))
-                        .collect();
-                    writeln!(f, "~ {url} (site {id}): {}", fields.join(", "))?;
+                    writeln!(f, "~ {url} (site {id}): {}", describe(fields))?;
                 }
                 Change::Remove { id, url, history } => writeln!(
                     f,
@@ -124,6 +115,20 @@ impl std::fmt::Display for Plan {
         }
         Ok(())
     }
+}
+
+/// Changed settings as people read them: `interval 5 -> 60, method "GET" -> "HEAD"`.
+pub fn describe(fields: &[(String, Value, Value)]) -> String {
+    let show = |value: &Value| match value {
+        Value::Null => "(none)".to_owned(),
+        Value::String(text) => format!("{text:?}"),
+        other => other.to_string(),
+    };
+    fields
+        .iter()
+        .map(|(key, old, new)| format!("{key} {} -> {}", show(old), show(new)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decides what makes `stored` what `wanted` says. `history` gives the number of stored
@@ -173,7 +178,7 @@ pub fn plan(
                 ),
             });
         }
-        let fields = differences(&current.settings.fields(), &settings.fields());
+        let fields = current.settings.differences(settings);
         if fields.is_empty() {
             plan.unchanged += 1;
         } else {
@@ -272,23 +277,6 @@ pub async fn apply(pool: &PgPool, wanted: &[Entry], prune: bool, dry_run: bool) 
     }
     bounded("committing the sites", APPLY_TIMEOUT, tx.commit()).await?;
     Ok(plan)
-}
-
-/// The keys whose values differ, with both values (a key absent on one side is `null`).
-fn differences(
-    old: &BTreeMap<String, Value>,
-    new: &BTreeMap<String, Value>,
-) -> Vec<(String, Value, Value)> {
-    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter_map(|key| {
-            let before = old.get(key).cloned().unwrap_or(Value::Null);
-            let after = new.get(key).cloned().unwrap_or(Value::Null);
-            (before != after).then(|| (key.clone(), before, after))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct SiteStatus {
     pub last_checked_at: Option<OffsetDateTime>,
     /// Whether the latest check found the site up.
     pub up: Option<bool>,
+    /// Whether the latest check was up but slower than the site's `degraded_after_ms`.
+    pub degraded: Option<bool>,
     /// The latest check's HTTP status, if a response arrived.
     pub last_status_code: Option<i16>,
     /// The latest check's error kind, if it failed to get a response.
@@ -39,9 +41,13 @@ pub struct SiteStatus {
     pub p99_ms: Option<f64>,
     /// Checks in the window.
     pub checks: i64,
+    /// Checks in the window that were degraded (counted as up in `uptime_pct`).
+    pub degraded_checks: i64,
     /// The TLS certificate's expiry, as the latest check saw it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub tls_cert_not_after: Option<OffsetDateTime>,
+    /// Whether the site's certificate is verified (`tls_verify`; off only for internal hosts).
+    pub tls_verify: bool,
 }
 
 /// The state of every site over the last `window`, by id.
@@ -56,6 +62,7 @@ pub async fn site_statuses(pool: &PgPool, window: Duration) -> Result<Vec<SiteSt
         "WITH recent AS (
              SELECT website_id,
                     count(*) AS checks,
+                    count(*) FILTER (WHERE degraded) AS degraded_checks,
                     100.0 * avg(CASE WHEN is_up THEN 1.0 ELSE 0.0 END)::float8 AS uptime_pct,
                     percentile_cont(0.50) WITHIN GROUP (ORDER BY response_time_ms) AS p50_ms,
                     percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms) AS p95_ms,
@@ -64,18 +71,21 @@ pub async fn site_statuses(pool: &PgPool, window: Duration) -> Result<Vec<SiteSt
              WHERE timestamp_utc >= now() - make_interval(secs => $1)
              GROUP BY website_id
          )
-         SELECT w.id, w.url, w.check_interval,
+         SELECT w.id, w.url, w.check_interval, w.tls_verify,
                 latest.timestamp_utc AS last_checked_at,
                 latest.is_up AS up,
+                latest.degraded,
                 latest.status_code AS last_status_code,
                 latest.error_kind AS last_error_kind,
                 recent.uptime_pct, recent.p50_ms, recent.p95_ms, recent.p99_ms,
                 coalesce(recent.checks, 0) AS checks,
+                coalesce(recent.degraded_checks, 0) AS degraded_checks,
                 (latest.request_info ->> 'tls_cert_not_after')::timestamptz AS tls_cert_not_after
          FROM websites w
          LEFT JOIN recent ON recent.website_id = w.id
          LEFT JOIN LATERAL (
-             SELECT s.timestamp_utc, s.is_up, s.status_code, s.error_kind, s.request_info
+             SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
+                    s.request_info
              FROM website_status s
              WHERE s.website_id = w.id
              ORDER BY s.timestamp_utc DESC

@@ -123,6 +123,25 @@ impl SiteSettings {
             _ => BTreeMap::new(),
         }
     }
+
+    /// The settings whose values differ from `other`'s: key, this value, the other value
+    /// (`null` for a setting that is not set), by key.
+    pub fn differences(
+        &self,
+        other: &SiteSettings,
+    ) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+        let (old, new) = (self.fields(), other.fields());
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|key| {
+                let before = old.get(key).cloned().unwrap_or_default();
+                let after = new.get(key).cloned().unwrap_or_default();
+                (before != after).then(|| (key.clone(), before, after))
+            })
+            .collect()
+    }
 }
 
 /// The method of a check's request.
