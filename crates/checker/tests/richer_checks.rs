@@ -137,7 +137,10 @@ async fn each_setting_changes_the_request_and_the_verdict() {
     let head_lower = head_text.to_ascii_lowercase();
     let lines: Vec<&str> = head_lower.lines().collect();
     assert!(lines.contains(&"content-length: 16"), "{request}");
-    assert!(lines.contains(&"content-type: application/json"), "{request}");
+    assert!(
+        lines.contains(&"content-type: application/json"),
+        "{request}"
+    );
     // The same URL with GET is answered 405: down by its status.
     let e = &first(get_post_only).event;
     assert!(!e.up);

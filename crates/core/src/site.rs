@@ -472,7 +472,8 @@ pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<()> {
                 "it is given twice (header names ignore case)",
             ));
         }
-        if http::HeaderValue::from_str(value).is_err() {
+        let visible_ascii = value.chars().all(|c| c == '\t' || (' '..='~').contains(&c));
+        if !visible_ascii || http::HeaderValue::from_str(value).is_err() {
             return Err(invalid(
                 name,
                 "its value holds a control character or a character beyond ASCII",

@@ -37,11 +37,11 @@ pub(crate) struct SiteOptions {
     #[arg(long, value_name = "CODES")]
     expect_status: Option<String>,
     /// A check that succeeds slower than this many milliseconds is degraded; `none` = never.
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     degraded_after_ms: Option<String>,
     /// This site's limit for one check in milliseconds, at most the interval; `none` = the
     /// checker's --timeout.
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     timeout_ms: Option<String>,
     /// Follow redirects (at most 5): true (default) or false.
     #[arg(long, value_name = "BOOL")]
