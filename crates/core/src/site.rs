@@ -325,17 +325,19 @@ impl NewSite {
         };
 
         validate_url(&settings.url)?;
-        if let Some(name) = &settings.name {
-            if name.trim() != name || name.chars().count() > MAX_NAME_LEN {
-                return Err(invalid(
-                    "name",
-                    format!("{:?}", excerpt(name)),
-                    &format!(
-                        "a name is at most {MAX_NAME_LEN} characters and neither starts nor \
-                         ends with white space"
-                    ),
-                ));
-            }
+        let bad_name = settings
+            .name
+            .as_ref()
+            .filter(|name| name.trim() != name.as_str() || name.chars().count() > MAX_NAME_LEN);
+        if let Some(name) = bad_name {
+            return Err(invalid(
+                "name",
+                format!("{:?}", excerpt(name)),
+                &format!(
+                    "a name is at most {MAX_NAME_LEN} characters and neither starts nor \
+                     ends with white space"
+                ),
+            ));
         }
         validate_interval(settings.interval)?;
         if let Some(pattern) = &settings.regex {
