@@ -330,6 +330,30 @@ async fn errors_name_file_line_and_column_and_write_nothing() {
         None,
     );
     assert_fails(&output, "cannot read");
+
+    // Two named sites swapping their URLs: refused before anything is written.
+    let named = dir.join("named.yaml");
+    std::fs::write(
+        &named,
+        "sites:\n  - url: http://127.0.0.1:9/x\n    name: x\n  - url: http://127.0.0.1:9/y\n    name: y\n",
+    )
+    .expect("write");
+    succeeded(&apply(&db, &[named.to_str().expect("UTF-8")], None));
+    let before = snapshot(&db).await;
+    let swapped = dir.join("swapped.yaml");
+    std::fs::write(
+        &swapped,
+        "sites:\n  - url: http://127.0.0.1:9/y\n    name: x\n  - url: http://127.0.0.1:9/x\n    name: y\n",
+    )
+    .expect("write");
+    assert_fails(
+        &apply(&db, &[swapped.to_str().expect("UTF-8")], None),
+        &format!(
+            "{}:2:5: site http://127.0.0.1:9/y: the url \"http://127.0.0.1:9/y\" is still stored site",
+            swapped.display()
+        ),
+    );
+    assert_eq!(snapshot(&db).await, before, "the swap wrote");
     let _ = std::fs::remove_dir_all(dir);
     db.drop_database().await;
 }

@@ -14,7 +14,7 @@ use sqlx::postgres::PgPool;
 
 use crate::db::{SITE_COLUMNS, bounded, insert_site_in, update_site_in};
 use crate::error::{Error, Result};
-use crate::site::{NewSite, Site};
+use crate::site::{NewSite, Site, SiteSettings};
 use crate::sites_file::{Entry, split_at as split};
 
 /// How long one statement of `apply` may take.
@@ -27,6 +27,8 @@ pub enum Change {
     Add {
         /// The site.
         site: NewSite,
+        /// Where the file has it.
+        at: String,
     },
     /// A stored site whose settings differ from the file's.
     Update {
@@ -38,6 +40,8 @@ pub enum Change {
         fields: Vec<(String, Value, Value)>,
         /// The site as the file has it.
         site: NewSite,
+        /// Where the file has it.
+        at: String,
     },
     /// A stored site the file does not have (with `--prune` only).
     Remove {
@@ -87,7 +91,7 @@ impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for change in &self.changes {
             match change {
-                Change::Add { site } => {
+                Change::Add { site, .. } => {
                     write!(f, "+ {}", site.url())?;
                     if let Some(name) = &site.settings().name {
                         write!(f, " (name {name})")?;
@@ -163,6 +167,7 @@ pub fn plan(
         let Some(current) = found else {
             plan.changes.push(Change::Add {
                 site: entry.site.clone(),
+                at: entry.at.clone(),
             });
             continue;
         };
@@ -187,6 +192,7 @@ pub fn plan(
                 url: current.settings.url.clone(),
                 fields,
                 site: entry.site.clone(),
+                at: entry.at.clone(),
             });
         }
     }
@@ -204,7 +210,67 @@ pub fn plan(
             plan.kept += 1;
         }
     }
+    in_order(stored, &plan)?;
     Ok(plan)
+}
+
+/// Refuses a plan whose writes, in the order [`apply`] makes them, would give a URL or a name
+/// to a site while another still has it (two sites swapping their URLs, or a site taking the
+/// URL of one the file does not have): the table's unique keys would fail the transaction
+/// half-way; this says which entry, and why, before anything is written.
+fn in_order(stored: &[Site], plan: &Plan) -> Result<()> {
+    let keys = |settings: &SiteSettings| {
+        let mut keys = vec![("url", settings.url.clone())];
+        if let Some(name) = &settings.name {
+            keys.push(("name", name.clone()));
+        }
+        keys
+    };
+    let mut owned: HashMap<i32, Vec<(&str, String)>> = HashMap::new();
+    for site in stored {
+        owned.insert(site.id, keys(&site.settings));
+    }
+    let mut taken: HashMap<(&str, String), i32> = owned
+        .iter()
+        .flat_map(|(id, keys)| keys.iter().map(move |k| (k.clone(), *id)))
+        .collect();
+    for change in &plan.changes {
+        if let Change::Remove { id, .. } = change {
+            for key in owned.remove(id).unwrap_or_default() {
+                taken.remove(&key);
+            }
+        }
+    }
+    let updates = plan.changes.iter().filter_map(|c| match c {
+        Change::Update { id, site, at, .. } => Some((*id, site, at)),
+        _ => None,
+    });
+    let adds = plan.changes.iter().filter_map(|c| match c {
+        Change::Add { site, at } => Some((0, site, at)),
+        _ => None,
+    });
+    for (id, site, at) in updates.chain(adds) {
+        for key in owned.remove(&id).unwrap_or_default() {
+            taken.remove(&key);
+        }
+        for (what, value) in keys(site.settings()) {
+            if let Some(other) = taken.insert((what, value.clone()), id) {
+                let (path, line, column) = split(at);
+                return Err(Error::SitesFile {
+                    path,
+                    line,
+                    column,
+                    reason: format!(
+                        "site {}: the {what} {value:?} is still stored site {other}'s when this \
+                         site takes it (two sites swapping it, or a site the file does not \
+                         have); make the change in two applies",
+                        site.url()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Plans and, unless `dry_run`, applies `wanted` in one transaction; returns the plan.
@@ -271,7 +337,7 @@ pub async fn apply(pool: &PgPool, wanted: &[Entry], prune: bool, dry_run: bool) 
         }
     }
     for change in &plan.changes {
-        if let Change::Add { site } = change {
+        if let Change::Add { site, .. } = change {
             insert_site_in(&mut tx, site).await?;
         }
     }
@@ -344,6 +410,48 @@ mod tests {
         let again = plan(&after, &file, true, &HashMap::new()).expect("plans");
         assert!(again.is_empty(), "{again}");
         assert_eq!(again.unchanged, 4);
+    }
+
+    #[test]
+    fn a_swap_of_urls_is_refused_before_anything_is_written() {
+        let sites = vec![
+            stored(1, "http://a.invalid/", Some("a"), 5),
+            stored(2, "http://b.invalid/", Some("b"), 5),
+            stored(3, "http://kept.invalid/", None, 5),
+        ];
+        let swap = entries(
+            "sites:
+  - url: http://b.invalid/
+    name: a
+  - url: http://a.invalid/
+    name: b
+",
+        );
+        let message = plan(&sites, &swap, false, &HashMap::new())
+            .expect_err("a swap")
+            .to_string();
+        assert!(
+            message.starts_with(
+                "f.yaml:2:5: site http://b.invalid/: the url \"http://b.invalid/\" is still \
+                 stored site 2's"
+            ),
+            "{message}"
+        );
+        // Moving a site to a free URL, and then another to the URL it left, is fine.
+        let chain = entries(
+            "sites:
+  - url: http://c.invalid/
+    name: b
+  - url: http://b.invalid/
+    name: a
+",
+        );
+        assert!(plan(&sites, &chain, false, &HashMap::new()).is_ok());
+        // The URL of a site the file does not have is refused unless it is pruned.
+        let take = entries("sites:\n  - url: http://kept.invalid/\n    name: a\n");
+        assert!(plan(&sites, &take, false, &HashMap::new()).is_err());
+        let pruned = plan(&sites, &take, true, &HashMap::new()).expect("pruned first");
+        assert_eq!(pruned.counts(), (0, 1, 2));
     }
 
     #[test]
