@@ -128,7 +128,7 @@ pub fn parse(label: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         let (line, column) = e
             .location()
             .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
-        at(line, column, yaml_reason(&e))
+        at(line, column, explain(text, line, column, yaml_reason(&e)))
     })?;
     let mut entries = Vec::with_capacity(raw.sites.len());
     for spanned in raw.sites {
@@ -215,6 +215,40 @@ fn yaml_reason(error: &serde_saphyr::Error) -> String {
     match text.rfind(" at line ") {
         Some(cut) => text[..cut].to_owned(),
         None => text,
+    }
+}
+
+/// The parser's words about a value, with the key the value belongs to: `interval: "five" is
+/// not a whole number` rather than `invalid i64`.
+fn explain(text: &str, line: u64, column: u64, reason: String) -> String {
+    let Some(source) = usize::try_from(line - 1)
+        .ok()
+        .and_then(|i| text.lines().nth(i))
+    else {
+        return reason;
+    };
+    let Some((key, _)) = source.split_once(':') else {
+        return reason;
+    };
+    let key = key.trim().trim_start_matches('-').trim();
+    let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_key {
+        return reason;
+    }
+    let value: String = source
+        .chars()
+        .skip(usize::try_from(column).unwrap_or(1).saturating_sub(1))
+        .collect();
+    let value = value.trim();
+    match reason.as_str() {
+        "invalid i64" | "invalid u64" | "invalid i32" => {
+            format!("{key}: {value:?} is not a whole number")
+        }
+        "invalid bool" | "invalid boolean" => {
+            format!("{key}: {value:?} is neither true nor false")
+        }
+        _ if reason.contains(key) => reason,
+        _ => format!("{key}: {reason}"),
     }
 }
 
@@ -369,8 +403,13 @@ mod tests {
             ),
             (
                 "sites:\n  - url: http://a.invalid/\n    interval: five\n",
-                "sites.yaml:3:",
-                "",
+                "sites.yaml:3:15: ",
+                "interval: \"five\" is not a whole number",
+            ),
+            (
+                "sites:\n  - url: http://a.invalid/\n    tls_verify: maybe\n",
+                "sites.yaml:3:17: ",
+                "tls_verify: \"maybe\" is neither true nor false",
             ),
         ];
         for (text, prefix, words) in cases {
