@@ -44,6 +44,16 @@ async fn each_setting_changes_the_request_and_the_verdict() {
     })
     .await;
     let get_post_only = site(&db, &http.url("/post-only?get"), |_| {}).await;
+    let post_307 = site(&db, &http.url("/redirect-307"), |s| {
+        s.method = Method::Post;
+        s.body = Some("again".into());
+    })
+    .await;
+    let post_303 = site(&db, &http.url("/see-other"), |s| {
+        s.method = Method::Post;
+        s.body = Some("once".into());
+    })
+    .await;
     let headers = site(&db, &http.url("/ok?headers"), |s| {
         s.headers.insert("X-Token".into(), "t0ken".into());
         s.headers.insert("User-Agent".into(), "probe/1".into());
@@ -92,6 +102,8 @@ async fn each_setting_changes_the_request_and_the_verdict() {
         head,
         post,
         get_post_only,
+        post_307,
+        post_303,
         headers,
         expect_404,
         expect_range,
@@ -147,6 +159,22 @@ async fn each_setting_changes_the_request_and_the_verdict() {
     assert_eq!(e.status_code, Some(405));
     assert_eq!(e.failed_assertion, Some(Assertion::Status));
     assert_eq!(e.method, Method::Get);
+
+    // Redirects of a POST: a 307 repeats it, body and all; a 303 goes on with a GET, no body.
+    let e = &first(post_307).event;
+    assert!(e.up, "{e:?}");
+    assert_eq!(e.redirects, 1);
+    let again = &http.requests_with("POST", "/post-only?after-307")[0];
+    assert!(again.ends_with("\r\n\r\nagain"), "{again}");
+    let e = &first(post_303).event;
+    assert!(e.up, "{e:?}");
+    assert_eq!(e.redirects, 1);
+    let after = &http.requests_for("/ok?after-303")[0];
+    assert!(
+        after.ends_with("\r\n\r\n"),
+        "a GET without the body: {after}"
+    );
+    assert!(http.requests_with("POST", "/ok?after-303").is_empty());
 
     // Headers arrive; one of sitemon's own (User-Agent) is replaced, not doubled.
     let request = http.requests_for("/ok?headers")[0].to_ascii_lowercase();

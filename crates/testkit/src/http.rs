@@ -14,6 +14,8 @@
 //! | `/pause` | 200 with [`BODY`] after [`PAUSE`] |
 //! | `/maintenance` | 200 with [`MAINTENANCE_BODY`] |
 //! | `/post-only` | 200 with [`BODY`] to a POST, 405 to anything else |
+//! | `/redirect-307` | 307 to `/post-only?after-307` (the same request again) |
+//! | `/see-other` | 303 to `/ok?after-303` (a GET) |
 //! | anything else | 404, empty |
 //!
 //! A request's body (by its `Content-Length`) is read and remembered with its head.
@@ -203,6 +205,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
         "/maintenance" => response("200 OK", "", MAINTENANCE_BODY),
         "/post-only" if method == "POST" => response("200 OK", "", BODY),
         "/post-only" => response("405 Method Not Allowed", "Allow: POST\r\n", ""),
+        "/redirect-307" => response(
+            "307 Temporary Redirect",
+            "Location: /post-only?after-307\r\n",
+            "",
+        ),
+        "/see-other" => response("303 See Other", "Location: /ok?after-303\r\n", ""),
         "/garbage" => {
             // No status line: a server that does not speak HTTP.
             let _ = stream
