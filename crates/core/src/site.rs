@@ -696,6 +696,97 @@ mod tests {
         );
     }
 
+    /// Each rule of `from_settings` alone: the settings are valid but for one change.
+    #[test]
+    fn every_setting_rule_refuses_its_case() {
+        type Change = fn(&mut SiteSettings);
+        let cases: [(Change, &str); 14] = [
+            (|s| s.name = Some(" x".into()), "invalid name"),
+            (|s| s.interval = 0, "invalid interval 0"),
+            (|s| s.regex = Some("(".into()), "invalid regex"),
+            (
+                |s| s.regex_must_not_match = Some("(".into()),
+                "invalid regex_must_not_match",
+            ),
+            (
+                |s| {
+                    s.method = Method::Head;
+                    s.regex = Some("ok".into());
+                },
+                "invalid regex with method HEAD",
+            ),
+            (
+                |s| s.body = Some("x".into()),
+                "invalid body with method GET",
+            ),
+            (
+                |s| {
+                    s.method = Method::Post;
+                    s.body = Some("x".repeat(MAX_BODY_LEN + 1));
+                },
+                "at most 65536 bytes",
+            ),
+            (
+                |s| {
+                    s.headers.insert("Connection".into(), "keep-alive".into());
+                },
+                "sitemon sets this header itself",
+            ),
+            (
+                |s| {
+                    s.headers.insert("X-A".into(), "1".into());
+                    s.headers.insert("x-a".into(), "2".into());
+                },
+                "given twice",
+            ),
+            (
+                |s| s.expect_status = Some("300-200".into()),
+                "ends before it starts",
+            ),
+            (|s| s.expect_status = Some("600".into()), "from 100 to 599"),
+            (|s| s.timeout_ms = Some(5001), "it must be from 1 to 5000"),
+            (
+                |s| {
+                    s.timeout_ms = Some(1000);
+                    s.degraded_after_ms = Some(1000);
+                },
+                "below the check's timeout (1000 ms)",
+            ),
+            (
+                |s| s.degraded_after_ms = Some(0),
+                "invalid degraded_after_ms 0",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut settings = SiteSettings::new("http://example.invalid/");
+            change(&mut settings);
+            let message = NewSite::from_settings(settings)
+                .expect_err(expected)
+                .to_string();
+            assert!(message.contains(expected), "{expected}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn settings_are_normalised() {
+        let mut settings = SiteSettings::new("http://example.invalid/");
+        settings.expect_status = Some(" 200 - 299 , 301,301 ".into());
+        settings.body = Some(String::new());
+        settings.name = Some(String::new());
+        let site = NewSite::from_settings(settings).expect("valid");
+        assert_eq!(
+            site.settings().expect_status.as_deref(),
+            Some("200-299,301,301")
+        );
+        assert_eq!(
+            (&site.settings().body, &site.settings().name),
+            (&None, &None)
+        );
+        let expect = ExpectStatus::parse("200-299,404").expect("valid");
+        assert!(expect.contains(404) && expect.contains(250) && !expect.contains(300));
+    }
+
     #[test]
     fn empty_regex_means_none() {
         let site = NewSite::new("http://example.com", 5, Some("")).expect("valid");
