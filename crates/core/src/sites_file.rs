@@ -10,8 +10,8 @@
 //! ```
 //!
 //! The keys are the fields of [`SiteSettings`]. `${NAME}` in a `url`, a header value or a
-//! `body` is replaced by the environment variable `NAME`; a variable that is not set is an
-//! error. Every error names the file, the line and the column, and the whole file is refused:
+//! `body` is replaced by the environment variable `NAME` (`$${` is a literal `${`); a variable
+//! that is not set is an error. Every error names the file, the line and the column, and the whole file is refused:
 //! nothing is applied from a file with one bad entry. JSON is YAML too, so what
 //! `export --format json` prints reads back as well.
 
