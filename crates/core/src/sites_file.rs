@@ -182,8 +182,21 @@ pub fn parse(label: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
 
 /// The sites as a file that [`load`] reads back into the same sites.
 pub fn render(sites: &[Site], format: Format) -> String {
+    // What `parse` expands is escaped, so that a stored `${` reads back as itself.
+    let escaped: Vec<SiteSettings> = sites
+        .iter()
+        .map(|site| {
+            let mut settings = site.settings.clone();
+            settings.url = escape_vars(&settings.url);
+            for value in settings.headers.values_mut() {
+                *value = escape_vars(value);
+            }
+            settings.body = settings.body.as_deref().map(escape_vars);
+            settings
+        })
+        .collect();
     let file = ExportFile {
-        sites: sites.iter().map(|s| &s.settings).collect(),
+        sites: escaped.iter().collect(),
     };
     // Both serialise plain strings, numbers, booleans and maps: they cannot fail.
     match format {
@@ -297,13 +310,23 @@ fn line_column(text: &str, offset: usize) -> (u64, u64) {
 }
 
 /// Replaces every `${NAME}` (NAME of letters, digits and `_`) by `env(NAME)`; the name of the
-/// first variable that is not set is the error. A `$` not followed by such a `{NAME}` stays.
+/// first variable that is not set is the error. `$${` is a literal `${`; any other `$` stays.
 fn expand_vars(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        rest = &rest[dollar..];
+        if let Some(after) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        let Some(after) = rest.strip_prefix("${") else {
+            out.push('$');
+            rest = &rest[1..];
+            continue;
+        };
         let name_len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
@@ -318,6 +341,11 @@ fn expand_vars(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// What [`expand_vars`] reads back as `text`: every `${` written `$${`.
+fn escape_vars(text: &str) -> String {
+    text.replace("${", "$${")
 }
 
 #[cfg(test)]
@@ -450,8 +478,12 @@ mod tests {
 
     #[test]
     fn variables() {
-        let expanded = expand_vars("a ${TOKEN} $ ${ ${} ${TOKEN", &env).expect("set");
-        assert_eq!(expanded, "a s3cret $ ${ ${} ${TOKEN");
+        let expanded =
+            expand_vars("a ${TOKEN} $ ${ ${} ${TOKEN $${TOKEN} $$x $", &env).expect("set");
+        assert_eq!(expanded, "a s3cret $ ${ ${} ${TOKEN ${TOKEN} $$x $");
+        for text in ["${TOKEN}", "$${TOKEN}", "a$", "$${", "${}"] {
+            assert_eq!(expand_vars(&escape_vars(text), &env).as_deref(), Ok(text));
+        }
         assert_eq!(expand_vars("${NOPE}", &env), Err("NOPE".to_owned()));
     }
 }
