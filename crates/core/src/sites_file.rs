@@ -452,9 +452,10 @@ mod tests {
     fn export_reads_back_as_the_same_sites() {
         let mut full = SiteSettings::new("http://127.0.0.1:9/a");
         full.name = Some("a: b # not a comment".into());
-        full.method = crate::site::Method::Head;
+        full.method = crate::site::Method::Post;
         full.headers
-            .insert("X-A".into(), "${NOT_EXPANDED_TWICE".into());
+            .insert("X-A".into(), "${NOT_A_VARIABLE} $${ ${".into());
+        full.body = Some("{\"token\": \"${TOKEN}\"}".into());
         full.expect_status = Some("200-299,301".into());
         full.timeout_ms = Some(1000);
         full.tls_verify = false;
