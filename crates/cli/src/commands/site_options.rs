@@ -12,13 +12,15 @@ pub(crate) struct SiteOptions {
     /// Seconds between the starts of two checks, 1 to 86400 (default 5).
     #[arg(long, allow_negative_numbers = true)]
     interval: Option<i64>,
-    /// A regex (Rust `regex` syntax) the body must match for the site to count as up.
+    /// A regex (Rust `regex` syntax) the body must match for the site to count as up; `''`
+    /// unsets it.
     #[arg(long)]
     regex: Option<String>,
-    /// A regex the body must NOT match (a page saying "maintenance" is down).
+    /// A regex the body must NOT match (a page saying "maintenance" is down); `''` unsets it.
     #[arg(long, value_name = "REGEX")]
     regex_must_not_match: Option<String>,
-    /// A name that identifies the site in a sites file (`sitemon apply`) instead of its URL.
+    /// A name that identifies the site in a sites file (`sitemon apply`) instead of its URL;
+    /// `''` unsets it.
     #[arg(long)]
     name: Option<String>,
     /// The request's method: GET (default), HEAD or POST.
@@ -30,10 +32,11 @@ pub(crate) struct SiteOptions {
     /// Remove every request header of the site.
     #[arg(long, conflicts_with = "headers")]
     no_headers: bool,
-    /// The request body (with --method POST).
+    /// The request body (with --method POST); `''` unsets it.
     #[arg(long)]
     body: Option<String>,
-    /// The statuses that count as up, codes and ranges: `200-299,301` (default any 2xx).
+    /// The statuses that count as up, codes and ranges: `200-299,301`; `''` = any 2xx (the
+    /// default).
     #[arg(long, value_name = "CODES")]
     expect_status: Option<String>,
     /// A check that succeeds slower than this many milliseconds is degraded; `none` = never.
