@@ -222,8 +222,8 @@ async fn each_setting_changes_the_request_and_the_verdict() {
     let message = e.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
     assert!(message.contains("within 0.700 s"), "{message}");
     assert!(
-        e.timings_ms.total >= 700.0 && e.timings_ms.total < 3000.0,
-        "{:?}",
+        e.timings_ms.total >= 700.0,
+        "the site's 700 ms were waited: {:?}",
         e.timings_ms
     );
 
