@@ -122,6 +122,8 @@ CREATE TABLE website_status_hourly (
     location         text             NOT NULL,
     checks           bigint           NOT NULL,
     up               bigint           NOT NULL,
+    -- Checks that were up but slower than the site's `degraded_after_ms` (counted in `up`).
+    degraded         bigint           NOT NULL DEFAULT 0,
     -- Checks that failed, by error kind.
     errors           jsonb            NOT NULL,
     -- Over the checks that have a response time.

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::CheckerConfig;
-use crate::probe::{Outcome, Prober};
+use crate::probe::{Outcome, Prober, Searches};
 use crate::producer::Producer;
 use crate::sites::SiteSpec;
 use crate::stats::Stats;
@@ -39,20 +39,45 @@ impl Checks {
     pub(crate) async fn check(&self, site: &SiteSpec) -> CheckEvent {
         let checked_at = OffsetDateTime::now_utc();
         let check_id = Uuid::now_v7();
-        let outcome = match (&site.target, &site.regex) {
-            (Err(reason), _) => Outcome::failed_before_start(ErrorKind::InvalidUrl, reason.clone()),
-            (_, Some(Err(reason))) => {
+        let outcome = match (
+            &site.target,
+            &site.regex,
+            &site.must_not_match,
+            &site.request,
+        ) {
+            (Err(reason), ..) => {
+                Outcome::failed_before_start(ErrorKind::InvalidUrl, reason.clone())
+            }
+            (_, Some(Err(reason)), ..) | (_, _, Some(Err(reason)), _) => {
                 Outcome::failed_before_start(ErrorKind::InvalidRegex, reason.clone())
             }
-            (Ok(target), regex) => {
-                let regex = regex.as_ref().and_then(|r| r.as_ref().ok());
-                let timeout = self.config.timeout_for(site.interval);
-                self.prober
-                    .check(target, regex.map(|r| &**r), timeout)
-                    .await
+            (.., Err(reason)) => {
+                Outcome::failed_before_start(ErrorKind::InvalidSettings, reason.clone())
+            }
+            (Ok(target), regex, must_not_match, Ok(request)) => {
+                let compiled = |r: &Option<Result<Arc<regex::Regex>, String>>| {
+                    r.as_ref().and_then(|r| r.as_ref().ok()).map(Arc::clone)
+                };
+                let (regex, must_not_match) = (compiled(regex), compiled(must_not_match));
+                let searches = Searches {
+                    regex: regex.as_deref(),
+                    must_not_match: must_not_match.as_deref(),
+                };
+                let timeout = site
+                    .timeout
+                    .unwrap_or_else(|| self.config.timeout_for(site.interval));
+                self.prober.check(target, request, searches, timeout).await
             }
         };
         let responded = outcome.status.is_some();
+        let request = site.request.as_ref().ok();
+        let expect = request.and_then(|r| r.expect.as_ref());
+        let up = outcome.is_up(expect);
+        let degraded = up
+            && request
+                .and_then(|r| r.degraded_after)
+                .is_some_and(|after| outcome.timings.total > after.as_secs_f64() * 1000.0);
+        let failed_assertion = outcome.failed_assertion(expect);
         CheckEvent {
             schema: EVENT_SCHEMA_VERSION,
             check_id,
@@ -60,7 +85,7 @@ impl Checks {
             url: site.url.clone(),
             location: self.config.location.clone(),
             checked_at,
-            up: outcome.is_up(),
+            up,
             status_code: outcome.status,
             response_time_ms: responded.then_some(outcome.timings.total),
             regex: site.regex_pattern.clone(),
@@ -70,6 +95,13 @@ impl Checks {
             redirects: outcome.redirects,
             final_url: outcome.final_url,
             tls_cert_not_after: outcome.cert_not_after,
+            method: site.settings.method,
+            expect_status: site.settings.expect_status.clone(),
+            regex_must_not_match: site.settings.regex_must_not_match.clone(),
+            regex_must_not_match_found: outcome.must_not_match_found,
+            degraded_after_ms: site.settings.degraded_after_ms,
+            degraded,
+            failed_assertion,
         }
     }
 }

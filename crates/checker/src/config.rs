@@ -30,7 +30,7 @@ pub struct CheckerConfig {
     pub concurrency: usize,
     /// The limit for a whole check (DNS to the last body byte, redirects included).
     /// `None` (the default): the smaller of 10 s and the site's interval, so that a check
-    /// never overlaps the next one.
+    /// never overlaps the next one. A site's own `timeout_ms` takes the place of this one.
     pub timeout: Option<Duration>,
     /// How much of a body is read (and searched by the regex). Default 1 MiB.
     pub max_body_bytes: usize,

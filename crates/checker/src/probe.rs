@@ -8,14 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONNECTION, HOST, HeaderValue, LOCATION, USER_AGENT};
-use hyper::{Request, StatusCode};
+use hyper::header::{ACCEPT, CONNECTION, HOST, HeaderName, HeaderValue, LOCATION, USER_AGENT};
+use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use regex::Regex;
 use rustls::pki_types::{CertificateDer, ServerName};
-use sitemon_core::{CheckError, ErrorKind, ProbeTimings};
+use sitemon_core::site::validate_headers;
+use sitemon_core::{Assertion, CheckError, ErrorKind, ExpectStatus, ProbeTimings, SiteSettings};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -28,11 +29,70 @@ use crate::tls_expiry::not_after;
 /// The most redirects a check follows; one more is a `too_many_redirects` failure.
 pub(crate) const MAX_REDIRECTS: u32 = 5;
 
+/// What a check of one site sends, and how its answer is judged (beyond the regexes):
+/// a site's settings made ready once per change of its row.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    /// Sent after sitemon's own headers, replacing one of the same name (`User-Agent`).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+    /// The statuses that count as up; `None` = any 2xx.
+    pub(crate) expect: Option<ExpectStatus>,
+    pub(crate) follow_redirects: bool,
+    pub(crate) tls_verify: bool,
+    /// An up check slower than this is degraded.
+    pub(crate) degraded_after: Option<Duration>,
+}
+
+impl Request {
+    /// The request a site's settings ask for; the error says which setting cannot be used
+    /// (a row written by SQL: `add-site` and `apply` refuse such values).
+    pub(crate) fn from_settings(settings: &SiteSettings) -> Result<Self, String> {
+        validate_headers(&settings.headers).map_err(|e| e.to_string())?;
+        let headers = settings
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        let expect = settings
+            .expect_status
+            .as_deref()
+            .filter(|text| !text.is_empty())
+            .map(ExpectStatus::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let method = match settings.method {
+            sitemon_core::Method::Get => Method::GET,
+            sitemon_core::Method::Head => Method::HEAD,
+            sitemon_core::Method::Post => Method::POST,
+        };
+        Ok(Self {
+            method,
+            headers,
+            body: Bytes::from(settings.body.clone().unwrap_or_default()),
+            expect,
+            follow_redirects: settings.follow_redirects,
+            tls_verify: settings.tls_verify,
+            degraded_after: settings
+                .degraded_after_ms
+                .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
+        })
+    }
+}
+
 /// What one check found; [`crate::check`] turns it into a `CheckEvent`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Outcome {
     pub(crate) status: Option<u16>,
     pub(crate) regex_matched: Option<bool>,
+    /// Whether `regex_must_not_match` was found, if it was searched.
+    pub(crate) must_not_match_found: Option<bool>,
     pub(crate) error: Option<CheckError>,
     pub(crate) timings: ProbeTimings,
     pub(crate) redirects: u32,
@@ -41,11 +101,31 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    /// A final 2xx response arrived, its body was read, and the regex (if any) matched.
-    pub(crate) fn is_up(&self) -> bool {
-        self.error.is_none()
-            && self.status.is_some_and(|s| (200..300).contains(&s))
-            && self.regex_matched != Some(false)
+    /// A final response arrived with an expected status (`expect`, or any 2xx), its body was
+    /// read, the regex (if any) matched and `regex_must_not_match` (if any) did not.
+    pub(crate) fn is_up(&self, expect: Option<&ExpectStatus>) -> bool {
+        self.error.is_none() && self.status.is_some() && self.failed_assertion(expect).is_none()
+    }
+
+    /// The first assertion a response that arrived failed: its status, then the regexes.
+    pub(crate) fn failed_assertion(&self, expect: Option<&ExpectStatus>) -> Option<Assertion> {
+        let status = self.status?;
+        if self.error.is_some() {
+            return None;
+        }
+        let expected = match expect {
+            Some(expect) => expect.contains(status),
+            None => (200..300).contains(&status),
+        };
+        if !expected {
+            Some(Assertion::Status)
+        } else if self.regex_matched == Some(false) {
+            Some(Assertion::Regex)
+        } else if self.must_not_match_found == Some(true) {
+            Some(Assertion::RegexMustNotMatch)
+        } else {
+            None
+        }
     }
 
     /// A check that could not even start: an unusable URL or regex from the table.
@@ -57,10 +137,21 @@ impl Outcome {
     }
 }
 
+/// The regexes a check searches the body with.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Searches<'a> {
+    /// Must match.
+    pub(crate) regex: Option<&'a Regex>,
+    /// Must not match.
+    pub(crate) must_not_match: Option<&'a Regex>,
+}
+
 /// Everything a check needs that is the same for all checks.
 #[derive(Clone)]
 pub(crate) struct Prober {
     tls: TlsConnector,
+    /// For sites with `tls_verify` off: any certificate is accepted (its expiry still read).
+    tls_unverified: TlsConnector,
     user_agent: HeaderValue,
     max_body_bytes: usize,
     resolver: Resolver,
@@ -120,11 +211,10 @@ impl Prober {
         max_body_bytes: usize,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, String> {
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in extra_roots {
@@ -135,24 +225,34 @@ impl Prober {
         let mut config = builder.with_root_certificates(roots).with_no_client_auth();
         config.resumption = rustls::client::Resumption::disabled();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut unverified = config.clone();
+        unverified
+            .dangerous()
+            .set_certificate_verifier(Arc::new(AnyCertificate(provider)));
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
+            tls_unverified: TlsConnector::from(Arc::new(unverified)),
             user_agent: HeaderValue::from_static(concat!("sitemon/", env!("CARGO_PKG_VERSION"))),
             max_body_bytes,
             resolver: Resolver::System,
         })
     }
 
-    /// Checks `target` once, within `timeout` for the whole check.
+    /// Checks `target` once with `request`, within `timeout` for the whole check.
     pub(crate) async fn check(
         &self,
         target: &Target,
-        regex: Option<&Regex>,
+        request: &Request,
+        searches: Searches<'_>,
         timeout: Duration,
     ) -> Outcome {
         let started = Instant::now();
         let mut outcome = Outcome::default();
-        let result = tokio::time::timeout(timeout, self.follow(target, regex, &mut outcome)).await;
+        let result = tokio::time::timeout(
+            timeout,
+            self.follow(target, request, searches, &mut outcome),
+        )
+        .await;
         outcome.timings.total = ms(started.elapsed());
         let failure = match result {
             Ok(Ok(())) => None,
@@ -172,6 +272,7 @@ impl Prober {
                 outcome.status = None;
                 outcome.final_url = None;
                 outcome.regex_matched = None;
+                outcome.must_not_match_found = None;
             }
             outcome.error = Some(CheckError { kind, message });
         }
@@ -181,15 +282,20 @@ impl Prober {
     async fn follow(
         &self,
         first: &Target,
-        regex: Option<&Regex>,
+        request: &Request,
+        searches: Searches<'_>,
         outcome: &mut Outcome,
     ) -> Result<(), Failure> {
         let mut target = first.clone();
+        let mut method = request.method.clone();
+        let mut body = request.body.clone();
         loop {
             outcome.final_url = Some(target.url.clone());
-            let hop = self.fetch(&target, outcome).await?;
-            let location = match hop {
-                Hop::Redirect(location) => location,
+            let hop = self
+                .fetch(&target, request, &method, body.clone(), outcome)
+                .await?;
+            let (location, status) = match hop {
+                Hop::Redirect(location, status) => (location, status),
                 Hop::Final(FinalResponse {
                     response,
                     connection,
@@ -198,13 +304,24 @@ impl Prober {
                     let body = self.read_body(response.into_body()).await;
                     drop(connection);
                     let body = body?;
-                    if let Some(regex) = regex {
-                        outcome.regex_matched =
-                            Some(regex.is_match(&String::from_utf8_lossy(&body)));
+                    if searches.regex.is_some() || searches.must_not_match.is_some() {
+                        let text = String::from_utf8_lossy(&body);
+                        outcome.regex_matched = searches.regex.map(|r| r.is_match(&text));
+                        outcome.must_not_match_found =
+                            searches.must_not_match.map(|r| r.is_match(&text));
                     }
                     return Ok(());
                 }
             };
+            // As browsers do: 303, and 301 or 302 after a POST, go on with a GET without
+            // the body; 307 and 308 repeat the request as it was.
+            if status == StatusCode::SEE_OTHER
+                || (method == Method::POST
+                    && matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND))
+            {
+                method = Method::GET;
+                body = Bytes::new();
+            }
             if outcome.redirects == MAX_REDIRECTS {
                 return Err(Failure::new(
                     ErrorKind::TooManyRedirects,
@@ -226,7 +343,14 @@ impl Prober {
     }
 
     /// One request over a fresh connection.
-    async fn fetch(&self, target: &Target, outcome: &mut Outcome) -> Result<Hop, Failure> {
+    async fn fetch(
+        &self,
+        target: &Target,
+        request: &Request,
+        method: &Method,
+        body: Bytes,
+        outcome: &mut Outcome,
+    ) -> Result<Hop, Failure> {
         let timings = &mut outcome.timings;
 
         let phase = Instant::now();
@@ -242,8 +366,14 @@ impl Prober {
         let _ = stream.set_nodelay(true);
 
         outcome.cert_not_after = None;
+        let exchange = Exchange {
+            target,
+            request,
+            method,
+            body,
+        };
         if !target.https {
-            return self.exchange(stream, target, &mut outcome.timings).await;
+            return self.exchange(stream, exchange, &mut outcome.timings).await;
         }
         let server_name = match target.host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
@@ -255,7 +385,12 @@ impl Prober {
             })?,
         };
         let phase = Instant::now();
-        let tls = self.tls.connect(server_name, stream).await;
+        let connector = if request.tls_verify {
+            &self.tls
+        } else {
+            &self.tls_unverified
+        };
+        let tls = connector.connect(server_name, stream).await;
         add(&mut outcome.timings.tls, phase.elapsed());
         let tls = tls.map_err(|e| {
             Failure::new(
@@ -273,18 +408,24 @@ impl Prober {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| not_after(leaf));
-        self.exchange(tls, target, &mut outcome.timings).await
+        self.exchange(tls, exchange, &mut outcome.timings).await
     }
 
     async fn exchange<S>(
         &self,
         io: S,
-        target: &Target,
+        exchange: Exchange<'_>,
         timings: &mut ProbeTimings,
     ) -> Result<Hop, Failure>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Exchange {
+            target,
+            request,
+            method,
+            body,
+        } = exchange;
         let http_error = |e: hyper::Error| {
             Failure::new(
                 ErrorKind::Http,
@@ -296,21 +437,28 @@ impl Prober {
             .map_err(http_error)?;
         // The connection task lives as long as this check's response: aborted on drop.
         let connection = AbortOnDrop(tokio::spawn(connection));
-        let request = Request::get(target.path_and_query.as_str())
+        let mut http_request = hyper::Request::builder()
+            .method(method.clone())
+            .uri(target.path_and_query.as_str())
             .header(HOST, target.authority.as_str())
             .header(USER_AGENT, self.user_agent.clone())
             .header(ACCEPT, "*/*")
             .header(CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| Failure::new(ErrorKind::InvalidUrl, format!("{}: {e}", target.url)))?;
+        for (name, value) in &request.headers {
+            http_request
+                .headers_mut()
+                .insert(name.clone(), value.clone());
+        }
         let phase = Instant::now();
-        let response = sender.send_request(request).await;
+        let response = sender.send_request(http_request).await;
         add(&mut timings.ttfb, phase.elapsed());
         let response = response.map_err(http_error)?;
-        if is_redirect(response.status()) {
+        if request.follow_redirects && is_redirect(response.status()) {
             if let Some(location) = response.headers().get(LOCATION) {
                 let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
-                return Ok(Hop::Redirect(location));
+                return Ok(Hop::Redirect(location, response.status()));
             }
         }
         Ok(Hop::Final(FinalResponse {
@@ -354,8 +502,68 @@ struct FinalResponse {
 }
 
 enum Hop {
-    Redirect(String),
+    /// To the `Location`, with the redirect's status.
+    Redirect(String, StatusCode),
     Final(FinalResponse),
+}
+
+/// One request of a check: to where, with what.
+struct Exchange<'a> {
+    target: &'a Target,
+    request: &'a Request,
+    /// The request's method; a redirect may have turned a POST into a GET.
+    method: &'a Method,
+    body: Bytes,
+}
+
+/// The verifier of sites with `tls_verify` off: any certificate for any name is accepted,
+/// but the handshake's signatures are still checked (the server holds the certificate's key).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
@@ -415,18 +623,46 @@ mod tests {
             status: Some(204),
             ..Outcome::default()
         };
-        assert!(outcome.is_up());
+        assert!(outcome.is_up(None));
         outcome.regex_matched = Some(false);
-        assert!(!outcome.is_up());
+        assert!(!outcome.is_up(None));
+        assert_eq!(outcome.failed_assertion(None), Some(Assertion::Regex));
         outcome.regex_matched = Some(true);
         outcome.status = Some(301);
-        assert!(!outcome.is_up());
+        assert!(!outcome.is_up(None));
+        assert_eq!(outcome.failed_assertion(None), Some(Assertion::Status));
         outcome.status = Some(200);
+        outcome.must_not_match_found = Some(true);
+        assert!(!outcome.is_up(None));
+        assert_eq!(
+            outcome.failed_assertion(None),
+            Some(Assertion::RegexMustNotMatch)
+        );
+        outcome.must_not_match_found = Some(false);
+        assert!(outcome.is_up(None));
         outcome.error = Some(CheckError {
             kind: ErrorKind::Body,
             message: "broke off".into(),
         });
-        assert!(!outcome.is_up());
+        assert!(!outcome.is_up(None));
+        assert_eq!(outcome.failed_assertion(None), None, "the error says why");
+    }
+
+    #[test]
+    fn expected_statuses_replace_any_2xx() {
+        let expect = ExpectStatus::parse("404,500-503").expect("valid");
+        let outcome = |status| Outcome {
+            status: Some(status),
+            ..Outcome::default()
+        };
+        assert!(outcome(404).is_up(Some(&expect)));
+        assert!(outcome(502).is_up(Some(&expect)));
+        assert!(!outcome(200).is_up(Some(&expect)));
+        assert!(!outcome(504).is_up(Some(&expect)));
+        assert!(
+            !Outcome::default().is_up(Some(&expect)),
+            "no answer is down"
+        );
     }
 
     /// A name whose first address refuses the connection and whose second is a live server:
@@ -449,13 +685,23 @@ mod tests {
             .into(),
         );
         let check = |host: &str| {
-            let target = Target::parse(&format!("http://{host}:{port}/ok?{host}")).expect("url");
+            let url = format!("http://{host}:{port}/ok?{host}");
+            let target = Target::parse(&url).expect("url");
             let prober = prober.clone();
-            async move { prober.check(&target, None, Duration::from_secs(10)).await }
+            let request = Request::from_settings(&SiteSettings::new(&url)).expect("a GET");
+            async move {
+                let searches = Searches {
+                    regex: None,
+                    must_not_match: None,
+                };
+                prober
+                    .check(&target, &request, searches, Duration::from_secs(10))
+                    .await
+            }
         };
 
         let outcome = check("dead-first.test").await;
-        assert!(outcome.is_up(), "{outcome:?}");
+        assert!(outcome.is_up(None), "{outcome:?}");
         assert_eq!(outcome.status, Some(200));
         assert_eq!(server.requests_for("/ok?dead-first.test").len(), 1);
 

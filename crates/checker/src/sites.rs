@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
-use sitemon_core::Site;
 use sitemon_core::db::PgPool;
 use sitemon_core::retry;
+use sitemon_core::{Site, SiteSettings};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::probe::Request;
 use crate::target::Target;
 
 /// The channel the trigger notifies.
@@ -43,6 +44,14 @@ pub(crate) struct SiteSpec {
     /// The compiled regex (shared by every site with the same pattern), or why it does not
     /// compile.
     pub(crate) regex: Option<Result<Arc<Regex>, String>>,
+    /// The compiled `regex_must_not_match`, likewise.
+    pub(crate) must_not_match: Option<Result<Arc<Regex>, String>>,
+    /// What is sent and how the answer is judged, or why the row's settings cannot be used.
+    pub(crate) request: Result<Request, String>,
+    /// This site's limit for one check, if it has one.
+    pub(crate) timeout: Option<Duration>,
+    /// The row's settings as written, for the event.
+    pub(crate) settings: SiteSettings,
 }
 
 /// Every site, by id.
@@ -72,7 +81,11 @@ impl SiteBook {
         let used: std::collections::HashSet<&str> = self
             .current
             .values()
-            .filter_map(|(row, _)| row.up_regex.as_deref())
+            .flat_map(|(row, _)| {
+                [&row.settings.regex, &row.settings.regex_must_not_match]
+                    .into_iter()
+                    .filter_map(|pattern| pattern.as_deref())
+            })
             .collect();
         self.regexes
             .retain(|pattern, _| used.contains(pattern.as_str()));
@@ -80,25 +93,42 @@ impl SiteBook {
     }
 
     fn spec(&mut self, row: &Site) -> SiteSpec {
+        let settings = &row.settings;
         // The table allows 1..=86400; a row that dodged the constraint is clamped.
-        let seconds = row.check_interval.clamp(1, 86_400);
-        let regex_pattern = row.up_regex.clone().filter(|p| !p.is_empty());
-        let regex = regex_pattern.as_ref().map(|pattern| {
-            self.regexes
-                .entry(pattern.clone())
-                .or_insert_with(|| {
-                    sitemon_core::site::compile_up_regex(pattern).map_err(|e| e.to_string())
-                })
-                .clone()
+        let seconds = settings.interval.clamp(1, 86_400);
+        let regex_pattern = settings.regex.clone().filter(|p| !p.is_empty());
+        let mut compile = |pattern: &Option<String>| {
+            let pattern = pattern.as_ref().filter(|p| !p.is_empty())?;
+            Some(
+                self.regexes
+                    .entry(pattern.clone())
+                    .or_insert_with(|| {
+                        sitemon_core::site::compile_up_regex(pattern).map_err(|e| e.to_string())
+                    })
+                    .clone(),
+            )
+        };
+        let regex = compile(&regex_pattern);
+        let must_not_match = compile(&settings.regex_must_not_match);
+        // The table allows any positive value; a row that dodged `add-site` is capped.
+        let timeout = settings.timeout_ms.map(|ms| {
+            Duration::from_millis(
+                ms.clamp(1, sitemon_core::site::MAX_TIMEOUT_MS)
+                    .unsigned_abs(),
+            )
         });
         SiteSpec {
             id: row.id,
             bucket: crate::buckets::bucket_of(row.id),
-            url: row.url.clone(),
-            target: Target::parse(&row.url),
-            interval: Duration::from_secs(u64::from(seconds.unsigned_abs())),
+            url: settings.url.clone(),
+            target: Target::parse(&settings.url),
+            interval: Duration::from_secs(seconds.unsigned_abs()),
             regex_pattern,
             regex,
+            must_not_match,
+            request: Request::from_settings(settings),
+            timeout,
+            settings: settings.clone(),
         }
     }
 }
@@ -205,12 +235,9 @@ async fn coalesce(listener: &mut PgListener, shutdown: &CancellationToken) {
 /// A site for unit tests.
 #[cfg(test)]
 pub(crate) fn test_spec(id: i32, interval_secs: i32, url: &str) -> Arc<SiteSpec> {
-    Arc::new(SiteBook::default().spec(&Site {
-        id,
-        url: url.to_owned(),
-        check_interval: interval_secs,
-        up_regex: None,
-    }))
+    let mut settings = SiteSettings::new(url);
+    settings.interval = interval_secs.into();
+    Arc::new(SiteBook::default().spec(&Site { id, settings }))
 }
 
 #[cfg(test)]
@@ -218,12 +245,10 @@ mod tests {
     use super::*;
 
     fn row(id: i32, url: &str, interval: i32, regex: Option<&str>) -> Site {
-        Site {
-            id,
-            url: url.into(),
-            check_interval: interval,
-            up_regex: regex.map(str::to_owned),
-        }
+        let mut settings = SiteSettings::new(url);
+        settings.interval = interval.into();
+        settings.regex = regex.map(str::to_owned);
+        Site { id, settings }
     }
 
     #[test]

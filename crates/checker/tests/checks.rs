@@ -106,7 +106,8 @@ async fn every_behaviour_makes_the_right_event() {
     // Fields every event has.
     for stored in &events {
         let e = &stored.event;
-        assert_eq!(e.schema, 1);
+        assert_eq!(e.schema, sitemon_core::event::EVENT_SCHEMA_VERSION);
+        assert_eq!(e.schema, 2);
         assert_eq!(e.check_id.get_version_num(), 7);
         assert_eq!(e.location, "test-location");
         assert!(e.checked_at >= started && e.checked_at <= finished, "{e:?}");

@@ -30,8 +30,14 @@ pub(crate) enum Command {
     Migrate(commands::migrate::MigrateArgs),
     /// Register a site to check; prints its id alone on stdout.
     AddSite(commands::add_site::AddSiteArgs),
+    /// Change a site's settings (only the options given).
+    UpdateSite(commands::update_site::UpdateSiteArgs),
     /// Remove a site and all its history.
     RemoveSite(commands::remove_site::RemoveSiteArgs),
+    /// Make the registered sites what a YAML sites file says, in one transaction.
+    Apply(commands::apply::ApplyArgs),
+    /// Print the registered sites as a sites file (YAML or JSON) that `apply` reads.
+    Export(commands::export::ExportArgs),
     /// List the registered sites.
     ListSites(commands::list_sites::ListSitesArgs),
     /// Every site's state: last check, up or down, uptime and response times over a window.
@@ -58,7 +64,10 @@ impl Command {
         match self {
             Self::Migrate(args) => commands::migrate::exec(args).await,
             Self::AddSite(args) => commands::add_site::exec(args).await,
+            Self::UpdateSite(args) => commands::update_site::exec(args).await,
             Self::RemoveSite(args) => commands::remove_site::exec(args).await,
+            Self::Apply(args) => commands::apply::exec(args).await,
+            Self::Export(args) => commands::export::exec(args).await,
             Self::ListSites(args) => commands::list_sites::exec(args).await,
             Self::Topic(command) => commands::topic::exec(command).await,
             Self::Status(args) => commands::status::exec(args).await,

@@ -132,3 +132,97 @@ async fn migrates_checks_and_stores_in_one_process() {
     );
     db.drop_database().await;
 }
+
+/// Degraded end to end: a site applied from a file with `degraded_after_ms` below the test
+/// server's `/pause`, checked and stored by `sitemon run`: its rows say degraded, and so does
+/// `sitemon status` (up for uptime); a quick site beside it is not degraded. (The slow site's
+/// 3 s interval is its timeout too: far above the 400 ms of `/pause`, so a loaded machine does
+/// not turn a check into a timeout.)
+#[tokio::test]
+async fn a_slow_site_is_degraded_in_its_rows_and_in_status() {
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let server = TestServer::http().await;
+    let file = std::env::temp_dir().join(format!("{topic}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "sites:\n  - url: {}\n    interval: 3\n    degraded_after_ms: 150\n  - url: {}\n    interval: 1\n    degraded_after_ms: 900\n",
+            server.url("/pause"),
+            server.url("/ok")
+        ),
+    )
+    .expect("write the sites file");
+    let output = support::run(sitemon(&db, &topic).args(["apply", file.to_str().expect("UTF-8")]));
+    assert!(output.status.success(), "{}", support::stderr(&output));
+    let _ = std::fs::remove_file(&file);
+    let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM websites ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("ids");
+    let (slow, quick) = (ids[0], ids[1]);
+
+    let child = sitemon(&db, &topic)
+        .args(["run", "--batch-wait", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut guard = Guard(child);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let count = |site: i32, degraded: bool| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM website_status WHERE website_id = $1 AND is_up AND degraded = $2",
+            )
+            .bind(site)
+            .bind(degraded)
+            .fetch_one(&pool)
+            .await
+            .expect("counts")
+        }
+    };
+    loop {
+        let (slow_degraded, quick_up) = (count(slow, true).await, count(quick, false).await);
+        if slow_degraded >= 2 && quick_up >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in 60 s: {slow_degraded} degraded checks of /pause, {quick_up} quick ones of /ok"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = guard.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = wait_with_timeout(&mut guard.0, Duration::from_secs(60), "sitemon run");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        count(slow, false).await,
+        0,
+        "every up check of /pause is degraded"
+    );
+    assert_eq!(count(quick, true).await, 0, "no check of /ok is degraded");
+
+    let output = support::run(sitemon(&db, &topic).args(["status", "--json"]));
+    assert!(output.status.success(), "{}", support::stderr(&output));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(rows[0]["degraded"], true, "{rows:?}");
+    assert_eq!(rows[0]["uptime_pct"], 100.0, "{rows:?}");
+    assert_eq!(rows[0]["degraded_checks"], rows[0]["checks"], "{rows:?}");
+    assert_eq!(rows[1]["degraded"], false, "{rows:?}");
+    assert_eq!(rows[1]["degraded_checks"], 0, "{rows:?}");
+    let output = support::run(sitemon(&db, &topic).arg("status"));
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].contains(" degraded "), "{text}");
+    assert!(lines[2].contains(" up "), "{text}");
+    db.drop_database().await;
+}

@@ -134,6 +134,8 @@ async fn reports_state_uptime_and_percentiles() {
         [
             "check_interval",
             "checks",
+            "degraded",
+            "degraded_checks",
             "id",
             "last_checked_at",
             "last_error_kind",
@@ -143,6 +145,7 @@ async fn reports_state_uptime_and_percentiles() {
             "p99_ms",
             "sources",
             "tls_cert_not_after",
+            "tls_verify",
             "up",
             "uptime_pct",
             "url"
@@ -236,5 +239,61 @@ async fn reports_state_uptime_and_percentiles() {
         err.contains("invalid --since: \"soon\" is not a duration"),
         "{err}"
     );
+    db.drop_database().await;
+}
+
+/// A degraded check (up, but slower than the site's threshold) is its own state in `status`,
+/// counted as up for uptime; a site whose certificate is not verified says so.
+#[tokio::test]
+async fn degraded_and_unverified_show_in_status() {
+    let db = TestDb::migrated().await;
+    let slow = add_site(&db, "https://slow.invalid/").await;
+    let internal = add_site(&db, "https://internal.invalid/").await;
+    sqlx::query("UPDATE websites SET degraded_after_ms = 50 WHERE id = $1")
+        .bind(slow)
+        .execute(&db.pool)
+        .await
+        .expect("threshold");
+    sqlx::query("UPDATE websites SET tls_verify = false WHERE id = $1")
+        .bind(internal)
+        .execute(&db.pool)
+        .await
+        .expect("tls_verify off");
+    record(&db, Check::answered(slow, 1, 300, 200, 20.0)).await;
+    record(&db, Check::answered(slow, 2, 200, 200, 90.0)).await;
+    record(&db, Check::answered(slow, 3, 100, 200, 95.0)).await;
+    sqlx::query(
+        "UPDATE website_status SET degraded = true WHERE website_id = $1 AND response_time_ms > 50",
+    )
+    .bind(slow)
+    .execute(&db.pool)
+    .await
+    .expect("degraded");
+    record(
+        &db,
+        Check::answered(internal, 4, 100, 200, 10.0).with_cert("2027-05-01T00:00:00Z"),
+    )
+    .await;
+
+    let output = run(sitemon_with_database(&db.url).args(["status", "--json"]));
+    assert!(output.status.success());
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(rows[0]["up"], true);
+    assert_eq!(rows[0]["degraded"], true);
+    assert_eq!(rows[0]["degraded_checks"], 2);
+    assert_eq!(rows[0]["uptime_pct"], 100.0, "degraded counts as up");
+    assert_eq!(rows[0]["tls_verify"], true);
+    assert_eq!(rows[1]["degraded"], false);
+    assert_eq!(rows[1]["degraded_checks"], 0);
+    assert_eq!(rows[1]["tls_verify"], false);
+
+    let output = run(sitemon_with_database(&db.url).arg("status"));
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].contains(" degraded "), "{text}");
+    assert!(!lines[2].contains("degraded"), "{text}");
+    assert!(lines[2].contains(" up "), "{text}");
+    assert!(lines[2].contains("2027-05-01 (not verified)"), "{text}");
+    assert!(!lines[1].contains("not verified"), "{text}");
     db.drop_database().await;
 }

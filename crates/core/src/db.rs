@@ -12,7 +12,7 @@ pub use sqlx::postgres::PgPool;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result, one_line};
 use crate::retry;
-use crate::site::{NewSite, Site};
+use crate::site::{NewSite, Site, SiteSettings};
 
 /// The schema, from `migrations/`, embedded in every binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -116,48 +116,239 @@ fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     }
 }
 
+/// The columns of `websites` that make a [`Site`], for every query that reads one.
+pub(crate) const SITE_COLUMNS: &str = "id, url, name, check_interval, up_regex, regex_must_not_match, \
+     method, headers, body, expect_status, degraded_after_ms, timeout_ms, follow_redirects, \
+     tls_verify";
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Site {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row as _;
+        let method: String = row.try_get("method")?;
+        let headers: sqlx::types::Json<std::collections::BTreeMap<String, String>> =
+            row.try_get("headers")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            settings: SiteSettings {
+                url: row.try_get("url")?,
+                name: row.try_get("name")?,
+                interval: row.try_get::<i32, _>("check_interval")?.into(),
+                regex: row.try_get("up_regex")?,
+                regex_must_not_match: row.try_get("regex_must_not_match")?,
+                method: method.parse().map_err(|e| sqlx::Error::ColumnDecode {
+                    index: "method".into(),
+                    source: Box::new(e),
+                })?,
+                headers: headers.0,
+                body: row.try_get("body")?,
+                expect_status: row.try_get("expect_status")?,
+                degraded_after_ms: row
+                    .try_get::<Option<i32>, _>("degraded_after_ms")?
+                    .map(Into::into),
+                timeout_ms: row.try_get::<Option<i32>, _>("timeout_ms")?.map(Into::into),
+                follow_redirects: row.try_get("follow_redirects")?,
+                tls_verify: row.try_get("tls_verify")?,
+            },
+        })
+    }
+}
+
+/// The statement that inserts a [`NewSite`] (`$1`..`$13` as [`bind_site`] binds them).
+const INSERT_SITE: &str = "INSERT INTO websites (url, name, check_interval, up_regex, \
+     regex_must_not_match, method, headers, body, expect_status, degraded_after_ms, timeout_ms, \
+     follow_redirects, tls_verify) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// The statement that overwrites site `$14` with a [`NewSite`].
+const UPDATE_SITE: &str = "UPDATE websites SET url = $1, name = $2, check_interval = $3, \
+     up_regex = $4, regex_must_not_match = $5, method = $6, headers = $7, body = $8, \
+     expect_status = $9, degraded_after_ms = $10, timeout_ms = $11, follow_redirects = $12, \
+     tls_verify = $13 WHERE id = $14";
+
+/// Binds a validated site's settings as `$1`..`$13` of [`INSERT_SITE`] and [`UPDATE_SITE`].
+fn bind_site<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    site: &'q NewSite,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let s = site.settings();
+    // NewSite::from_settings checked every number's range.
+    let narrow = |ms: Option<i64>| ms.map(|ms| ms as i32);
+    query
+        .bind(&s.url)
+        .bind(&s.name)
+        .bind(site.check_interval())
+        .bind(&s.regex)
+        .bind(&s.regex_must_not_match)
+        .bind(s.method.as_str())
+        .bind(sqlx::types::Json(&s.headers))
+        .bind(&s.body)
+        .bind(&s.expect_status)
+        .bind(narrow(s.degraded_after_ms))
+        .bind(narrow(s.timeout_ms))
+        .bind(s.follow_redirects)
+        .bind(s.tls_verify)
+}
+
 /// Registers a site and returns its id.
 ///
 /// # Errors
-/// [`Error::DuplicateUrl`] with the existing id when the URL is registered already;
-/// [`Error::Database`] or [`Error::Timeout`] otherwise.
+/// [`Error::DuplicateUrl`] or [`Error::DuplicateName`] with the existing site's id when the
+/// URL or name is registered already; [`Error::Database`] or [`Error::Timeout`] otherwise.
 pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
     let inserted: Option<i32> = bounded(
         "adding the site",
         SITE_QUERY_TIMEOUT,
-        sqlx::query_scalar(
-            "INSERT INTO websites (url, check_interval, up_regex) VALUES ($1, $2, $3)
-             ON CONFLICT (url) DO NOTHING
-             RETURNING id",
+        bind_site(
+            sqlx::query(&format!(
+                "{INSERT_SITE} ON CONFLICT DO NOTHING RETURNING id"
+            )),
+            site,
         )
-        .bind(site.url())
-        .bind(site.check_interval())
-        .bind(site.up_regex())
         .fetch_optional(pool),
     )
-    .await?;
+    .await?
+    .map(|row: sqlx::postgres::PgRow| sqlx::Row::get(&row, 0));
     if let Some(id) = inserted {
         return Ok(id);
     }
-    let existing_id: Option<i32> = bounded(
-        "looking up the existing site",
-        SITE_QUERY_TIMEOUT,
-        sqlx::query_scalar("SELECT id FROM websites WHERE url = $1")
-            .bind(site.url())
-            .fetch_optional(pool),
-    )
-    .await?;
-    match existing_id {
-        Some(existing_id) => Err(Error::DuplicateUrl {
-            url: site.url().to_owned(),
-            existing_id,
-        }),
+    match find_conflict(pool, site, None).await? {
+        Some(conflict) => Err(conflict),
         // Deleted between our two statements: the caller may simply try again.
         None => Err(Error::Database {
             doing: "adding the site",
             source: Box::new(sqlx::Error::RowNotFound),
         }),
     }
+}
+
+/// The site other than `except` that holds `site`'s URL or name, as the error that says so.
+async fn find_conflict(
+    executor: impl sqlx::PgExecutor<'_>,
+    site: &NewSite,
+    except: Option<i32>,
+) -> Result<Option<Error>> {
+    let holder: Option<(i32, bool)> = bounded(
+        "looking up the existing site",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query_as(
+            "SELECT id, url = $1 FROM websites
+             WHERE (url = $1 OR name = $2) AND id IS DISTINCT FROM $3
+             ORDER BY url = $1 DESC LIMIT 1",
+        )
+        .bind(site.url())
+        .bind(&site.settings().name)
+        .bind(except)
+        .fetch_optional(executor),
+    )
+    .await?;
+    Ok(holder.map(|(existing_id, by_url)| {
+        if by_url {
+            Error::DuplicateUrl {
+                url: site.url().to_owned(),
+                existing_id,
+            }
+        } else {
+            Error::DuplicateName {
+                name: site.settings().name.clone().unwrap_or_default(),
+                existing_id,
+            }
+        }
+    }))
+}
+
+/// One site by id.
+///
+/// # Errors
+/// [`Error::UnknownSite`]; [`Error::Database`], [`Error::Timeout`].
+pub async fn get_site(pool: &PgPool, id: i64) -> Result<Site> {
+    let Ok(id32) = i32::try_from(id) else {
+        return Err(Error::UnknownSite { id });
+    };
+    bounded(
+        "reading the site",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query_as(&format!(
+            "SELECT {SITE_COLUMNS} FROM websites WHERE id = $1"
+        ))
+        .bind(id32)
+        .fetch_optional(pool),
+    )
+    .await?
+    .ok_or(Error::UnknownSite { id })
+}
+
+/// Changes site `id` in one transaction: `change` gets its current settings and returns the
+/// new ones validated; nothing is written when it fails.
+///
+/// # Errors
+/// [`Error::UnknownSite`]; the error of `change`; [`Error::DuplicateUrl`] or
+/// [`Error::DuplicateName`] when another site has the new URL or name; [`Error::Database`],
+/// [`Error::Timeout`].
+pub async fn update_site(
+    pool: &PgPool,
+    id: i64,
+    change: impl FnOnce(SiteSettings) -> Result<NewSite>,
+) -> Result<Site> {
+    let Ok(id32) = i32::try_from(id) else {
+        return Err(Error::UnknownSite { id });
+    };
+    let mut tx = bounded("starting a transaction", SITE_QUERY_TIMEOUT, pool.begin()).await?;
+    let current: Site = bounded(
+        "reading the site",
+        SITE_QUERY_TIMEOUT,
+        sqlx::query_as(&format!(
+            "SELECT {SITE_COLUMNS} FROM websites WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id32)
+        .fetch_optional(&mut *tx),
+    )
+    .await?
+    .ok_or(Error::UnknownSite { id })?;
+    let site = change(current.settings)?;
+    if let Some(conflict) = find_conflict(&mut *tx, &site, Some(id32)).await? {
+        return Err(conflict);
+    }
+    bounded(
+        "updating the site",
+        SITE_QUERY_TIMEOUT,
+        bind_site(sqlx::query(UPDATE_SITE), &site)
+            .bind(id32)
+            .execute(&mut *tx),
+    )
+    .await?;
+    bounded("committing the change", SITE_QUERY_TIMEOUT, tx.commit()).await?;
+    Ok(Site {
+        id: id32,
+        settings: site.into_settings(),
+    })
+}
+
+/// Inserts a validated site within a transaction (for `apply`).
+pub(crate) async fn insert_site_in(tx: &mut sqlx::PgConnection, site: &NewSite) -> Result<i32> {
+    bounded(
+        "adding a site",
+        SITE_QUERY_TIMEOUT,
+        bind_site(sqlx::query(&format!("{INSERT_SITE} RETURNING id")), site).fetch_one(&mut *tx),
+    )
+    .await
+    .map(|row| sqlx::Row::get(&row, 0))
+}
+
+/// Overwrites site `id` within a transaction (for `apply`).
+pub(crate) async fn update_site_in(
+    tx: &mut sqlx::PgConnection,
+    id: i32,
+    site: &NewSite,
+) -> Result<()> {
+    bounded(
+        "changing a site",
+        SITE_QUERY_TIMEOUT,
+        bind_site(sqlx::query(UPDATE_SITE), site)
+            .bind(id)
+            .execute(&mut *tx),
+    )
+    .await
+    .map(drop)
 }
 
 /// Removes a site; its history goes with it (`ON DELETE CASCADE`).
@@ -190,8 +381,7 @@ pub async fn list_sites(pool: &PgPool) -> Result<Vec<Site>> {
     bounded(
         "listing the sites",
         SITE_QUERY_TIMEOUT,
-        sqlx::query_as("SELECT id, url, check_interval, up_regex FROM websites ORDER BY id")
-            .fetch_all(pool),
+        sqlx::query_as(&format!("SELECT {SITE_COLUMNS} FROM websites ORDER BY id")).fetch_all(pool),
     )
     .await
 }

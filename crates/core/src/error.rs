@@ -44,6 +44,48 @@ pub enum Error {
         existing_id: i32,
     },
 
+    /// A per-site setting (method, headers, expected status...) that cannot be used.
+    #[error("invalid {key} {value}: {reason}")]
+    InvalidSetting {
+        /// The setting's key, as in a sites file (`expect_status`, `headers`...).
+        key: &'static str,
+        /// The value as given, quoted and cut to 200 characters.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The name is another site's already.
+    #[error("the name {name:?} is already site {existing_id}'s")]
+    DuplicateName {
+        /// The name that was given.
+        name: String,
+        /// The id of the site that has it.
+        existing_id: i32,
+    },
+
+    /// A sites file that cannot be applied: where, and why.
+    #[error("{path}:{line}:{column}: {reason}")]
+    SitesFile {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: u32,
+        /// 1-based column.
+        column: u32,
+        /// What is wrong there.
+        reason: String,
+    },
+
+    /// A sites file or folder that cannot be read.
+    #[error("cannot read {path}: {reason}")]
+    SitesPath {
+        /// The file or folder.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+
     /// No site has this id.
     #[error("no site has id {id}")]
     UnknownSite {

@@ -5,10 +5,18 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::site::Method;
 use uuid::Uuid;
 
-/// The `schema` value of the events this version writes.
-pub const EVENT_SCHEMA_VERSION: u32 = 1;
+/// The `schema` value of the events this version writes. Version 2 added `method`,
+/// `expect_status`, `regex_must_not_match`, `regex_must_not_match_found`,
+/// `degraded_after_ms`, `degraded` and `failed_assertion` (see `docs/event-schema.md`).
+pub const EVENT_SCHEMA_VERSION: u32 = 2;
+
+/// The versions [`CheckEvent::from_json`] reads: a version 1 event reads as a version 2 one
+/// with the new fields at their defaults (GET, any 2xx, not degraded).
+pub const READABLE_SCHEMA_VERSIONS: [u32; 2] = [1, 2];
 
 /// What happened when one site was checked once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +56,42 @@ pub struct CheckEvent {
     /// The expiry of the server's leaf certificate, for https.
     #[serde(with = "time::serde::rfc3339::option")]
     pub tls_cert_not_after: Option<OffsetDateTime>,
+    // Version 2. Absent from version 1 events, which read as the defaults.
+    /// The request's method.
+    #[serde(default)]
+    pub method: Method,
+    /// The statuses that count as up, as the site has them (`200-299,301`); `None` = any 2xx.
+    #[serde(default)]
+    pub expect_status: Option<String>,
+    /// The regex the body must not match, if the site has one.
+    #[serde(default)]
+    pub regex_must_not_match: Option<String>,
+    /// Whether that regex was found in the body, if it was searched.
+    #[serde(default)]
+    pub regex_must_not_match_found: Option<bool>,
+    /// The site's threshold for degraded, ms.
+    #[serde(default)]
+    pub degraded_after_ms: Option<i64>,
+    /// Up, but slower than `degraded_after_ms`: counted as up, reported as degraded.
+    #[serde(default)]
+    pub degraded: bool,
+    /// Which assertion made an answered check down; `None` when it is up or got no answer
+    /// (then `error` says why).
+    #[serde(default)]
+    pub failed_assertion: Option<Assertion>,
+}
+
+/// The assertions a response must pass to be up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Assertion {
+    /// The status is not one of the expected (`expect_status`, or any 2xx).
+    Status,
+    /// The body does not match `regex`.
+    Regex,
+    /// The body matches `regex_must_not_match`.
+    RegexMustNotMatch,
 }
 
 /// How long each phase of a check took, in milliseconds; `None` for a phase that did not
@@ -98,12 +142,15 @@ pub enum ErrorKind {
     Body,
     /// The registered regex does not compile (a row inserted by SQL).
     InvalidRegex,
+    /// Another setting of the row cannot be used: a header, an expected status (a row
+    /// written by SQL).
+    InvalidSettings,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order: for whatever lists them (the metrics' `error_kind`
     /// label, reports, tests).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::InvalidUrl,
         Self::Dns,
         Self::Connect,
@@ -113,6 +160,7 @@ impl ErrorKind {
         Self::TooManyRedirects,
         Self::Body,
         Self::InvalidRegex,
+        Self::InvalidSettings,
     ];
 
     /// The name on the wire and in `website_status.error_kind`.
@@ -127,6 +175,7 @@ impl ErrorKind {
             Self::TooManyRedirects => "too_many_redirects",
             Self::Body => "body",
             Self::InvalidRegex => "invalid_regex",
+            Self::InvalidSettings => "invalid_settings",
         }
     }
 }
@@ -148,13 +197,29 @@ impl CheckEvent {
     /// # Errors
     /// The JSON error for a value that is not an event of a known schema version.
     pub fn from_json(value: &[u8]) -> Result<Self, EventDecodeError> {
+        /// The version, and whether the fields a version 2 event must have are there.
         #[derive(Deserialize)]
         struct Version {
             schema: u32,
+            method: Option<serde::de::IgnoredAny>,
+            degraded: Option<serde::de::IgnoredAny>,
         }
         let version: Version = serde_json::from_slice(value).map_err(EventDecodeError::Json)?;
-        if version.schema != EVENT_SCHEMA_VERSION {
+        if !READABLE_SCHEMA_VERSIONS.contains(&version.schema) {
             return Err(EventDecodeError::UnknownSchema(version.schema));
+        }
+        if version.schema >= 2 {
+            for (field, present) in [
+                ("method", version.method.is_some()),
+                ("degraded", version.degraded.is_some()),
+            ] {
+                if !present {
+                    return Err(EventDecodeError::MissingField {
+                        schema: version.schema,
+                        field,
+                    });
+                }
+            }
         }
         serde_json::from_slice(value).map_err(EventDecodeError::Json)
     }
@@ -170,6 +235,14 @@ pub enum EventDecodeError {
     /// A `schema` version this reader does not know.
     #[error("unknown event schema version {0}")]
     UnknownSchema(u32),
+    /// A field the event's version must have is missing.
+    #[error("not a check event: a schema {schema} event needs the field {field}")]
+    MissingField {
+        /// The event's version.
+        schema: u32,
+        /// The missing field.
+        field: &'static str,
+    },
 }
 
 #[cfg(test)]
@@ -190,6 +263,7 @@ mod tests {
             ErrorKind::TooManyRedirects => 6,
             ErrorKind::Body => 7,
             ErrorKind::InvalidRegex => 8,
+            ErrorKind::InvalidSettings => 9,
         };
         for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
             assert_eq!(position(kind), i, "{kind:?}");
@@ -220,6 +294,13 @@ mod tests {
             redirects: 1,
             final_url: Some("https://example.com/home".into()),
             tls_cert_not_after: Some(time::macros::datetime!(2027-01-01 0:00 UTC)),
+            method: Method::Post,
+            expect_status: Some("200-299,301".into()),
+            regex_must_not_match: Some("maintenance".into()),
+            regex_must_not_match_found: Some(false),
+            degraded_after_ms: Some(800),
+            degraded: false,
+            failed_assertion: Some(Assertion::Regex),
         }
     }
 
@@ -254,6 +335,13 @@ mod tests {
             "redirects",
             "final_url",
             "tls_cert_not_after",
+            "method",
+            "expect_status",
+            "regex_must_not_match",
+            "regex_must_not_match_found",
+            "degraded_after_ms",
+            "degraded",
+            "failed_assertion",
         ];
         expected.sort();
         assert_eq!(fields, expected);
@@ -268,7 +356,44 @@ mod tests {
             assert!(value["timings_ms"].get(phase).is_some(), "{phase}");
         }
         assert_eq!(value["checked_at"], "2026-11-28T13:14:15.123456Z");
-        assert_eq!(value["schema"], 1);
+        assert_eq!(value["schema"], 2);
+        assert_eq!(value["method"], "POST");
+        assert_eq!(value["failed_assertion"], "regex");
+    }
+
+    /// A version 1 event (as checkers before version 2 wrote them, still in the topic)
+    /// reads with the new fields at their defaults; a version 2 event without them does not.
+    #[test]
+    fn reads_version_one_events() {
+        let mut value: Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        let object = value.as_object_mut().expect("object");
+        for field in [
+            "method",
+            "expect_status",
+            "regex_must_not_match",
+            "regex_must_not_match_found",
+            "degraded_after_ms",
+            "degraded",
+            "failed_assertion",
+        ] {
+            object.remove(field);
+        }
+        object.insert("schema".into(), json!(1));
+        let old = CheckEvent::from_json(value.to_string().as_bytes()).expect("version 1 reads");
+        assert_eq!(old.schema, 1);
+        assert_eq!(old.method, Method::Get);
+        assert!(!old.degraded);
+        assert_eq!(old.failed_assertion, None);
+        assert_eq!(old.expect_status, None);
+
+        value["schema"] = json!(2);
+        assert!(matches!(
+            CheckEvent::from_json(value.to_string().as_bytes()),
+            Err(EventDecodeError::MissingField {
+                schema: 2,
+                field: "method"
+            })
+        ));
     }
 
     #[test]
@@ -308,12 +433,14 @@ mod tests {
     #[test]
     fn rejects_unknown_schema_and_wrong_shapes() {
         let mut value: Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        for unknown in [0, 3, 99] {
+            value["schema"] = json!(unknown);
+            assert!(matches!(
+                CheckEvent::from_json(value.to_string().as_bytes()),
+                Err(EventDecodeError::UnknownSchema(v)) if v == unknown
+            ));
+        }
         value["schema"] = json!(2);
-        assert!(matches!(
-            CheckEvent::from_json(value.to_string().as_bytes()),
-            Err(EventDecodeError::UnknownSchema(2))
-        ));
-        value["schema"] = json!(1);
         value["website_id"] = json!("forty-two");
         assert!(matches!(
             CheckEvent::from_json(value.to_string().as_bytes()),

@@ -268,8 +268,8 @@ pub async fn drop_expired(
 
 /// The SQL that adds rows to the rollups: data-modifying CTEs (ending with `hour_added` and
 /// `day_added`) to append to a `WITH` whose CTE `source` yields the stored rows'
-/// `website_id`, `timestamp_utc`, `location`, `is_up`, `response_time_ms` and `error_kind`.
-/// Every statement that stores raw rows runs it over exactly the rows it stored, so the
+/// `website_id`, `timestamp_utc`, `location`, `is_up`, `degraded`, `response_time_ms` and
+/// `error_kind`. Every statement that stores raw rows runs it over exactly the rows it stored, so the
 /// rollups always equal [`rollup_select`] over `website_status` (sums of response times up
 /// to floating-point rounding).
 ///
@@ -281,7 +281,7 @@ pub fn rollup_ctes(source: &str) -> String {
             "{grain}_totals AS (
                  SELECT website_id, {bucket} AS bucket_start, location,
                         sum(checks)::bigint AS checks, sum(up)::bigint AS up,
-                        sum(rt_count)::bigint AS rt_count, sum(rt_sum) AS rt_sum,
+                        sum(degraded)::bigint AS degraded, sum(rt_count)::bigint AS rt_count, sum(rt_sum) AS rt_sum,
                         min(rt_min) AS rt_min, max(rt_max) AS rt_max
                  FROM stored_totals GROUP BY 1, 2, 3),
              {grain}_kinds AS (
@@ -299,8 +299,8 @@ pub fn rollup_ctes(source: &str) -> String {
                  GROUP BY 1, 2, 3),
              {grain}_added AS (
                  INSERT INTO website_status_{table} AS r (website_id, bucket_start, location,
-                     checks, up, errors, rt_count, rt_sum, rt_min, rt_max, rt_sketch)
-                 SELECT t.website_id, t.bucket_start, t.location, t.checks, t.up,
+                     checks, up, degraded, errors, rt_count, rt_sum, rt_min, rt_max, rt_sketch)
+                 SELECT t.website_id, t.bucket_start, t.location, t.checks, t.up, t.degraded,
                         coalesce(k.errors, '{{}}'::jsonb), t.rt_count, t.rt_sum, t.rt_min,
                         t.rt_max, coalesce(b.rt_sketch, '{{}}'::bigint[])
                  FROM {grain}_totals t
@@ -309,6 +309,7 @@ pub fn rollup_ctes(source: &str) -> String {
                  ON CONFLICT (website_id, bucket_start, location) DO UPDATE SET
                      checks = r.checks + EXCLUDED.checks,
                      up = r.up + EXCLUDED.up,
+                     degraded = r.degraded + EXCLUDED.degraded,
                      errors = CASE WHEN EXCLUDED.errors = '{{}}' THEN r.errors
                                    WHEN r.errors = '{{}}' THEN EXCLUDED.errors
                                    ELSE sitemon_counts_merge(r.errors, EXCLUDED.errors) END,
@@ -327,12 +328,14 @@ pub fn rollup_ctes(source: &str) -> String {
     format!(
         "stored_rows AS (
              SELECT website_id, date_trunc('hour', timestamp_utc, 'UTC') AS hour,
-                    coalesce(location, '') AS location, is_up, response_time_ms, error_kind,
-                    sitemon_sketch_bin(response_time_ms) AS bin
+                    coalesce(location, '') AS location, is_up, degraded, response_time_ms,
+                    error_kind, sitemon_sketch_bin(response_time_ms) AS bin
              FROM {source}),
          stored_totals AS (
              SELECT website_id, hour, location, count(*) AS checks,
-                    count(*) FILTER (WHERE is_up) AS up, count(response_time_ms) AS rt_count,
+                    count(*) FILTER (WHERE is_up) AS up,
+                    count(*) FILTER (WHERE degraded) AS degraded,
+                    count(response_time_ms) AS rt_count,
                     coalesce(sum(response_time_ms), 0) AS rt_sum,
                     min(response_time_ms) AS rt_min, max(response_time_ms) AS rt_max
              FROM stored_rows GROUP BY 1, 2, 3),
@@ -353,20 +356,22 @@ pub fn rollup_ctes(source: &str) -> String {
 /// of a rollup, used by the writers and by every comparison with the raw rows.
 ///
 /// Its columns, in order: `website_id`, `bucket_start`, `location`, `checks`, `up`,
-/// `errors`, `rt_count`, `rt_sum`, `rt_min`, `rt_max`, `rt_sketch`. Plain aggregates, in
+/// `degraded`, `errors`, `rt_count`, `rt_sum`, `rt_min`, `rt_max`, `rt_sketch`. Plain aggregates, in
 /// three groupings (per bucket, per bucket and error kind, per bucket and latency bin)
 /// joined: no function runs once per group, which keeps a batch's rollups cheap.
 pub fn rollup_select(source: &str, grain: &str) -> String {
     format!(
         "WITH binned AS (
              SELECT website_id, date_trunc('{grain}', timestamp_utc, 'UTC') AS bucket_start,
-                    coalesce(location, '') AS location, is_up, response_time_ms, error_kind,
-                    sitemon_sketch_bin(response_time_ms) AS bin
+                    coalesce(location, '') AS location, is_up, degraded, response_time_ms,
+                    error_kind, sitemon_sketch_bin(response_time_ms) AS bin
              FROM {source}
          ),
          totals AS (
              SELECT website_id, bucket_start, location, count(*) AS checks,
-                    count(*) FILTER (WHERE is_up) AS up, count(response_time_ms) AS rt_count,
+                    count(*) FILTER (WHERE is_up) AS up,
+                    count(*) FILTER (WHERE degraded) AS degraded,
+                    count(response_time_ms) AS rt_count,
                     coalesce(sum(response_time_ms), 0) AS rt_sum,
                     min(response_time_ms) AS rt_min, max(response_time_ms) AS rt_max
              FROM binned GROUP BY 1, 2, 3
@@ -384,7 +389,7 @@ pub fn rollup_select(source: &str, grain: &str) -> String {
                    FROM binned WHERE bin IS NOT NULL GROUP BY 1, 2, 3, 4) AS b
              GROUP BY 1, 2, 3
          )
-         SELECT t.website_id, t.bucket_start, t.location, t.checks, t.up,
+         SELECT t.website_id, t.bucket_start, t.location, t.checks, t.up, t.degraded,
                 coalesce(kinds.errors, '{{}}'::jsonb), t.rt_count, t.rt_sum, t.rt_min, t.rt_max,
                 coalesce(bins.rt_sketch, '{{}}'::bigint[])
          FROM totals t

@@ -5,7 +5,12 @@
 //! PostgreSQL. The two never import each other; they share this crate.
 //!
 //! # Layout
-//! - [`site`]: a monitored [`Site`] and the validation of what a user may register.
+//! - [`site`]: a monitored [`Site`], its [`SiteSettings`] and the validation of what a user
+//!   may register.
+//! - [`sites_file`]: sites as code: a YAML file of sites read (`sitemon apply`) and written
+//!   (`sitemon export`), errors naming file, line and column.
+//! - [`apply`]: the plan that makes `websites` what a sites file says, applied in one
+//!   transaction.
 //! - [`event`]: the [`CheckEvent`] on the wire (JSON, versioned) and its Kafka key.
 //! - [`config`]: connection settings for Kafka ([`KafkaConfig`]) and PostgreSQL ([`DatabaseConfig`]).
 //! - [`kafka`]: building an rskafka client from a [`KafkaConfig`] (plaintext, mTLS, SASL),
@@ -39,6 +44,7 @@
 //! # }
 //! ```
 
+pub mod apply;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -51,14 +57,15 @@ mod refusal;
 pub mod report;
 pub mod retry;
 pub mod site;
+pub mod sites_file;
 
 pub use config::{
     ClientCertFiles, DatabaseConfig, KafkaConfig, KafkaSecurity, KafkaSettings, SaslMechanism,
     Secret,
 };
 pub use error::{Error, Result};
-pub use event::{CheckError, CheckEvent, ErrorKind, ProbeTimings};
-pub use site::{NewSite, Site};
+pub use event::{Assertion, CheckError, CheckEvent, ErrorKind, ProbeTimings};
+pub use site::{ExpectStatus, Method, NewSite, Site, SiteSettings};
 
 /// The version of sitemon, as written into the `User-Agent` and the Kafka client id.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -48,6 +48,8 @@ pub struct SiteStatus {
     pub last_checked_at: Option<OffsetDateTime>,
     /// Whether the latest check found the site up.
     pub up: Option<bool>,
+    /// Whether the latest check was up but slower than the site's `degraded_after_ms`.
+    pub degraded: Option<bool>,
     /// The latest check's HTTP status, if a response arrived.
     pub last_status_code: Option<i16>,
     /// The latest check's error kind, if it failed to get a response.
@@ -62,9 +64,13 @@ pub struct SiteStatus {
     pub p99_ms: Option<f64>,
     /// Checks in the window.
     pub checks: i64,
+    /// Checks in the window that were degraded (counted as up in `uptime_pct`).
+    pub degraded_checks: i64,
     /// The TLS certificate's expiry, as the latest check saw it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub tls_cert_not_after: Option<OffsetDateTime>,
+    /// Whether the site's certificate is verified (`tls_verify`; off only for internal hosts).
+    pub tls_verify: bool,
 }
 
 /// Where the numbers of a stretch of a window come from.
@@ -192,24 +198,26 @@ pub async fn site_statuses(
     let [h0, h1, h2, h3] = ranges(&segments, Source::Hourly);
     let [d0, d1, _, _] = ranges(&segments, Source::Daily);
     let sql = r#"WITH rolled AS (
-             SELECT website_id, checks, up, rt_sketch FROM website_status_daily
+             SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_daily
              WHERE bucket_start >= $9 AND bucket_start < $10
              UNION ALL
-             SELECT website_id, checks, up, rt_sketch FROM website_status_hourly
+             SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_hourly
              WHERE (bucket_start >= $5 AND bucket_start < $6)
                 OR (bucket_start >= $7 AND bucket_start < $8)
          ),
          raw AS (
-             SELECT website_id, is_up, sitemon_sketch_bin(response_time_ms) AS bin
+             SELECT website_id, is_up, degraded, sitemon_sketch_bin(response_time_ms) AS bin
              FROM website_status
              WHERE (timestamp_utc >= $1 AND timestamp_utc < $2)
                 OR (timestamp_utc >= $3 AND timestamp_utc < $4)
          ),
          totals AS (
-             SELECT website_id, sum(checks)::bigint AS checks, sum(up)::bigint AS up
-             FROM (SELECT website_id, checks, up FROM rolled
+             SELECT website_id, sum(checks)::bigint AS checks, sum(up)::bigint AS up,
+                    sum(degraded)::bigint AS degraded
+             FROM (SELECT website_id, checks, up, degraded FROM rolled
                    UNION ALL
-                   SELECT website_id, count(*), count(*) FILTER (WHERE is_up)
+                   SELECT website_id, count(*), count(*) FILTER (WHERE is_up),
+                          count(*) FILTER (WHERE degraded)
                    FROM raw GROUP BY website_id) AS t
              GROUP BY website_id
          ),
@@ -227,31 +235,35 @@ pub async fn site_statuses(
         + PERCENTILES
         + r#"),
          recent AS (
-             SELECT t.website_id, t.checks,
+             SELECT t.website_id, t.checks, t.degraded AS degraded_checks,
                     100.0 * t.up / nullif(t.checks, 0)::float8 AS uptime_pct,
                     p.p50_ms, p.p95_ms, p.p99_ms
              FROM totals t LEFT JOIN percentiles p ON p.key = t.website_id
          )
-         SELECT w.id, w.url, w.check_interval,
+         SELECT w.id, w.url, w.check_interval, w.tls_verify,
                 latest.timestamp_utc AS last_checked_at,
                 latest.is_up AS up,
+                latest.degraded,
                 latest.status_code AS last_status_code,
                 latest.error_kind AS last_error_kind,
                 recent.uptime_pct::float8 AS uptime_pct,
                 recent.p50_ms, recent.p95_ms, recent.p99_ms,
                 coalesce(recent.checks, 0) AS checks,
+                coalesce(recent.degraded_checks, 0) AS degraded_checks,
                 (latest.request_info ->> 'tls_cert_not_after')::timestamptz AS tls_cert_not_after
          FROM websites w
          LEFT JOIN recent ON recent.website_id = w.id
          LEFT JOIN LATERAL (
              -- The last two days' partitions first; all of them only for a site that has
              -- not been checked since (Append stops at the first row).
-             (SELECT s.timestamp_utc, s.is_up, s.status_code, s.error_kind, s.request_info
+             (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
+                     s.request_info
               FROM website_status s
               WHERE s.website_id = w.id AND s.timestamp_utc >= $11
               ORDER BY s.timestamp_utc DESC LIMIT 1)
              UNION ALL
-             (SELECT s.timestamp_utc, s.is_up, s.status_code, s.error_kind, s.request_info
+             (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
+                     s.request_info
               FROM website_status s
               WHERE s.website_id = w.id
               ORDER BY s.timestamp_utc DESC LIMIT 1)

@@ -122,8 +122,8 @@ async fn sites_add_list_remove_and_cascade() {
     let sites = db::list_sites(pool).await.expect("lists");
     assert_eq!(sites.len(), 1);
     assert_eq!(sites[0].id, id);
-    assert_eq!(sites[0].check_interval, 30);
-    assert_eq!(sites[0].up_regex.as_deref(), Some("ok"));
+    assert_eq!(sites[0].settings.interval, 30);
+    assert_eq!(sites[0].settings.regex.as_deref(), Some("ok"));
 
     // History goes with its site.
     sqlx::query(

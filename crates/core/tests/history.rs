@@ -301,8 +301,9 @@ async fn rebuild_recomputes_the_rollups_of_the_days_that_have_raw_rows() {
     .expect("rows");
     // And a rollup that is wrong.
     sqlx::query(
-        "INSERT INTO website_status_hourly VALUES (1, date_trunc('hour', now(), 'UTC'), '', 999,
-             0, '{}', 0, 0, NULL, NULL, '{}')",
+        "INSERT INTO website_status_hourly (website_id, bucket_start, location, checks, up,
+             errors, rt_count, rt_sum, rt_sketch)
+         VALUES (1, date_trunc('hour', now(), 'UTC'), '', 999, 0, '{}', 0, 0, '{}')",
     )
     .execute(&db.pool)
     .await

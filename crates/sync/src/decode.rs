@@ -77,6 +77,8 @@ pub(crate) struct StatusRow {
     pub(crate) response_time_ms: Option<f64>,
     pub(crate) error_kind: Option<&'static str>,
     pub(crate) location: String,
+    /// Up but slower than the site's threshold (schema 2; a version 1 event is not).
+    pub(crate) degraded: bool,
 }
 
 impl StatusRow {
@@ -248,6 +250,7 @@ pub(crate) fn decode(message: Message) -> Decoded {
         response_time_ms: event.response_time_ms,
         error_kind: event.error.map(|e| ErrorKind::as_str(e.kind)),
         location: event.location,
+        degraded: event.degraded,
     })
 }
 
@@ -344,6 +347,13 @@ mod tests {
             redirects: 0,
             final_url: None,
             tls_cert_not_after: None,
+            method: sitemon_core::Method::Head,
+            expect_status: None,
+            regex_must_not_match: None,
+            regex_must_not_match_found: None,
+            degraded_after_ms: Some(2),
+            degraded: true,
+            failed_assertion: None,
         }
     }
 
@@ -400,6 +410,39 @@ mod tests {
         assert_eq!(row.check_id, event.check_id);
         assert_eq!(row.status_code, Some(200));
         assert_eq!(row.error_kind, None);
+        assert!(row.degraded, "schema 2 carries degraded into its column");
+    }
+
+    /// Events that checkers before schema 2 wrote, still in the topic, are stored as before;
+    /// versions after 2 are rejects.
+    #[test]
+    fn version_one_is_stored_and_unknown_versions_are_rejected() {
+        let mut value = serde_json::to_value(event()).expect("json");
+        for field in [
+            "method",
+            "expect_status",
+            "regex_must_not_match",
+            "regex_must_not_match_found",
+            "degraded_after_ms",
+            "degraded",
+            "failed_assertion",
+        ] {
+            value.as_object_mut().expect("object").remove(field);
+        }
+        value["schema"] = json!(1);
+        let v1 = value.to_string().into_bytes();
+        let Decoded::Row(row) = decode(message(Some(v1.clone()))) else {
+            panic!("a version 1 event is stored");
+        };
+        assert!(!row.degraded);
+        assert_eq!(row.request_info.as_bytes(), v1, "stored as published");
+        value["schema"] = json!(3);
+        assert_eq!(
+            reason(Some(value.to_string().into_bytes())),
+            "unknown schema version 3"
+        );
+        value["schema"] = json!(2);
+        assert_eq!(kind(Some(value.to_string().into_bytes())), "wrong_shape");
     }
 
     fn kind(value: Option<Vec<u8>>) -> &'static str {

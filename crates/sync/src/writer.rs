@@ -328,6 +328,7 @@ async fn insert_rows(
     let mut response_time_ms = Vec::with_capacity(n);
     let mut error_kind = Vec::with_capacity(n);
     let mut location = Vec::with_capacity(n);
+    let mut degraded = Vec::with_capacity(n);
     for row in rows {
         partition.push(row.partition);
         incarnation.push(row.incarnation);
@@ -341,21 +342,23 @@ async fn insert_rows(
         response_time_ms.push(row.response_time_ms);
         error_kind.push(row.error_kind);
         location.push(row.location.as_str());
+        degraded.push(row.degraded);
     }
     let statement = format!(
         "WITH source AS (
              INSERT INTO website_status (
                  kafka_topic, kafka_topic_incarnation, kafka_partition_id, kafka_offset_id,
                  website_id, timestamp_utc, request_info, check_id, is_up, status_code,
-                 response_time_ms, error_kind, location)
+                 response_time_ms, error_kind, location, degraded)
              SELECT $1, t.i, t.p, t.o, t.w, t.ts, t.info::jsonb, t.id, t.up, t.sc, t.rt, t.ek,
-                    t.loc
+                    t.loc, t.dg
              FROM UNNEST($2::int[], $3::int[], $4::bigint[], $5::int[], $6::timestamptz[],
                          $7::text[], $8::uuid[], $9::bool[], $10::int2[], $11::float8[],
-                         $12::text[], $13::text[])
-                  AS t(i, p, o, w, ts, info, id, up, sc, rt, ek, loc)
+                         $12::text[], $13::text[], $14::bool[])
+                  AS t(i, p, o, w, ts, info, id, up, sc, rt, ek, loc, dg)
              ON CONFLICT DO NOTHING
-             RETURNING website_id, timestamp_utc, location, is_up, response_time_ms, error_kind
+             RETURNING website_id, timestamp_utc, location, is_up, response_time_ms, error_kind,
+                       degraded
          ),
          {}
          SELECT count(*) FROM source",
@@ -378,6 +381,7 @@ async fn insert_rows(
             .bind(response_time_ms)
             .bind(error_kind)
             .bind(location)
+            .bind(degraded)
             .fetch_one(&mut *tx),
     )
     .await?;

@@ -24,6 +24,7 @@ type StatusRow = (
     Option<f64>,
     Option<String>,
     Option<String>,
+    bool,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +41,7 @@ async fn every_event_is_exactly_one_row_field_for_field() {
 
     let rows: Vec<StatusRow> = sqlx::query_as(
         "SELECT kafka_partition_id, kafka_offset_id, website_id, timestamp_utc, request_info,
-                check_id, is_up, status_code, response_time_ms, error_kind, location
+                check_id, is_up, status_code, response_time_ms, error_kind, location, degraded
          FROM website_status WHERE kafka_topic = $1",
     )
     .bind(&fixture.topic)
@@ -50,7 +51,25 @@ async fn every_event_is_exactly_one_row_field_for_field() {
     assert_eq!(rows.len(), 400);
     fixture.assert_stored_exactly_once(400, 0).await;
     let by_id: HashMap<Uuid, &CheckEvent> = events.iter().map(|e| (e.check_id, e)).collect();
-    for (partition, _offset, website_id, at, info, check_id, up, code, ms, kind, location) in &rows
+    let degraded_events = events.iter().filter(|e| e.degraded).count();
+    assert!(
+        degraded_events > 0 && degraded_events < events.len(),
+        "the mix has degraded checks and others"
+    );
+    for (
+        partition,
+        _offset,
+        website_id,
+        at,
+        info,
+        check_id,
+        up,
+        code,
+        ms,
+        kind,
+        location,
+        degraded,
+    ) in &rows
     {
         let event = by_id.get(check_id).expect("a row for a produced event");
         assert_eq!(*partition, event.website_id % 3);
@@ -65,6 +84,7 @@ async fn every_event_is_exactly_one_row_field_for_field() {
             event.error.as_ref().map(|e| e.kind.as_str())
         );
         assert_eq!(location.as_deref(), Some(event.location.as_str()));
+        assert_eq!(*degraded, event.degraded, "{info:?}");
     }
     let offsets = fixture.stored_offsets().await;
     assert_eq!(offsets.len(), 3);
@@ -112,7 +132,7 @@ async fn each_poison_message_is_a_reject_with_its_reason_and_the_rest_arrives() 
     let site = fixture.sites(1).await[0];
     let key = Some(site.to_string().into_bytes());
     let mut unknown_schema = serde_json::to_value(event(site, 3)).expect("json");
-    unknown_schema["schema"] = 2.into();
+    unknown_schema["schema"] = 3.into();
     let mut wrong_type = serde_json::to_value(event(site, 4)).expect("json");
     wrong_type["up"] = "yes".into();
     let mut nul = serde_json::to_value(event(site, 5)).expect("json");
@@ -142,7 +162,7 @@ async fn each_poison_message_is_a_reject_with_its_reason_and_the_rest_arrives() 
         (3, "not JSON"),
         (4, "wrong shape"),
         (5, "wrong shape"),
-        (6, "unknown schema version 2"),
+        (6, "unknown schema version 3"),
         (7, "website_id 99999 is not in websites"),
         (8, "the value holds a \\u0000"),
     ];

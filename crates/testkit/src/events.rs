@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sitemon_core::event::EVENT_SCHEMA_VERSION;
-use sitemon_core::{CheckError, CheckEvent, ErrorKind, ProbeTimings};
+use sitemon_core::{Assertion, CheckError, CheckEvent, ErrorKind, Method, ProbeTimings};
 use time::OffsetDateTime;
 use time::macros::datetime;
 use uuid::Uuid;
@@ -47,6 +47,13 @@ pub fn event(website_id: i32, n: u32) -> CheckEvent {
         redirects: n % 2,
         final_url: (!failed).then(|| format!("https://site-{website_id}.example/health/")),
         tls_cert_not_after: tls.then_some(CERT_NOT_AFTER),
+        method: [Method::Get, Method::Head, Method::Post][n as usize % 3],
+        expect_status: (n % 4 == 1).then(|| "200-299,404".to_owned()),
+        regex_must_not_match: (n % 3 == 0).then(|| "maintenance".to_owned()),
+        regex_must_not_match_found: (n % 3 == 0 && !failed).then_some(false),
+        degraded_after_ms: (n % 2 == 1).then_some(10),
+        degraded: !failed && n % 5 != 0 && n % 2 == 1 && total > 10.0,
+        failed_assertion: (!failed && n % 5 == 0).then_some(Assertion::Status),
     }
 }
 
@@ -84,12 +91,21 @@ pub fn fleet_event(website_id: i32, n: u32) -> CheckEvent {
         redirects: 0,
         final_url: (!failed).then_some(url),
         tls_cert_not_after: Some(CERT_NOT_AFTER),
+        method: Method::Get,
+        expect_status: None,
+        regex_must_not_match: None,
+        regex_must_not_match_found: None,
+        degraded_after_ms: None,
+        degraded: false,
+        failed_assertion: None,
     }
 }
 
 /// The `n`th event of `website_id` as JSON bytes written by hand, not through
 /// [`CheckEvent`]'s serializer (the JSON is the contract, not our types): a fresh `check_id`,
-/// down (503) one time in five, a fixed time and TLS expiry.
+/// down (503) one time in five, a fixed time and TLS expiry. It is a **version 1** event, as
+/// checkers before schema 2 wrote them: every test that stores these proves the sync still
+/// reads version 1.
 pub fn event_json(website_id: i32, n: u64) -> Vec<u8> {
     let up = n % 5 != 0;
     serde_json::json!({

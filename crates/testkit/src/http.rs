@@ -11,7 +11,14 @@
 //! | `/broken` | 200 promising 1000 bytes, then 10 and a hang-up |
 //! | `/garbage` | bytes that are no HTTP response, then a hang-up |
 //! | `/big` | 200 with [`big_body`]: 5 MiB, marks placed about the 1 MiB cap |
+//! | `/pause` | 200 with [`BODY`] after [`PAUSE`] |
+//! | `/maintenance` | 200 with [`MAINTENANCE_BODY`] |
+//! | `/post-only` | 200 with [`BODY`] to a POST, 405 to anything else |
+//! | `/redirect-307` | 307 to `/post-only?after-307` (the same request again) |
+//! | `/see-other` | 303 to `/ok?after-303` (a GET) |
 //! | anything else | 404, empty |
+//!
+//! A request's body (by its `Content-Length`) is read and remembered with its head.
 //!
 //! A query does not change the answer: `/ok?first` and `/ok?second` are two sites that
 //! answer alike.
@@ -29,6 +36,12 @@ use tokio_rustls::TlsAcceptor;
 
 /// The body of `/ok`.
 pub const BODY: &str = "<html>all systems ok</html>";
+
+/// How long `/pause` waits before it answers.
+pub const PAUSE: Duration = Duration::from_millis(400);
+
+/// The body of `/maintenance`.
+pub const MAINTENANCE_BODY: &str = "<html>down for maintenance</html>";
 
 /// The most of a request head the server reads before it hangs up.
 const MAX_HEAD: usize = 64 << 10;
@@ -105,9 +118,15 @@ impl TestServer {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
-    /// The heads of the requests for `path` (with its query) so far.
+    /// The heads of the GET requests for `path` (with its query) so far.
     pub fn requests_for(&self, path: &str) -> Vec<String> {
-        let prefix = format!("GET {path} ");
+        self.requests_with("GET", path)
+    }
+
+    /// The requests with `method` for `path` (with its query) so far: each its head, the
+    /// blank line, and its body.
+    pub fn requests_with(&self, method: &str, path: &str) -> Vec<String> {
+        let prefix = format!("{method} {path} ");
         self.requests
             .lock()
             .expect("requests")
@@ -130,7 +149,28 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
             return;
         }
     }
+    // The body: what came after the head, and the rest of its Content-Length.
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |i| i + 4);
+    let length = String::from_utf8_lossy(&head[..end])
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0)
+        .min(MAX_HEAD);
+    while head.len() < end + length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
     let head = String::from_utf8_lossy(&head).into_owned();
+    let method = head.split(' ').next().unwrap_or("GET").to_owned();
     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
     log.lock().expect("log").push(head);
     let response = |status: &str, extra: &str, body: &str| {
@@ -158,6 +198,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
             return;
         }
         "/big" => response("200 OK", "Content-Type: text/plain\r\n", &big_body()),
+        "/pause" => {
+            tokio::time::sleep(PAUSE).await;
+            response("200 OK", "", BODY)
+        }
+        "/maintenance" => response("200 OK", "", MAINTENANCE_BODY),
+        "/post-only" if method == "POST" => response("200 OK", "", BODY),
+        "/post-only" => response("405 Method Not Allowed", "Allow: POST\r\n", ""),
+        "/redirect-307" => response(
+            "307 Temporary Redirect",
+            "Location: /post-only?after-307\r\n",
+            "",
+        ),
+        "/see-other" => response("303 See Other", "Location: /ok?after-303\r\n", ""),
         "/garbage" => {
             // No status line: a server that does not speak HTTP.
             let _ = stream
@@ -167,6 +220,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
             return;
         }
         _ => response("404 Not Found", "", ""),
+    };
+    // A response to HEAD has the headers of the GET's and no body.
+    let reply = match (method.as_str(), reply.find("\r\n\r\n")) {
+        ("HEAD", Some(end)) => reply[..end + 4].to_owned(),
+        _ => reply,
     };
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;

@@ -98,8 +98,8 @@ pub async fn assert_rollups_match(pool: &PgPool) {
         let sql = format!(
             "WITH expected AS (
                  SELECT * FROM ({expected}) AS e(website_id, bucket_start, location, checks, up,
-                                                 errors, rt_count, rt_sum, rt_min, rt_max,
-                                                 rt_sketch)
+                                                 degraded, errors, rt_count, rt_sum, rt_min,
+                                                 rt_max, rt_sketch)
              )
              SELECT coalesce(e.website_id, r.website_id), coalesce(e.bucket_start, r.bucket_start),
                     format('expected %s, stored %s', row_to_json(e), row_to_json(r))
@@ -107,6 +107,7 @@ pub async fn assert_rollups_match(pool: &PgPool) {
              FULL JOIN {table} r USING (website_id, bucket_start, location)
              WHERE e.checks IS DISTINCT FROM r.checks
                 OR e.up IS DISTINCT FROM r.up
+                OR e.degraded IS DISTINCT FROM r.degraded
                 OR e.errors IS DISTINCT FROM r.errors
                 OR e.rt_count IS DISTINCT FROM r.rt_count
                 OR e.rt_min IS DISTINCT FROM r.rt_min

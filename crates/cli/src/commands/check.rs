@@ -31,7 +31,8 @@ pub(crate) struct CheckOptions {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
     /// Limit for a whole check, redirects included: 2s, 500ms, or seconds (fractions allowed).
-    /// Default: the smaller of 10 s and the site's interval.
+    /// Default: the smaller of 10 s and the site's interval. A site's own `timeout_ms`
+    /// (`add-site --timeout-ms`) takes its place for that site.
     #[arg(long, env = "SITEMON_TIMEOUT", value_parser = crate::args::period)]
     timeout: Option<Duration>,
     /// How much of a body is read and searched by the site's regex.

@@ -15,20 +15,39 @@ pub(crate) struct ListSitesArgs {
     db: DatabaseArgs,
 }
 
+/// A site as `--json` prints it (the shape scripts have read since the first version;
+/// `sitemon export` prints every setting).
+#[derive(Debug, serde::Serialize)]
+struct Listed<'a> {
+    id: i32,
+    url: &'a str,
+    check_interval: i64,
+    up_regex: Option<&'a str>,
+}
+
 pub(crate) async fn exec(args: ListSitesArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
     let sites = sitemon_core::db::list_sites(&pool).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&sites)?);
+        let listed: Vec<Listed<'_>> = sites
+            .iter()
+            .map(|site| Listed {
+                id: site.id,
+                url: &site.settings.url,
+                check_interval: site.settings.interval,
+                up_regex: site.settings.regex.as_deref(),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
     let mut table = Table::new(["ID", "INTERVAL", "URL", "REGEX"]);
     for site in &sites {
         table.row([
             site.id.to_string(),
-            format!("{}s", site.check_interval),
-            site.url.clone(),
-            site.up_regex.clone().unwrap_or_else(|| "-".into()),
+            format!("{}s", site.settings.interval),
+            site.settings.url.clone(),
+            site.settings.regex.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     print!("{table}");

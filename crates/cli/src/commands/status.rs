@@ -19,9 +19,10 @@ pub(crate) struct StatusArgs {
     #[arg(long, default_value = "24h", value_parser = Since::parse)]
     since: Since,
     /// Print a JSON array for scripts: `id`, `url`, `check_interval`, `last_checked_at`, `up`,
-    /// `last_status_code`, `last_error_kind`, `uptime_pct`, `p50_ms`, `p95_ms`, `p99_ms`,
-    /// `checks`, `tls_cert_not_after` (null where unknown), and `sources`: the stretches of
-    /// the window and where their numbers come from (`raw`, `hourly` or `daily`).
+    /// `degraded`, `last_status_code`, `last_error_kind`, `uptime_pct`, `p50_ms`, `p95_ms`,
+    /// `p99_ms`, `checks`, `degraded_checks`, `tls_cert_not_after`, `tls_verify` (null where
+    /// unknown), and `sources`: the stretches of the window and where their numbers come
+    /// from (`raw`, `hourly` or `daily`).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -97,6 +98,7 @@ fn table(statuses: &[SiteStatus], since: &str, colour: bool) -> Table<12> {
     };
     for s in statuses {
         let state = match s.up {
+            Some(true) if s.degraded == Some(true) => paint("degraded", "33"),
             Some(true) => paint("up", "32"),
             Some(false) => paint("DOWN", "1;31"),
             None => "-".to_owned(),
@@ -119,12 +121,23 @@ fn table(statuses: &[SiteStatus], since: &str, colour: bool) -> Table<12> {
             millis(s.p95_ms),
             millis(s.p99_ms),
             s.checks.to_string(),
-            s.tls_cert_not_after
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .map_or_else(|| "-".to_owned(), |t| t[..10].to_owned()),
+            cert(s),
         ]);
     }
     table
+}
+
+/// The certificate's expiry day, and whether it goes unverified (`tls_verify` off).
+fn cert(s: &SiteStatus) -> String {
+    let expiry = s
+        .tls_cert_not_after
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .map_or_else(|| "-".to_owned(), |t| t[..10].to_owned());
+    if s.tls_verify {
+        expiry
+    } else {
+        format!("{expiry} (not verified)")
+    }
 }
 
 fn millis(value: Option<f64>) -> String {
@@ -154,6 +167,7 @@ mod tests {
             check_interval: 5,
             last_checked_at: None,
             up: None,
+            degraded: None,
             last_status_code: None,
             last_error_kind: None,
             uptime_pct: None,
@@ -161,7 +175,9 @@ mod tests {
             p95_ms: None,
             p99_ms: None,
             checks: 0,
+            degraded_checks: 0,
             tls_cert_not_after: None,
+            tls_verify: true,
         };
         let text = table(&[never], "24h", false).to_string();
         let row = text.lines().nth(1).expect("a row");
