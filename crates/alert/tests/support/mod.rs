@@ -140,3 +140,5 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+pub mod receiver;
