@@ -377,6 +377,16 @@ async fn maintenance_windows_are_added_listed_and_removed() {
     db.drop_database().await;
 }
 
+/// The alert columns of `websites`.
+type AlertColumns = (
+    Option<i32>,
+    Option<i32>,
+    Option<i32>,
+    Option<f64>,
+    Option<i32>,
+    Option<Vec<String>>,
+);
+
 #[tokio::test]
 async fn add_site_stores_alert_settings_and_refuses_bad_ones_writing_nothing() {
     let db = TestDb::migrated().await;
@@ -405,14 +415,7 @@ async fn add_site_stores_alert_settings_and_refuses_bad_ones_writing_nothing() {
     );
     assert_ok(&added);
     let id: i32 = stdout(&added).trim().parse().expect("the id");
-    let row: (
-        Option<i32>,
-        Option<i32>,
-        Option<i32>,
-        Option<f64>,
-        Option<i32>,
-        Option<Vec<String>>,
-    ) = sqlx::query_as(
+    let row: AlertColumns = sqlx::query_as(
         "SELECT failure_threshold, success_threshold, min_locations,
                 EXTRACT(EPOCH FROM reminder_every)::float8, cert_expiry_days, channels
          FROM websites WHERE id = $1",
