@@ -5,6 +5,7 @@ use serde::Serialize;
 use sitemon_alert::ChannelSettings;
 use sitemon_alert::admin;
 use sitemon_alert::channel::Outcome;
+use sitemon_core::Secret;
 
 use crate::args::DatabaseArgs;
 use crate::output::Table;
@@ -29,23 +30,24 @@ pub(crate) struct AddArgs {
     /// The channel's name (letters, digits, `_`, `.`, `-`), used by `add-site --channels`.
     name: String,
     /// A generic webhook: the notification's JSON is POSTed to this URL (a secret).
-    #[arg(long, value_name = "URL")]
-    webhook: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = secret)]
+    webhook: Option<Secret>,
     /// Sign webhook bodies with HMAC-SHA256 under this secret (header X-Sitemon-Signature).
     #[arg(
         long,
         value_name = "SECRET",
         requires = "webhook",
         env = "SITEMON_WEBHOOK_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    secret: Option<String>,
+    secret: Option<Secret>,
     /// A Slack incoming webhook URL (a secret).
-    #[arg(long, value_name = "URL")]
-    slack: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = secret)]
+    slack: Option<Secret>,
     /// A PagerDuty Events API v2 routing key (a secret).
-    #[arg(long, value_name = "ROUTING_KEY")]
-    pagerduty: Option<String>,
+    #[arg(long, value_name = "ROUTING_KEY", value_parser = secret)]
+    pagerduty: Option<Secret>,
     /// Where PagerDuty events go (default: PagerDuty's Events API v2).
     #[arg(long, value_name = "URL", requires = "pagerduty")]
     pagerduty_url: Option<String>,
@@ -60,9 +62,10 @@ pub(crate) struct AddArgs {
         value_name = "URL",
         requires = "email",
         env = "SITEMON_SMTP_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    smtp: Option<String>,
+    smtp: Option<Secret>,
     /// Email: the sender, e.g. "sitemon <alerts@example.com>".
     #[arg(long, value_name = "FROM", requires = "email")]
     from: Option<String>,
@@ -153,23 +156,63 @@ pub(crate) async fn exec(command: ChannelCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A secret flag's value: kept in a [`Secret`] so that `Debug` of the arguments shows none.
+fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(text))
+}
+
 fn settings(args: &AddArgs) -> sitemon_alert::Result<ChannelSettings> {
     let name = &args.name;
     if let Some(url) = &args.webhook {
-        return ChannelSettings::webhook(name, url, args.secret.as_deref());
+        return ChannelSettings::webhook(
+            name,
+            url.expose(),
+            args.secret.as_ref().map(Secret::expose),
+        );
     }
     if let Some(url) = &args.slack {
-        return ChannelSettings::slack(name, url);
+        return ChannelSettings::slack(name, url.expose());
     }
     if let Some(key) = &args.pagerduty {
-        return ChannelSettings::pagerduty(name, key, args.pagerduty_url.as_deref());
+        return ChannelSettings::pagerduty(name, key.expose(), args.pagerduty_url.as_deref());
     }
     match (&args.email, &args.smtp) {
-        (Some(to), Some(smtp)) => ChannelSettings::email(name, to, smtp, args.from.as_deref()),
+        (Some(to), Some(smtp)) => {
+            ChannelSettings::email(name, to, smtp.expose(), args.from.as_deref())
+        }
         // clap's group and `requires` make this unreachable; refuse rather than guess.
         _ => Err(sitemon_alert::Error::InvalidChannel {
             name: name.clone(),
             reason: "give one of --webhook, --slack, --pagerduty or --email with --smtp".to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    #[test]
+    fn the_parsed_arguments_show_no_secret_in_debug() {
+        let token = "Plugh0Secret0Token";
+        let url = format!("https://hooks.example.com/{token}");
+        let smtp = format!("smtps://me:{token}@smtp.example.com");
+        let db = ["--database-url", "postgres://u@127.0.0.1/db"];
+        let commands: [Vec<&str>; 4] = [
+            vec!["add", "a", "--webhook", &url, "--secret", token],
+            vec!["add", "b", "--slack", &url],
+            vec!["add", "c", "--pagerduty", token],
+            vec!["add", "d", "--email", "ops@example.com", "--smtp", &smtp],
+        ];
+        for command in commands {
+            let mut args = vec!["sitemon", "channel"];
+            args.extend(command);
+            args.extend(db);
+            let cli = Cli::try_parse_from(&args).expect("parses");
+            let debug = format!("{cli:?}");
+            assert!(!debug.contains(token), "{debug}");
+        }
     }
 }
