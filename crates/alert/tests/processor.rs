@@ -341,7 +341,7 @@ async fn a_certificate_expiring_soon_is_notified_once() {
     let start = an_hour_ago();
     let expiry = start + time::Duration::days(3);
     let mut events = pattern(site, "eu", start, "uuu");
-    let mut us = pattern(site, "us", start, "uu");
+    let mut us = pattern(site, "us", start + time::Duration::seconds(5), "uu");
     for event in events.iter_mut().chain(us.iter_mut()) {
         event.tls_cert_not_after = Some(expiry);
     }
@@ -376,9 +376,9 @@ async fn events_of_a_removed_site_are_left_out_and_the_rest_applied() {
     let site = site(&db.pool, 1, no_overrides()).await;
     let mut processor = processor();
     let mut events = pattern(site, "eu", an_hour_ago(), "ddd");
-    events.extend(pattern(999_999, "eu", an_hour_ago(), "ddd"));
+    events.extend(pattern(999_999, "eu", an_hour_ago(), "dddd"));
     let applied = apply(&db.pool, &mut processor, &events).await;
-    assert_eq!(applied.unknown_sites, 3);
+    assert_eq!(applied.unknown_sites, 4);
     assert_eq!(applied.opened, 1);
     assert_eq!(kinds(&db.pool, site).await, pairs(&[("down", "ops")]));
     db.drop_database().await;
