@@ -525,3 +525,60 @@ async fn email_goes_over_smtp_with_the_notification_id_as_message_id() {
     smtp.stop().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn two_delivery_loops_on_one_outbox_send_each_notification_once() {
+    let db = TestDb::migrated().await;
+    let receiver = Receiver::ok().await;
+    for name in ["a", "b", "c"] {
+        let settings = ChannelSettings::webhook(name, &receiver.url(&format!("/{name}")), None)
+            .expect("valid");
+        admin::add_channel(&db.pool, name, &settings)
+            .await
+            .expect("added");
+    }
+    let mut processor = Processor::new(Policy::default());
+    let mut expected = 0;
+    for n in 0..10 {
+        let site = site(&db.pool, n, SiteAlerts::default()).await;
+        apply(
+            &db.pool,
+            &mut processor,
+            &pattern(site, "eu", an_hour_ago(), "ddduu"),
+        )
+        .await;
+        expected += 6;
+    }
+    // Two at a time: thirty passes each, every one racing the other loop's.
+    let config = DeliveryConfig {
+        concurrency: 2,
+        ..fast()
+    };
+    let first = start(&db.pool, config.clone());
+    let second = start(&db.pool, config);
+    wait_until(
+        "every notification delivered",
+        Duration::from_secs(60),
+        || async {
+            deliveries(&db.pool)
+                .await
+                .iter()
+                .all(|r| r.state == "delivered")
+        },
+    )
+    .await;
+    first.stop().await;
+    second.stop().await;
+    let mut keys: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key").expect("a key").to_owned())
+        .collect();
+    assert_eq!(keys.len(), expected, "one request per notification");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), expected, "no notification sent twice");
+    assert!(deliveries(&db.pool).await.iter().all(|r| r.attempts == 1));
+    receiver.close();
+    db.drop_database().await;
+}
