@@ -281,6 +281,7 @@ impl Processor {
         let mut writer = Writer {
             tx,
             applied: &mut applied,
+            locations: Vec::new(),
         };
         for site in &sites {
             let Some(site_events) = by_site.get_mut(&site.id) else {
@@ -309,6 +310,7 @@ impl Processor {
             }
             writer.site_done(site.id, &before, &state).await?;
         }
+        writer.save_locations().await?;
         Ok(applied)
     }
 }
@@ -317,6 +319,8 @@ impl Processor {
 struct Writer<'a> {
     tx: &'a mut PgConnection,
     applied: &'a mut Applied,
+    /// Location states to save, by site and location.
+    locations: Vec<(i32, String, LocationState)>,
 }
 
 impl Writer<'_> {
@@ -492,36 +496,13 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Writes the locations whose state changed and the open incident's growth.
+    /// Keeps the locations whose state changed for [`Writer::save_locations`], and writes the
+    /// open incident's growth.
     async fn site_done(&mut self, site: i32, before: &SiteState, after: &SiteState) -> Result<()> {
         for (name, state) in &after.locations {
-            if before.locations.get(name) == Some(state) {
-                continue;
+            if before.locations.get(name) != Some(state) {
+                self.locations.push((site, name.clone(), state.clone()));
             }
-            bounded(
-                "saving the alert state",
-                sqlx::query(
-                    "INSERT INTO alert_location_state
-                         (website_id, location, down, streak, streak_error, down_since,
-                          last_checked_at, last_check_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (website_id, location) DO UPDATE SET
-                         down = EXCLUDED.down, streak = EXCLUDED.streak,
-                         streak_error = EXCLUDED.streak_error, down_since = EXCLUDED.down_since,
-                         last_checked_at = EXCLUDED.last_checked_at,
-                         last_check_id = EXCLUDED.last_check_id",
-                )
-                .bind(site)
-                .bind(name)
-                .bind(state.down)
-                .bind(i32::try_from(state.streak).unwrap_or(i32::MAX))
-                .bind(&state.streak_error)
-                .bind(state.down_since)
-                .bind(state.last_checked_at)
-                .bind(state.last_check_id)
-                .execute(&mut *self.tx),
-            )
-            .await?;
         }
         if let Some(open) = &after.open
             && before.open.as_ref() != Some(open)
@@ -540,6 +521,65 @@ impl Writer<'_> {
             )
             .await?;
         }
+        Ok(())
+    }
+}
+
+impl Writer<'_> {
+    /// Saves every changed location state in one statement (a batch touches many sites).
+    async fn save_locations(&mut self) -> Result<()> {
+        if self.locations.is_empty() {
+            return Ok(());
+        }
+        let n = self.locations.len();
+        let (mut sites, mut names, mut down, mut streaks) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut errors, mut since, mut last_at, mut last_id) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (site, name, state) in self.locations.drain(..) {
+            sites.push(site);
+            names.push(name);
+            down.push(state.down);
+            streaks.push(i32::try_from(state.streak).unwrap_or(i32::MAX));
+            errors.push(state.streak_error);
+            since.push(state.down_since);
+            last_at.push(state.last_checked_at);
+            last_id.push(state.last_check_id);
+        }
+        bounded(
+            "saving the alert state",
+            sqlx::query(
+                "INSERT INTO alert_location_state
+                     (website_id, location, down, streak, streak_error, down_since,
+                      last_checked_at, last_check_id)
+                 SELECT * FROM UNNEST($1::integer[], $2::text[], $3::boolean[], $4::integer[],
+                                      $5::text[], $6::timestamptz[], $7::timestamptz[],
+                                      $8::uuid[])
+                 ON CONFLICT (website_id, location) DO UPDATE SET
+                     down = EXCLUDED.down, streak = EXCLUDED.streak,
+                     streak_error = EXCLUDED.streak_error, down_since = EXCLUDED.down_since,
+                     last_checked_at = EXCLUDED.last_checked_at,
+                     last_check_id = EXCLUDED.last_check_id",
+            )
+            .bind(&sites)
+            .bind(&names)
+            .bind(&down)
+            .bind(&streaks)
+            .bind(&errors)
+            .bind(&since)
+            .bind(&last_at)
+            .bind(&last_id)
+            .execute(&mut *self.tx),
+        )
+        .await?;
         Ok(())
     }
 }
