@@ -178,13 +178,17 @@ impl Processor {
             .fetch_all(&mut *tx),
         )
         .await?;
+        // Not locked (FOR UPDATE cost a quarter of the throughput in scripts/bench-alert): a
+        // site's events reach one processor at a time, the consumer's partition lease checked
+        // in this same transaction; even without it, two open incidents for one site cannot
+        // both commit (alert_incidents_one_open) and the loser's transaction is retried.
         let locations: Vec<LocationRow> = bounded(
             "loading the alert state",
             sqlx::query_as(
                 "SELECT website_id, location, down, streak, streak_error, down_since,
                         last_checked_at, last_check_id
                  FROM alert_location_state WHERE website_id = ANY($1)
-                 ORDER BY website_id, location FOR UPDATE",
+                 ORDER BY website_id, location",
             )
             .bind(&site_ids)
             .fetch_all(&mut *tx),
