@@ -582,3 +582,72 @@ async fn two_delivery_loops_on_one_outbox_send_each_notification_once() {
     receiver.close();
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_loop_killed_with_a_request_in_flight_leaves_it_to_be_sent_again_with_the_same_id() {
+    let db = TestDb::migrated().await;
+    let receiver = Receiver::ok().await;
+    receiver.next_answer(support::receiver::HANG, None);
+    let settings = ChannelSettings::webhook("hook", &receiver.url("/hook"), None).expect("valid");
+    admin::add_channel(&db.pool, "hook", &settings)
+        .await
+        .expect("added");
+    let site = site(&db.pool, 0, SiteAlerts::default()).await;
+    let mut processor = Processor::new(Policy::default());
+    apply(
+        &db.pool,
+        &mut processor,
+        &pattern(site, "eu", an_hour_ago(), "ddd"),
+    )
+    .await;
+    let config = DeliveryConfig {
+        claim_for: Duration::from_secs(2),
+        ..fast()
+    };
+
+    // The first loop's request hangs; the loop is killed (aborted, no clean stop).
+    let killed = start(&db.pool, config.clone());
+    wait_until("the request in flight", Duration::from_secs(30), || async {
+        receiver.received().len() == 1
+    })
+    .await;
+    killed.task.abort();
+    let _ = killed.task.await;
+    let row = &deliveries(&db.pool).await[0];
+    assert_eq!(
+        (row.state.as_str(), row.attempts),
+        ("pending", 1),
+        "{row:?}"
+    );
+
+    // Another loop takes it once the claim expires, and the receiver sees the same id.
+    let second = start(&db.pool, config);
+    wait_until(
+        "the notification delivered by the second loop",
+        Duration::from_secs(30),
+        || async {
+            deliveries(&db.pool)
+                .await
+                .iter()
+                .all(|r| r.state == "delivered")
+        },
+    )
+    .await;
+    second.stop().await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(
+        received[0].header("idempotency-key"),
+        received[1].header("idempotency-key")
+    );
+    assert_eq!(
+        received[1].header("idempotency-key"),
+        Some(deliveries(&db.pool).await[0].id.to_string().as_str())
+    );
+    assert_eq!(
+        received[1].body, received[0].body,
+        "the same notification, byte for byte"
+    );
+    receiver.close();
+    db.drop_database().await;
+}

@@ -37,6 +37,9 @@ impl Received {
     }
 }
 
+/// The "status" that makes the receiver take a request and never answer it.
+pub const HANG: u16 = 0;
+
 /// How the receiver answers the next requests: the queue first (one answer each), then the
 /// standing answer.
 #[derive(Debug)]
@@ -149,6 +152,10 @@ impl Receiver {
             status,
             at: Instant::now(),
         });
+        if status == HANG {
+            // Recorded, never answered: a request in flight.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
         let mut response = Response::builder().status(status);
         if let Some(seconds) = retry_after {
             response = response.header("retry-after", seconds.to_string());
