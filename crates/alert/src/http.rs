@@ -80,8 +80,7 @@ pub(crate) async fn post_json(
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         let body = Limited::new(response.into_body(), 64 << 10).collect().await;
         let text = body
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
@@ -111,6 +110,17 @@ pub(crate) async fn post_json(
     }
 }
 
+/// A `Retry-After` value: delay-seconds, or an HTTP-date (how long from `now` until then; a
+/// date in the past is no wait). RFC 9110, section 10.2.3.
+pub(crate) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// The start of an answer's body, on one line.
 pub(crate) fn excerpt(text: &str) -> String {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -137,4 +147,28 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        // Sun, 06 Nov 1994 08:49:37 GMT is 784111777 s after the epoch.
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777 - 90);
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        let later = now + Duration::from_secs(600);
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", later),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", SystemTime::now()), None);
+        assert_eq!(retry_after("-5", SystemTime::now()), None);
+    }
 }
