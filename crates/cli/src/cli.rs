@@ -56,6 +56,14 @@ pub(crate) enum Command {
     Sync(commands::sync::SyncArgs),
     /// Migrate, then check and sync in one process (still through Kafka): sitemon, small.
     Run(commands::run::RunArgs),
+    /// Add, list, remove or test the channels alert notifications go to.
+    #[command(subcommand)]
+    Channel(commands::channel::ChannelCommand),
+    /// Add, list or remove maintenance windows (checks go on; no incident opens).
+    #[command(subcommand)]
+    Maintenance(commands::maintenance::MaintenanceCommand),
+    /// Incidents: duration, locations and the delivery state of their notifications.
+    Alerts(commands::alerts::AlertsArgs),
 }
 
 impl Command {
@@ -76,6 +84,9 @@ impl Command {
             Self::Check(args) => commands::check::exec(args).await,
             Self::Sync(args) => commands::sync::exec(args).await,
             Self::Run(args) => commands::run::exec(args).await,
+            Self::Channel(command) => commands::channel::exec(command).await,
+            Self::Maintenance(command) => commands::maintenance::exec(command).await,
+            Self::Alerts(args) => commands::alerts::exec(args).await,
         }
     }
 }

@@ -195,6 +195,16 @@ fn bind_site<'q>(
 /// [`Error::DuplicateUrl`] or [`Error::DuplicateName`] with the existing site's id when the
 /// URL or name is registered already; [`Error::Database`] or [`Error::Timeout`] otherwise.
 pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
+    let mut conn = bounded("adding the site", SITE_QUERY_TIMEOUT, pool.acquire()).await?;
+    insert_site_on(&mut conn, site).await
+}
+
+/// [`insert_site`] on a connection the caller holds, e.g. inside its transaction (the alert
+/// settings of `add-site` are written in the same one).
+///
+/// # Errors
+/// As [`insert_site`].
+pub async fn insert_site_on(conn: &mut sqlx::PgConnection, site: &NewSite) -> Result<i32> {
     let inserted: Option<i32> = bounded(
         "adding the site",
         SITE_QUERY_TIMEOUT,
@@ -204,14 +214,14 @@ pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
             )),
             site,
         )
-        .fetch_optional(pool),
+        .fetch_optional(&mut *conn),
     )
     .await?
     .map(|row: sqlx::postgres::PgRow| sqlx::Row::get(&row, 0));
     if let Some(id) = inserted {
         return Ok(id);
     }
-    match find_conflict(pool, site, None).await? {
+    match find_conflict(&mut *conn, site, None).await? {
         Some(conflict) => Err(conflict),
         // Deleted between our two statements: the caller may simply try again.
         None => Err(Error::Database {

@@ -258,6 +258,10 @@ impl TestDb {
     }
 
     /// Drops the database (and ends its sessions), and its own role if it has one.
+    ///
+    /// Tried up to 20 times, 250 ms apart: a session of another role in the database (seen
+    /// here: "must be a member of the role whose process is being terminated") cannot be
+    /// ended by `WITH (FORCE)` and usually goes away by itself within moments.
     pub async fn drop_database(self) {
         self.pool.close().await;
         let admin = if self.own_role {
@@ -265,13 +269,22 @@ impl TestDb {
         } else {
             admin_pool().await
         };
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("cannot drop test database {}: {e}", self.name));
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let mut attempts = 0;
+        loop {
+            match sqlx::query(&statement).execute(&admin).await {
+                Ok(_) => break,
+                Err(e) if attempts < 20 => {
+                    attempts += 1;
+                    eprintln!("dropping test database {} again: {e}", self.name);
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!(
+                    "cannot drop test database {} after 20 tries: {e}",
+                    self.name
+                ),
+            }
+        }
         if self.own_role {
             sqlx::query(&format!("DROP ROLE IF EXISTS {}", self.name))
                 .execute(&admin)

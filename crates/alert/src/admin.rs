@@ -1,0 +1,501 @@
+//! What the CLI does with alerting: channels, maintenance windows, a site's alert settings,
+//! and the incidents with the delivery state of their notifications. Every input is
+//! validated before the statement that writes it; each write is one statement or one
+//! transaction, so a refusal leaves nothing half-written.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sitemon_core::NewSite;
+use sitemon_core::db::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::channel::{ChannelSettings, Outcome, Sender};
+use crate::error::{Error, Result, bounded, db};
+use crate::notification::{Kind, Notification};
+
+/// A channel name: 1 to 64 letters, digits, `_`, `.`, `-`, starting with a letter or digit.
+///
+/// # Errors
+/// [`Error::InvalidChannel`].
+pub fn check_channel_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidChannel {
+            name: name.chars().take(64).collect(),
+            reason: "a name is 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+                .to_owned(),
+        })
+    }
+}
+
+/// Stores a channel.
+///
+/// # Errors
+/// [`Error::InvalidChannel`] for a bad name, [`Error::DuplicateChannel`] when the name is
+/// taken, [`Error::Database`].
+pub async fn add_channel(pool: &PgPool, name: &str, settings: &ChannelSettings) -> Result<()> {
+    check_channel_name(name)?;
+    let inserted = bounded(
+        "adding the channel",
+        sqlx::query(
+            "INSERT INTO alert_channels (name, kind, settings) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(settings.kind())
+        .bind(settings.to_stored())
+        .execute(pool),
+    )
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(Error::DuplicateChannel {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A stored channel.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// Its name.
+    pub name: String,
+    /// Its settings (secrets inside [`sitemon_core::Secret`]).
+    pub settings: ChannelSettings,
+}
+
+/// Every channel, by name.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn list_channels(pool: &PgPool) -> Result<Vec<Channel>> {
+    let rows: Vec<(String, serde_json::Value)> = bounded(
+        "listing the channels",
+        sqlx::query_as("SELECT name, settings FROM alert_channels ORDER BY name").fetch_all(pool),
+    )
+    .await?;
+    rows.into_iter()
+        .map(|(name, settings)| {
+            let settings = ChannelSettings::from_stored(&name, settings)?;
+            Ok(Channel { name, settings })
+        })
+        .collect()
+}
+
+/// One channel.
+///
+/// # Errors
+/// [`Error::UnknownChannel`], [`Error::Database`].
+pub async fn channel(pool: &PgPool, name: &str) -> Result<Channel> {
+    let row: Option<serde_json::Value> = bounded(
+        "reading the channel",
+        sqlx::query_scalar("SELECT settings FROM alert_channels WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool),
+    )
+    .await?;
+    let settings = row.ok_or_else(|| Error::UnknownChannel {
+        name: name.to_owned(),
+    })?;
+    Ok(Channel {
+        name: name.to_owned(),
+        settings: ChannelSettings::from_stored(name, settings)?,
+    })
+}
+
+/// Removes a channel, and the notifications it had not delivered.
+///
+/// # Errors
+/// [`Error::UnknownChannel`], [`Error::Database`].
+pub async fn remove_channel(pool: &PgPool, name: &str) -> Result<()> {
+    let removed = bounded(
+        "removing the channel",
+        sqlx::query("DELETE FROM alert_channels WHERE name = $1")
+            .bind(name)
+            .execute(pool),
+    )
+    .await?;
+    if removed.rows_affected() == 0 {
+        return Err(Error::UnknownChannel {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Sends one test notification to a channel now (not through the outbox) and returns what
+/// the receiver answered.
+///
+/// # Errors
+/// [`Error::UnknownChannel`], [`Error::Database`].
+pub async fn test_channel(pool: &PgPool, name: &str) -> Result<Outcome> {
+    let channel = channel(pool, name).await?;
+    let notification = Notification {
+        id: Uuid::now_v7(),
+        kind: Kind::Test,
+        incident_id: None,
+        site: None,
+        at: OffsetDateTime::now_utc(),
+        opened_at: None,
+        resolved_at: None,
+        locations: Vec::new(),
+        error: None,
+        reminder: None,
+        cert_not_after: None,
+        text: String::new(),
+    }
+    .with_text();
+    Ok(channel.settings.send(&notification).await)
+}
+
+/// A maintenance window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Maintenance {
+    /// Its id.
+    pub id: i32,
+    /// The site it covers; `None` = every site.
+    pub website_id: Option<i32>,
+    /// From.
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: OffsetDateTime,
+    /// Until (excluded).
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+}
+
+/// Adds a maintenance window and returns its id.
+///
+/// # Errors
+/// [`Error::InvalidSetting`] when `until` is not after `from`; [`Error::UnknownSite`];
+/// [`Error::Database`].
+pub async fn add_maintenance(
+    pool: &PgPool,
+    site: Option<i64>,
+    from: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Result<i32> {
+    if until <= from {
+        return Err(Error::InvalidSetting {
+            setting: "--until",
+            reason: "the window must end after it starts".to_owned(),
+        });
+    }
+    let site = match site {
+        None => None,
+        Some(id) => Some(i32::try_from(id).map_err(|_| Error::UnknownSite { id })?),
+    };
+    let inserted: Option<i32> = bounded(
+        "adding the maintenance window",
+        sqlx::query_scalar(
+            "INSERT INTO alert_maintenance (website_id, starts_at, ends_at)
+             SELECT $1, $2, $3
+             WHERE $1::integer IS NULL OR EXISTS (SELECT 1 FROM websites WHERE id = $1)
+             RETURNING id",
+        )
+        .bind(site)
+        .bind(from)
+        .bind(until)
+        .fetch_optional(pool),
+    )
+    .await?;
+    inserted.ok_or_else(|| Error::UnknownSite {
+        id: site.map_or(0, i64::from),
+    })
+}
+
+/// Every maintenance window, by start.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn list_maintenance(pool: &PgPool) -> Result<Vec<Maintenance>> {
+    bounded(
+        "listing the maintenance windows",
+        sqlx::query_as(
+            "SELECT id, website_id, starts_at, ends_at FROM alert_maintenance
+             ORDER BY starts_at, id",
+        )
+        .fetch_all(pool),
+    )
+    .await
+}
+
+/// Removes a maintenance window.
+///
+/// # Errors
+/// [`Error::UnknownMaintenance`], [`Error::Database`].
+pub async fn remove_maintenance(pool: &PgPool, id: i64) -> Result<()> {
+    let Ok(id32) = i32::try_from(id) else {
+        return Err(Error::UnknownMaintenance { id });
+    };
+    let removed = bounded(
+        "removing the maintenance window",
+        sqlx::query("DELETE FROM alert_maintenance WHERE id = $1")
+            .bind(id32)
+            .execute(pool),
+    )
+    .await?;
+    if removed.rows_affected() == 0 {
+        return Err(Error::UnknownMaintenance { id });
+    }
+    Ok(())
+}
+
+/// A site's alert settings (the `websites` override columns), validated: `None` keeps the
+/// service's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteAlerts {
+    failure_threshold: Option<i32>,
+    success_threshold: Option<i32>,
+    min_locations: Option<i32>,
+    reminder_every: Option<Duration>,
+    cert_expiry_days: Option<i32>,
+    channels: Option<Vec<String>>,
+}
+
+impl SiteAlerts {
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the flag: thresholds 1 to 1000, locations 1 to 100,
+    /// a reminder period up to 366 days (0 = none), 0 to 3650 days of certificate notice,
+    /// channel names as [`check_channel_name`] wants them.
+    pub fn new(
+        failure_threshold: Option<i64>,
+        success_threshold: Option<i64>,
+        min_locations: Option<i64>,
+        reminder_every: Option<Duration>,
+        cert_expiry_days: Option<i64>,
+        channels: Option<Vec<String>>,
+    ) -> Result<Self> {
+        let range = |setting: &'static str, value: Option<i64>, low: i64, high: i64| {
+            value
+                .map(|v| {
+                    if (low..=high).contains(&v) {
+                        Ok(v as i32)
+                    } else {
+                        Err(Error::InvalidSetting {
+                            setting,
+                            reason: format!("{v} is not a whole number from {low} to {high}"),
+                        })
+                    }
+                })
+                .transpose()
+        };
+        if reminder_every.is_some_and(|d| d > Duration::from_secs(366 * 86_400)) {
+            return Err(Error::InvalidSetting {
+                setting: "--reminder-every",
+                reason: "at most 366 days (0 turns reminders off)".to_owned(),
+            });
+        }
+        if let Some(channels) = &channels {
+            for name in channels {
+                check_channel_name(name).map_err(|_| Error::InvalidSetting {
+                    setting: "--channels",
+                    reason: format!("{name:?} is not a channel name"),
+                })?;
+            }
+        }
+        Ok(Self {
+            failure_threshold: range("--failure-threshold", failure_threshold, 1, 1000)?,
+            success_threshold: range("--success-threshold", success_threshold, 1, 1000)?,
+            min_locations: range("--min-locations", min_locations, 1, 100)?,
+            reminder_every,
+            cert_expiry_days: range("--cert-expiry-days", cert_expiry_days, 0, 3650)?,
+            channels,
+        })
+    }
+
+    /// No setting given.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Registers a site with its alert settings in one transaction: the channels it names must
+/// exist, or nothing is written.
+///
+/// # Errors
+/// [`Error::UnknownChannel`]; core's `DuplicateUrl` when the URL is registered already;
+/// [`Error::Database`].
+pub async fn add_site(pool: &PgPool, site: &NewSite, alerts: &SiteAlerts) -> Result<i32> {
+    let mut tx = pool.begin().await.map_err(db("starting a transaction"))?;
+    if let Some(channels) = &alerts.channels {
+        let known: Vec<String> = bounded(
+            "looking up the channels",
+            sqlx::query_scalar(
+                "SELECT name FROM alert_channels WHERE name = ANY($1) FOR KEY SHARE",
+            )
+            .bind(channels)
+            .fetch_all(&mut *tx),
+        )
+        .await?;
+        if let Some(missing) = channels.iter().find(|c| !known.contains(c)) {
+            return Err(Error::UnknownChannel {
+                name: missing.clone(),
+            });
+        }
+    }
+    let id = sitemon_core::db::insert_site_on(&mut tx, site).await?;
+    bounded(
+        "saving the site's alert settings",
+        sqlx::query(
+            "UPDATE websites SET failure_threshold = $2, success_threshold = $3,
+                 min_locations = $4, reminder_every = make_interval(secs => $5),
+                 cert_expiry_days = $6, channels = $7
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(alerts.failure_threshold)
+        .bind(alerts.success_threshold)
+        .bind(alerts.min_locations)
+        .bind(alerts.reminder_every.map(|d| d.as_secs_f64()))
+        .bind(alerts.cert_expiry_days)
+        .bind(&alerts.channels)
+        .execute(&mut *tx),
+    )
+    .await?;
+    tx.commit().await.map_err(db("committing the new site"))?;
+    Ok(id)
+}
+
+/// The delivery of one notification, for `sitemon alerts`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    /// The notification's stable id.
+    pub id: Uuid,
+    /// The channel.
+    pub channel: String,
+    /// `down`, `resolved`, `reminder`, `cert_expiry`.
+    pub kind: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// What the receiver answered last (never a secret: answers are the receiver's).
+    pub last_answer: Option<String>,
+}
+
+/// An incident, for `sitemon alerts`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    /// Its id (PagerDuty's `dedup_key`).
+    pub id: Uuid,
+    /// The site.
+    pub website_id: i32,
+    /// Its URL.
+    pub url: String,
+    /// Opened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    /// Resolved; `None` while open.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub resolved_at: Option<OffsetDateTime>,
+    /// Seconds from opening to resolution (or to now while open).
+    pub duration_secs: i64,
+    /// The locations that were down.
+    pub locations: Vec<String>,
+    /// The first failing check's error.
+    pub first_error: Option<String>,
+    /// Its notifications.
+    pub notifications: Vec<DeliveryView>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct IncidentRow {
+    id: Uuid,
+    website_id: i32,
+    url: String,
+    opened_at: OffsetDateTime,
+    resolved_at: Option<OffsetDateTime>,
+    duration_secs: i64,
+    locations: Vec<String>,
+    first_error: Option<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct DeliveryRow {
+    incident_id: Uuid,
+    id: Uuid,
+    channel: String,
+    kind: String,
+    state: String,
+    attempts: i32,
+    last_answer: Option<String>,
+}
+
+/// Incidents opened within `since` of now (all when `None`), or only the open ones, newest
+/// first, with their notifications.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn incidents(
+    pool: &PgPool,
+    open_only: bool,
+    since: Option<Duration>,
+) -> Result<Vec<IncidentView>> {
+    let rows: Vec<IncidentRow> = bounded(
+        "listing the incidents",
+        sqlx::query_as(
+            "SELECT i.id, i.website_id, w.url, i.opened_at, i.resolved_at,
+                    EXTRACT(EPOCH FROM coalesce(i.resolved_at, now()) - i.opened_at)::bigint
+                        AS duration_secs,
+                    i.locations, i.first_error
+             FROM alert_incidents i JOIN websites w ON w.id = i.website_id
+             WHERE (NOT $1 OR i.resolved_at IS NULL)
+               AND ($2::float8 IS NULL OR i.opened_at >= now() - make_interval(secs => $2))
+             ORDER BY i.opened_at DESC, i.id",
+        )
+        .bind(open_only)
+        .bind(since.map(|d| d.as_secs_f64()))
+        .fetch_all(pool),
+    )
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let deliveries: Vec<DeliveryRow> = bounded(
+        "listing the notifications",
+        sqlx::query_as(
+            "SELECT incident_id, id, channel, kind, state, attempts, last_answer
+             FROM alert_outbox WHERE incident_id = ANY($1)
+             ORDER BY created_at, kind, channel",
+        )
+        .bind(&ids)
+        .fetch_all(pool),
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| IncidentView {
+            notifications: deliveries
+                .iter()
+                .filter(|d| d.incident_id == row.id)
+                .map(|d| DeliveryView {
+                    id: d.id,
+                    channel: d.channel.clone(),
+                    kind: d.kind.clone(),
+                    state: d.state.clone(),
+                    attempts: d.attempts,
+                    last_answer: d.last_answer.clone(),
+                })
+                .collect(),
+            id: row.id,
+            website_id: row.website_id,
+            url: row.url,
+            opened_at: row.opened_at,
+            resolved_at: row.resolved_at,
+            duration_secs: row.duration_secs,
+            locations: row.locations,
+            first_error: row.first_error,
+        })
+        .collect())
+}
