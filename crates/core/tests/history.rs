@@ -120,9 +120,14 @@ async fn migrating_a_million_unpartitioned_rows_moves_every_one_with_its_rollups
     .execute(&db.pool)
     .await
     .expect("a million old rows");
-    let fingerprint = "SELECT count(*)::text || ':' || md5(string_agg(t::text, ',' ORDER BY
-                           kafka_topic, kafka_partition_id, kafka_offset_id))
-                       FROM website_status t";
+    // Every column the old table had (later migrations add columns with defaults).
+    let fingerprint = "SELECT count(*)::text || ':' || md5(string_agg(
+                           ROW(kafka_topic, kafka_partition_id, kafka_offset_id, website_id,
+                               timestamp_utc, request_info, check_id, is_up, status_code,
+                               response_time_ms, error_kind, location,
+                               kafka_topic_incarnation)::text,
+                           ',' ORDER BY kafka_topic, kafka_partition_id, kafka_offset_id))
+                       FROM website_status";
     let before: String = scalar(&db.pool, fingerprint).await;
 
     let started = Instant::now();
