@@ -6,8 +6,10 @@
 //! about as much as a window of a day. Percentiles come from the rollups' latency sketches:
 //! within 2 % of the exact value (see `migrations/20261130000001_history_partitions.sql`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::TryStreamExt as _;
 use serde::Serialize;
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
@@ -197,95 +199,158 @@ pub async fn site_statuses(
     let [r0, r1, r2, r3] = ranges(&segments, Source::Raw);
     let [h0, h1, h2, h3] = ranges(&segments, Source::Hourly);
     let [d0, d1, _, _] = ranges(&segments, Source::Daily);
-    let sql = r#"WITH rolled AS (
-             SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_daily
-             WHERE bucket_start >= $9 AND bucket_start < $10
-             UNION ALL
-             SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_hourly
-             WHERE (bucket_start >= $5 AND bucket_start < $6)
-                OR (bucket_start >= $7 AND bucket_start < $8)
-         ),
-         raw AS (
-             SELECT website_id, is_up, degraded, sitemon_sketch_bin(response_time_ms) AS bin
-             FROM website_status
-             WHERE (timestamp_utc >= $1 AND timestamp_utc < $2)
-                OR (timestamp_utc >= $3 AND timestamp_utc < $4)
-         ),
-         totals AS (
-             SELECT website_id, sum(checks)::bigint AS checks, sum(up)::bigint AS up,
-                    sum(degraded)::bigint AS degraded
-             FROM (SELECT website_id, checks, up, degraded FROM rolled
-                   UNION ALL
-                   SELECT website_id, count(*), count(*) FILTER (WHERE is_up),
-                          count(*) FILTER (WHERE degraded)
-                   FROM raw GROUP BY website_id) AS t
-             GROUP BY website_id
-         ),
-         bins AS (
-             SELECT website_id AS key, bin, sum(n) AS n
-             FROM (SELECT website_id, e >> 32 AS bin, e & 4294967295 AS n
-                   FROM rolled, unnest(rt_sketch) AS e
-                   UNION ALL
-                   SELECT website_id, bin, count(*) FROM raw WHERE bin IS NOT NULL
-                   GROUP BY 1, 2) AS b
-             GROUP BY 1, 2
-         ),
-         percentiles AS ("#
-        .to_owned()
-        + PERCENTILES
-        + r#"),
-         recent AS (
-             SELECT t.website_id, t.checks, t.degraded AS degraded_checks,
-                    100.0 * t.up / nullif(t.checks, 0)::float8 AS uptime_pct,
-                    p.p50_ms, p.p95_ms, p.p99_ms
-             FROM totals t LEFT JOIN percentiles p ON p.key = t.website_id
-         )
-         SELECT w.id, w.url, w.check_interval, w.tls_verify,
-                latest.timestamp_utc AS last_checked_at,
-                latest.is_up AS up,
-                latest.degraded,
-                latest.status_code AS last_status_code,
-                latest.error_kind AS last_error_kind,
-                recent.uptime_pct::float8 AS uptime_pct,
-                recent.p50_ms, recent.p95_ms, recent.p99_ms,
-                coalesce(recent.checks, 0) AS checks,
-                coalesce(recent.degraded_checks, 0) AS degraded_checks,
-                (latest.request_info ->> 'tls_cert_not_after')::timestamptz AS tls_cert_not_after
-         FROM websites w
-         LEFT JOIN recent ON recent.website_id = w.id
-         LEFT JOIN LATERAL (
-             -- The last two days' partitions first; all of them only for a site that has
-             -- not been checked since (Append stops at the first row).
-             (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
-                     s.request_info
-              FROM website_status s
-              WHERE s.website_id = w.id AND s.timestamp_utc >= $11
-              ORDER BY s.timestamp_utc DESC LIMIT 1)
-             UNION ALL
-             (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
-                     s.request_info
-              FROM website_status s
-              WHERE s.website_id = w.id
-              ORDER BY s.timestamp_utc DESC LIMIT 1)
-             LIMIT 1
-         ) latest ON true
-         ORDER BY w.id"#;
-    let query = sqlx::query_as::<_, SiteStatus>(&sql)
-        .bind(r0)
-        .bind(r1)
-        .bind(r2)
-        .bind(r3)
-        .bind(h0)
-        .bind(h1)
-        .bind(h2)
-        .bind(h3)
-        .bind(d0)
-        .bind(d1)
-        .bind(now - time::Duration::days(2))
-        .fetch_all(pool);
+    let work = async {
+        // Every site with its latest check; the window's numbers are filled in below.
+        let mut statuses: Vec<SiteStatus> = sqlx::query_as(LATEST)
+            .bind(now - time::Duration::days(2))
+            .fetch_all(pool)
+            .await?;
+        let mut windows: HashMap<i32, Window> = HashMap::with_capacity(statuses.len());
+        // Whole days and hours: the rollups' counts and sketches, merged here (a sort per
+        // site beats PostgreSQL unnesting millions of bins).
+        let mut rolled = sqlx::query_as::<_, (i32, i64, i64, i64, Vec<i64>)>(ROLLED)
+            .bind(d0)
+            .bind(d1)
+            .bind(h0)
+            .bind(h1)
+            .bind(h2)
+            .bind(h3)
+            .fetch(pool);
+        while let Some((site, checks, up, degraded, sketch)) = rolled.try_next().await? {
+            let window = windows.entry(site).or_default();
+            window.add_counts(checks, up, degraded);
+            window.bins.extend(
+                sketch
+                    .iter()
+                    .map(|e| ((e >> 32) as i32, (e & 0xFFFF_FFFF) as u64)),
+            );
+        }
+        drop(rolled);
+        // The edges: raw rows, binned by PostgreSQL's own `sitemon_sketch_bin`.
+        let mut raw = sqlx::query_as::<_, (i32, Option<i32>, i64, i64, i64)>(RAW_BINS)
+            .bind(r0)
+            .bind(r1)
+            .bind(r2)
+            .bind(r3)
+            .fetch(pool);
+        while let Some((site, bin, checks, up, degraded)) = raw.try_next().await? {
+            let window = windows.entry(site).or_default();
+            window.add_counts(checks, up, degraded);
+            if let Some(bin) = bin {
+                window.bins.push((bin, checks as u64));
+            }
+        }
+        drop(raw);
+        for status in &mut statuses {
+            if let Some(window) = windows.get_mut(&status.id) {
+                window.fill(status);
+            }
+        }
+        Ok::<_, sqlx::Error>(statuses)
+    };
     let statuses =
-        crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, query).await?;
+        crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, work).await?;
     Ok((statuses, segments))
+}
+
+/// Every site and its latest check (the last two days' partitions first; all of them only
+/// for a site not checked since: Append stops at the first row). The window's numbers are
+/// placeholders that [`Window::fill`] replaces.
+const LATEST: &str = "
+    SELECT w.id, w.url, w.check_interval, w.tls_verify,
+           latest.timestamp_utc AS last_checked_at, latest.is_up AS up, latest.degraded,
+           latest.status_code AS last_status_code, latest.error_kind AS last_error_kind,
+           NULL::float8 AS uptime_pct, NULL::float8 AS p50_ms, NULL::float8 AS p95_ms,
+           NULL::float8 AS p99_ms, 0::bigint AS checks, 0::bigint AS degraded_checks,
+           (latest.request_info ->> 'tls_cert_not_after')::timestamptz AS tls_cert_not_after
+    FROM websites w
+    LEFT JOIN LATERAL (
+        (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
+                s.request_info
+         FROM website_status s
+         WHERE s.website_id = w.id AND s.timestamp_utc >= $1
+         ORDER BY s.timestamp_utc DESC LIMIT 1)
+        UNION ALL
+        (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
+                s.request_info
+         FROM website_status s
+         WHERE s.website_id = w.id
+         ORDER BY s.timestamp_utc DESC LIMIT 1)
+        LIMIT 1
+    ) latest ON true
+    ORDER BY w.id";
+
+/// The rollup rows of a window's whole days ($1..$2) and hours ($3..$4, $5..$6).
+const ROLLED: &str = "
+    SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_daily
+    WHERE bucket_start >= $1 AND bucket_start < $2
+    UNION ALL
+    SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_hourly
+    WHERE (bucket_start >= $3 AND bucket_start < $4) OR (bucket_start >= $5 AND bucket_start < $6)";
+
+/// The raw rows of a window's edges ($1..$2, $3..$4), counted per site and latency bin
+/// (bin NULL: the checks without a response time).
+const RAW_BINS: &str = "
+    SELECT website_id, sitemon_sketch_bin(response_time_ms), count(*),
+           count(*) FILTER (WHERE is_up), count(*) FILTER (WHERE degraded)
+    FROM website_status
+    WHERE (timestamp_utc >= $1 AND timestamp_utc < $2)
+       OR (timestamp_utc >= $3 AND timestamp_utc < $4)
+    GROUP BY 1, 2";
+
+/// γ of the latency sketches (see the migration `20261130000001`).
+const GAMMA: f64 = 1.02 / 0.98;
+
+/// One site's numbers over a window, gathered from rollups and raw edges.
+#[derive(Debug, Default)]
+struct Window {
+    checks: i64,
+    up: i64,
+    degraded: i64,
+    /// (bin, count), unsorted, a bin possibly several times.
+    bins: Vec<(i32, u64)>,
+}
+
+impl Window {
+    fn add_counts(&mut self, checks: i64, up: i64, degraded: i64) {
+        self.checks += checks;
+        self.up += up;
+        self.degraded += degraded;
+    }
+
+    fn fill(&mut self, status: &mut SiteStatus) {
+        status.checks = self.checks;
+        status.degraded_checks = self.degraded;
+        status.uptime_pct = (self.checks > 0).then(|| 100.0 * self.up as f64 / self.checks as f64);
+        self.bins.sort_unstable_by_key(|&(bin, _)| bin);
+        let [p50, p95, p99] = quantiles(&self.bins, [0.50, 0.95, 0.99]);
+        (status.p50_ms, status.p95_ms, status.p99_ms) = (p50, p95, p99);
+    }
+}
+
+/// The values at quantiles `qs` (ascending) of sorted sketch bins: the middle of the bin
+/// holding the element of rank floor(q * (n - 1)), counting from 0 — as
+/// `sitemon_sketch_quantile` in SQL.
+fn quantiles<const N: usize>(bins: &[(i32, u64)], qs: [f64; N]) -> [Option<f64>; N] {
+    let total: u64 = bins.iter().map(|&(_, n)| n).sum();
+    let mut found = [None; N];
+    if total == 0 {
+        return found;
+    }
+    let ranks = qs.map(|q| (q * (total - 1) as f64).floor() as u64);
+    let mut below = 0;
+    let mut next = 0;
+    for &(bin, n) in bins {
+        below += n;
+        while next < N && below > ranks[next] {
+            found[next] = Some(2.0 * GAMMA.powi(bin) / (GAMMA + 1.0));
+            next += 1;
+        }
+        if next == N {
+            break;
+        }
+    }
+    found
 }
 
 /// One bucket of a site's history.
@@ -429,6 +494,25 @@ mod tests {
             from,
             until,
         }
+    }
+
+    #[test]
+    fn quantiles_take_the_bin_of_rank_floor_q_n_minus_1() {
+        // 100 values: 10 in bin 1, 80 in bin 5, 10 in bin 9.
+        let bins = [(1, 10), (5, 80), (9, 10)];
+        let middle = |bin: i32| Some(2.0 * GAMMA.powi(bin) / (GAMMA + 1.0));
+        // Ranks 0, 9 | 10, 89 | 90, 99.
+        assert_eq!(quantiles(&bins, [0.0, 0.09]), [middle(1), middle(1)]);
+        assert_eq!(
+            quantiles(&bins, [0.11, 0.5, 0.899]),
+            [middle(5), middle(5), middle(5)]
+        );
+        assert_eq!(quantiles(&bins, [0.91, 1.0]), [middle(9), middle(9)]);
+        assert_eq!(quantiles(&[], [0.5]), [None]);
+        // A bin's middle is within 2 % of every value of the bin (γ^(k-1), γ^k].
+        let (low, high) = (GAMMA.powi(4), GAMMA.powi(5));
+        let mid = middle(5).expect("a value");
+        assert!((mid - low) / low <= 0.02 + 1e-12 && (high - mid) / high <= 0.02 + 1e-12);
     }
 
     #[test]
