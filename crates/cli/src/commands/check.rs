@@ -38,8 +38,9 @@ pub(crate) struct CheckOptions {
     #[arg(long, env = "SITEMON_MAX_BODY_BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u64).range(1..=64 << 20))]
     max_body_bytes: u64,
-    /// Compression of produced batches: none, gzip, lz4, snappy or zstd.
-    #[arg(long, env = "SITEMON_COMPRESSION", default_value = "none",
+    /// Compression of produced batches: none, gzip, lz4, snappy or zstd. lz4 shrinks the
+    /// events to about a third on the broker's disk and wire for little checker CPU.
+    #[arg(long, env = "SITEMON_COMPRESSION", default_value = "lz4",
           value_parser = ["none", "gzip", "lz4", "snappy", "zstd"])]
     compression: String,
     /// How many events may wait while Kafka is unreachable; beyond that the oldest are
@@ -56,8 +57,10 @@ pub(crate) struct CheckOptions {
     #[arg(long, env = "SITEMON_REPLICATION_FACTOR", default_value_t = 1,
           value_parser = clap::value_parser!(i16).range(1..=32))]
     replication_factor: i16,
-    /// How long a batch of events waits for more before it is sent, in milliseconds.
-    #[arg(long, env = "SITEMON_LINGER_MS", default_value_t = 10,
+    /// How long, in milliseconds, an event waits for others to share its produce request:
+    /// adds up to that much latency, and divides the broker's requests (hence its CPU) by the
+    /// events sent together.
+    #[arg(long, env = "SITEMON_LINGER_MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     linger_ms: u64,
     /// Time between two progress lines in the log: 5s, 1m, or seconds.
