@@ -9,7 +9,7 @@
 //! - `CHECK_ARGS`, `SYNC_ARGS`: extra flags of `sitemon check` and `sitemon sync`, split on
 //!   spaces;
 //! - `KAFKA_PID`, `KAFKA_DATA`: the shared broker's process and its `log.dirs`;
-//! - `IDLE_SECONDS` (default 15): the broker's CPU is first measured that long with none of
+//! - `IDLE_SECONDS` (default 20): the broker's CPU is first measured that long with none of
 //!   this run's processes started, the other agents' load on the shared broker.
 //!
 //! What is measured, over the window (after the warm-up):
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let (check_args, sync_args) = (split("CHECK_ARGS"), split("SYNC_ARGS"));
     let kafka_pid: u32 = std::env::var("KAFKA_PID")?.trim().parse()?;
     let kafka_data = PathBuf::from(std::env::var("KAFKA_DATA")?);
-    let idle: u64 = std::env::var("IDLE_SECONDS").map_or(Ok(15), |s| s.parse())?;
+    let idle: u64 = std::env::var("IDLE_SECONDS").map_or(Ok(20), |s| s.parse())?;
 
     // The broker's load from everyone else, just before this run.
     let idle_start = cpu_seconds(kafka_pid)?;
@@ -299,6 +299,11 @@ async fn measure(run: &mut Run, setup: Setup<'_>) -> anyhow::Result<Figures> {
     let cpu_start = [checker, setup.kafka_pid, sync].map(|pid| cpu_seconds(pid).unwrap_or(0.0));
     let start = Instant::now();
     tokio::time::sleep(setup.window).await;
+    anyhow::ensure!(
+        Path::new(&format!("/proc/{}", setup.kafka_pid)).exists(),
+        "the broker (pid {}) stopped during the window (another agent restarted it?): run again",
+        setup.kafka_pid
+    );
     let cpu_end = [checker, setup.kafka_pid, sync].map(|pid| cpu_seconds(pid).unwrap_or(0.0));
     let elapsed = start.elapsed().as_secs_f64();
     let served_end = setup.served.load(Ordering::Relaxed);

@@ -38,10 +38,11 @@ pub struct CheckerConfig {
     pub timeout: Option<Duration>,
     /// How much of a body is read (and searched by the regex). Default 1 MiB.
     pub max_body_bytes: usize,
-    /// Compression of the produced batches. Default [`Compression::Lz4`]: a check event's
-    /// JSON shrinks to about a third in a batch of a few dozen, which the broker writes, keeps
-    /// and sends to the sync in that form; compressing costs the checker little (measured in
-    /// BENCHMARKS.md, "Pipeline"). Was none before the pipeline's cost was measured.
+    /// Compression of the produced batches. Default [`Compression::Zstd`]: a batch of check
+    /// events (JSON) shrinks to about a fifth, which the broker writes, keeps, replicates and
+    /// sends to the sync in that form, for no checker CPU the pipeline benchmark can tell
+    /// from noise (BENCHMARKS.md, "Pipeline": lz4 shrinks to about a quarter). Was none
+    /// before the pipeline's cost was measured.
     pub compression: Compression,
     /// How many events may wait while Kafka is unreachable; beyond that the oldest are
     /// dropped and counted. Default 100,000 (a few hundred MB at most, typically ~60 MB).
@@ -102,7 +103,7 @@ impl CheckerConfig {
             concurrency: 1024,
             timeout: None,
             max_body_bytes: 1 << 20,
-            compression: Compression::Lz4,
+            compression: Compression::Zstd,
             buffer_events: 100_000,
             partitions: sitemon_core::kafka::DEFAULT_PARTITIONS,
             replication_factor: 1,
@@ -189,12 +190,12 @@ pub enum Compression {
     None,
     /// gzip.
     Gzip,
-    /// LZ4: the default (see [`CheckerConfig::compression`]).
-    #[default]
+    /// LZ4.
     Lz4,
     /// Snappy.
     Snappy,
-    /// Zstandard.
+    /// Zstandard: the default (see [`CheckerConfig::compression`]).
+    #[default]
     Zstd,
 }
 
