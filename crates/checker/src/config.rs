@@ -57,7 +57,7 @@ pub struct CheckerConfig {
     /// of requests, not the events in them: a longer linger costs that much latency on the
     /// way to the database and saves the broker (and the sync, which fetches what arrived)
     /// work. At 400 checks/s over six partitions, 10 ms (the default before the pipeline was
-    /// measured) sends nearly one request per event; 200 ms one per ~13.
+    /// measured) sent a request per 1.2 events; 200 ms sends one per ~14.
     pub linger: Duration,
     /// The largest batch, in bytes before compression. Default 512 KiB, half of Kafka's
     /// default `max.message.bytes`.
