@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 /// the site's interval).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an event waits for others to share its produce request, unless `--linger-ms`
+/// says otherwise (see [`CheckerConfig::linger`]).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(200);
+
 /// Everything [`run`](crate::run) needs. [`CheckerConfig::new`] fills in the defaults;
 /// change the public fields to taste.
 #[derive(Debug, Clone)]
@@ -34,7 +38,11 @@ pub struct CheckerConfig {
     pub timeout: Option<Duration>,
     /// How much of a body is read (and searched by the regex). Default 1 MiB.
     pub max_body_bytes: usize,
-    /// Compression of the produced batches. Default none.
+    /// Compression of the produced batches. Default [`Compression::Zstd`]: a batch of check
+    /// events (JSON) shrinks to about a fifth, which the broker writes, keeps, replicates and
+    /// sends to the sync in that form, for no checker CPU the pipeline benchmark can tell
+    /// from noise (BENCHMARKS.md, "Pipeline": lz4 shrinks to about a quarter). Was none
+    /// before the pipeline's cost was measured.
     pub compression: Compression,
     /// How many events may wait while Kafka is unreachable; beyond that the oldest are
     /// dropped and counted. Default 100,000 (a few hundred MB at most, typically ~60 MB).
@@ -44,7 +52,12 @@ pub struct CheckerConfig {
     /// Replicas of each partition when the checker has to create the topic. Default 1 (a
     /// single broker); managed clusters want 2 or 3.
     pub replication_factor: i16,
-    /// How long a batch waits for more events before it is sent. Default 10 ms.
+    /// How long an event waits in its partition's lane for others to join it before they
+    /// all go in one produce request. Default 200 ms. The broker's load follows the number
+    /// of requests, not the events in them: a longer linger costs that much latency on the
+    /// way to the database and saves the broker (and the sync, which fetches what arrived)
+    /// work. At 400 checks/s over six partitions, 10 ms (the default before the pipeline was
+    /// measured) sent a request per 1.2 events; 200 ms sends one per ~14.
     pub linger: Duration,
     /// The largest batch, in bytes before compression. Default 512 KiB, half of Kafka's
     /// default `max.message.bytes`.
@@ -90,11 +103,11 @@ impl CheckerConfig {
             concurrency: 1024,
             timeout: None,
             max_body_bytes: 1 << 20,
-            compression: Compression::None,
+            compression: Compression::Zstd,
             buffer_events: 100_000,
             partitions: sitemon_core::kafka::DEFAULT_PARTITIONS,
             replication_factor: 1,
-            linger: Duration::from_millis(10),
+            linger: DEFAULT_LINGER,
             max_batch_bytes: 512 << 10,
             progress_every: Duration::from_secs(5),
             reload_every: Duration::from_secs(30),
@@ -174,7 +187,6 @@ impl CheckerConfig {
 #[non_exhaustive]
 pub enum Compression {
     /// Uncompressed.
-    #[default]
     None,
     /// gzip.
     Gzip,
@@ -182,7 +194,8 @@ pub enum Compression {
     Lz4,
     /// Snappy.
     Snappy,
-    /// Zstandard.
+    /// Zstandard: the default (see [`CheckerConfig::compression`]).
+    #[default]
     Zstd,
 }
 

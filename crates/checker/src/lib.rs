@@ -31,7 +31,8 @@
 //! - `check` and `probe`: one check, from the planned start to the event.
 //! - `target`: a site URL taken apart for connecting, and where a redirect leads.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
-//! - `producer`: per-partition lanes over rskafka's `BatchProducer`, the bounded buffer.
+//! - `producer`: per-partition lanes that linger, then produce one request per batch; the
+//!   bounded buffer.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - `stats`: counters and the schedule-lag histogram behind the progress line, and the
 //!   Prometheus metrics registered in [`CheckerConfig::metrics`].

@@ -63,6 +63,9 @@ pub(crate) struct Stats {
     pub(crate) buffered: Gauge,
     /// `sitemon_events_dropped_total`.
     pub(crate) dropped: Counter,
+    /// `sitemon_checker_produce_requests_total`: produce requests sent (one partition's
+    /// batch each), failed ones included: what the broker's load follows (see `--linger-ms`).
+    pub(crate) produce_requests: Counter,
     /// Produce requests that failed (and were retried); not exported.
     pub(crate) produce_failures: Counter,
     /// `sitemon_checker_sites`: sites this checker schedules now (those of its buckets).
@@ -89,6 +92,7 @@ impl Default for Stats {
             produced: Counter::default(),
             buffered: Gauge::default(),
             dropped: Counter::default(),
+            produce_requests: Counter::default(),
             produce_failures: Counter::default(),
             sites: Gauge::default(),
             buckets: Gauge::default(),
@@ -131,6 +135,11 @@ impl Stats {
                 "sitemon_events_dropped",
                 "Check events dropped because the buffer was full while Kafka was away",
                 self.dropped.clone(),
+            );
+            registry.register(
+                "sitemon_checker_produce_requests",
+                "Produce requests sent to Kafka, one partition's batch each, failed ones included",
+                self.produce_requests.clone(),
             );
             registry.register(
                 "sitemon_checker_skipped_ticks",
@@ -359,6 +368,7 @@ mod tests {
             "sitemon_check_duration_seconds_count{location}",
             "sitemon_check_duration_seconds_sum{location}",
             "sitemon_checker_leases_held{location}",
+            "sitemon_checker_produce_requests_total{location}",
             "sitemon_checker_sites{location}",
             "sitemon_checker_skipped_ticks_total{location}",
             "sitemon_checks_total{location,result,error_kind}",
@@ -370,6 +380,7 @@ mod tests {
         let golden = [
             "sitemon_check_duration_seconds histogram",
             "sitemon_checker_leases_held gauge",
+            "sitemon_checker_produce_requests counter",
             "sitemon_checker_sites gauge",
             "sitemon_checker_skipped_ticks counter",
             "sitemon_checks counter",

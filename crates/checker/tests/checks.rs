@@ -12,7 +12,7 @@ use sitemon_testkit::events::assert_ticks_accounted;
 use sitemon_testkit::http::{TestServer, free_port};
 use sitemon_testkit::{TestDb, kafka_config, random_topic, services, tls_kafka_settings};
 use support::{
-    Stored, add_site, by_site, checker_config, fixture, skipped_ticks, start_checker,
+    Stored, add_site, by_site, checker_config, counter, fixture, skipped_ticks, start_checker,
     wait_for_events,
 };
 use time::OffsetDateTime;
@@ -580,6 +580,35 @@ async fn a_sites_events_are_in_check_order_in_its_partition() {
             );
         }
     }
+    db.drop_database().await;
+}
+
+/// The linger gathers the events of that time into one produce request (the broker's load
+/// follows the requests, not the events): ten sites a second on one partition with a 1 s
+/// linger go in about one request a second, where sending each event on its own would take
+/// ten. Counts only: `sitemon_checker_produce_requests_total` against the events produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linger_sends_the_events_of_that_time_in_one_request() {
+    let (db, topic, http, client) = fixture().await;
+    sitemon_testkit::topic::create(&topic, 1).await;
+    for i in 0..10 {
+        add_site(&db, &http.url(&format!("/ok?linger{i}")), 1, None).await;
+    }
+    let mut config = checker_config(&db, kafka_config(&topic));
+    config.linger = Duration::from_secs(1);
+    let metrics = config.metrics.clone();
+    let checker = start_checker(config);
+    let events = wait_for_events(&client, &topic, Duration::from_secs(60), |e| e.len() >= 40).await;
+    assert!(events.len() >= 40, "40 events within 60 s");
+    checker.stop_within(Duration::from_secs(30)).await;
+    let requests = counter(&metrics, "sitemon_checker_produce_requests_total");
+    let produced = counter(&metrics, "sitemon_events_produced_total");
+    assert!(produced >= 40, "{produced} events produced");
+    assert!(
+        requests >= 1 && requests * 4 <= produced,
+        "{produced} events in {requests} produce requests: a 1 s linger should send about \
+         ten events per request"
+    );
     db.drop_database().await;
 }
 

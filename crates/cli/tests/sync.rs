@@ -143,6 +143,27 @@ async fn a_missing_topic_is_one_line_and_status_1() {
     db.drop_database().await;
 }
 
+/// The fetch settings are bounded before any connection: at least one byte, at most the
+/// 1 MiB one fetch asks for; a wait of 1 ms to 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_fetch_settings_are_usage_errors() {
+    let db = TestDb::migrated().await;
+    let topic = random_topic();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--fetch-min-bytes", "0"], "--fetch-min-bytes"),
+        (&["--fetch-min-bytes", "1048577"], "--fetch-min-bytes"),
+        (&["--fetch-max-wait-ms", "0"], "--fetch-max-wait-ms"),
+        (&["--fetch-max-wait-ms", "10001"], "--fetch-max-wait-ms"),
+    ];
+    for (args, flag) in cases {
+        let output = run(sitemon_sync(&db, &topic).args(args));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    db.drop_database().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_consumed() {
     const PARTITIONS: i32 = 3;

@@ -33,8 +33,8 @@ use crate::writer::ToWriter;
 pub(crate) const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most bytes one fetch asks for: bounds the memory of a chunk.
 const FETCH_MAX_BYTES: i32 = 1 << 20;
-/// How long the broker may hold a fetch open while the partition has nothing new.
-const FETCH_MAX_WAIT_MS: i32 = 500;
+/// How long the broker may hold the fetch that looks again at one record already read.
+const VERIFY_MAX_WAIT_MS: i32 = 500;
 
 /// What every reader of one session shares.
 #[derive(Debug, Clone)]
@@ -47,6 +47,10 @@ pub(crate) struct Readers {
     /// The last reader started: each reader's chunks carry its number, so that the writer
     /// can tell a restarted reader's chunks from its predecessor's.
     pub(crate) generations: Arc<AtomicU64>,
+    /// The broker holds a fetch until this much arrived (`SyncConfig::fetch_min_bytes`)...
+    pub(crate) fetch_min_bytes: usize,
+    /// ...or this much time passed (`SyncConfig::fetch_max_wait`, under [`KAFKA_TIMEOUT`]).
+    pub(crate) fetch_max_wait: Duration,
 }
 
 /// A reader that runs: stop it with [`RunningReader::stop`].
@@ -218,7 +222,7 @@ impl Reader {
         if !self.verified {
             self.verify(client).await?;
         }
-        let (records, high_watermark) = match self.fetch(client, self.next.offset).await? {
+        let (records, high_watermark) = match self.fetch(client, self.next.offset, true).await? {
             Ok(fetched) => fetched,
             Err(OutOfRange) => return self.out_of_range(client).await,
         };
@@ -262,12 +266,23 @@ impl Reader {
     }
 
     /// One fetch from `offset`: the records and the high watermark, or [`OutOfRange`].
+    /// `gather`: the broker holds the fetch until `fetch_min_bytes` are there or
+    /// `fetch_max_wait` passed; otherwise it answers with the first record there.
     async fn fetch(
         &self,
         client: &PartitionClient,
         offset: i64,
+        gather: bool,
     ) -> Result<Result<(Vec<RecordAndOffset>, i64), OutOfRange>> {
-        let fetch = client.fetch_records(offset, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS);
+        let (min_bytes, max_wait_ms) = if gather {
+            let shared = &self.shared;
+            let min_bytes = i32::try_from(shared.fetch_min_bytes).unwrap_or(FETCH_MAX_BYTES);
+            let max_wait_ms = i32::try_from(shared.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+            (min_bytes.clamp(1, FETCH_MAX_BYTES - 1), max_wait_ms)
+        } else {
+            (1, VERIFY_MAX_WAIT_MS)
+        };
+        let fetch = client.fetch_records(offset, min_bytes..FETCH_MAX_BYTES, max_wait_ms);
         let fetched = retry::timeout(&self.fetching, KAFKA_TIMEOUT, async {
             Ok::<_, Error>(fetch.await)
         })
@@ -297,7 +312,7 @@ impl Reader {
             self.verified = true;
             return Ok(());
         };
-        let found = match self.fetch(client, before).await? {
+        let found = match self.fetch(client, before, false).await? {
             Ok((records, _)) => records
                 .into_iter()
                 .find(|r| r.offset == before)

@@ -85,7 +85,10 @@ use sitemon_core::KafkaConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CHANNEL_CHUNKS, StartFrom, SyncConfig, lease_group};
+pub use config::{
+    CHANNEL_CHUNKS, DEFAULT_FETCH_MAX_WAIT, DEFAULT_FETCH_MIN_BYTES, StartFrom, SyncConfig,
+    lease_group,
+};
 use config::{REFUSED_RETRY, RETRY};
 pub use error::{Error, Result};
 

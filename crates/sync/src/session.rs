@@ -88,6 +88,8 @@ pub(crate) async fn run(
             chunks: sender,
             stats: Arc::clone(stats),
             generations: Arc::default(),
+            fetch_min_bytes: config.fetch_min_bytes,
+            fetch_max_wait: config.fetch_max_wait,
         },
         running: BTreeMap::new(),
         restarts,

@@ -138,14 +138,19 @@ pub fn by_site(events: &[Stored]) -> HashMap<i32, Vec<Stored>> {
 /// The checker's `sitemon_checker_skipped_ticks_total`, from the registry it was given
 /// ([`CheckerConfig::metrics`]).
 pub fn skipped_ticks(metrics: &sitemon_core::metrics::Registry) -> u64 {
+    counter(metrics, "sitemon_checker_skipped_ticks_total")
+}
+
+/// One of the checker's counters (a single series), from the registry it was given.
+pub fn counter(metrics: &sitemon_core::metrics::Registry, name: &str) -> u64 {
     let text = metrics.render();
     text.lines()
         .find_map(|line| {
-            let rest = line.strip_prefix("sitemon_checker_skipped_ticks_total{")?;
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
             rest.rsplit(' ').next()?.parse::<f64>().ok()
         })
         .map(|value| value as u64)
-        .unwrap_or_else(|| panic!("no sitemon_checker_skipped_ticks_total in:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 /// Everything logged in this process, for a test to read: a test binary of its own installs

@@ -29,6 +29,18 @@ pub(crate) struct SyncOptions {
     #[arg(long, env = "SITEMON_SYNC_BATCH_WAIT", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     batch_wait: u64,
+    /// The least bytes (as stored, compressed) a fetch from a partition waits for, up to
+    /// --fetch-max-wait-ms: larger fetches fewer times. 1 answers as soon as any event
+    /// arrives (the lowest latency, one fetch for about every batch produced).
+    #[arg(long, env = "SITEMON_SYNC_FETCH_MIN_BYTES", default_value_t = sitemon_sync::DEFAULT_FETCH_MIN_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    fetch_min_bytes: u32,
+    /// How long, in milliseconds, the broker may hold a fetch that found less than
+    /// --fetch-min-bytes: adds up to that much latency; each partition is fetched at least
+    /// this often however quiet it is.
+    #[arg(long, env = "SITEMON_SYNC_FETCH_MAX_WAIT_MS", default_value_t = sitemon_sync::DEFAULT_FETCH_MAX_WAIT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    fetch_max_wait_ms: u64,
     /// Where to start reading a partition for which no offset is stored yet: `earliest`
     /// (everything still in the topic) or `latest` (only events published from now on).
     /// Once an offset is stored, the sync always goes on from it.
@@ -72,6 +84,8 @@ impl SyncOptions {
         let mut config = SyncConfig::new(database, kafka);
         config.batch_size = self.batch_size as usize;
         config.batch_wait = Duration::from_millis(self.batch_wait);
+        config.fetch_min_bytes = self.fetch_min_bytes as usize;
+        config.fetch_max_wait = Duration::from_millis(self.fetch_max_wait_ms);
         config.retention = self.retention;
         config.rollup_retention = self.rollup_retention;
         config.start = match self.start {
