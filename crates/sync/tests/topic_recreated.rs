@@ -159,21 +159,24 @@ async fn an_event_whose_key_holds_another_check_is_kept_as_a_reject_not_a_duplic
     let fixture = Fixture::new(1).await;
     let site = fixture.sites(1).await[0];
     // A row of another check already holds the key the first event will get: as if the
-    // topic had been created again unnoticed.
+    // topic had been created again unnoticed. (The key includes `timestamp_utc`, the day
+    // partitions' column: another check with the same offset but another start time is
+    // simply another row; it takes the same start time to collide.)
     let squatter = event(site, 0);
+    let first = event(site, 1);
+    let second = event(site, 2);
     sqlx::query(
         "INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
              website_id, timestamp_utc, request_info, check_id)
-         VALUES ($1, 0, 0, $2, now(), '{}', $3)",
+         VALUES ($1, 0, 0, $2, $3, '{}', $4)",
     )
     .bind(&fixture.topic)
     .bind(site)
+    .bind(first.checked_at)
     .bind(squatter.check_id)
     .execute(&fixture.db.pool)
     .await
     .expect("the squatting row");
-    let first = event(site, 1);
-    let second = event(site, 2);
     fixture
         .produce_events(&[first.clone(), second.clone()])
         .await;
