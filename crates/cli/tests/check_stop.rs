@@ -79,6 +79,16 @@ async fn sigterm_finishes_the_checks_in_flight_and_flushes_the_buffer() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // And the steady site has been checked twice meanwhile (its phase in the 1 s grid can put
+    // its first check after the slow one's): the server still holds the slow request for 5 s.
+    let slow_arrived = Instant::now();
+    while server.requests_for("/ok?steady").len() < 2 {
+        assert!(
+            slow_arrived.elapsed() < Duration::from_secs(4),
+            "the steady site was not checked twice while the slow check was held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     terminate(checker);
     // The bound: the check's 10 s timeout, the 20 s flush timeout, and room for a busy
     // machine.
