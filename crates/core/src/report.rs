@@ -87,11 +87,15 @@ pub enum Source {
     Daily,
 }
 
-/// A stretch `[from, until)` of a window and where its numbers come from.
+/// A stretch `[from, until)` and where its numbers come from; a window's numbers are the
+/// sum of its segments, less those marked `subtract`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Segment {
     /// Where the numbers come from.
     pub source: Source,
+    /// Whether these numbers are taken away (hours of a day whose whole rollup was added).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub subtract: bool,
     /// The first instant.
     #[serde(with = "time::serde::rfc3339")]
     pub from: OffsetDateTime,
@@ -117,66 +121,82 @@ fn ceil_to(at: OffsetDateTime, grain: i64) -> OffsetDateTime {
     }
 }
 
-/// Splits the window `[start, now)` into whole days (daily rollups), whole hours (hourly
-/// rollups) and the edges (raw rows). A head edge older than `raw_horizon` (its raw rows
-/// are gone) is taken from its hour's rollup, the whole hour.
+/// Splits the window `[start, now]` into rollups and raw rows, reading as few of them as it
+/// can. The rollups are live (the current hour's and day's rows hold every check stored so
+/// far), so the window's end needs no raw rows. Whole days come from the daily rollups,
+/// today's included. The day the window starts in is either its remaining hours (hourly
+/// rollups), or its whole day less the hours before the window, whichever is fewer hours;
+/// the part of the first hour inside the window comes from raw rows. A first hour older than
+/// `raw_horizon` (its raw rows are gone) is counted whole instead.
 pub fn plan(
     start: OffsetDateTime,
     now: OffsetDateTime,
     raw_horizon: Option<OffsetDateTime>,
 ) -> Vec<Segment> {
-    let segment = |source, from, until| Segment {
+    let add = |source, from, until| Segment {
         source,
+        subtract: false,
         from,
         until,
     };
+    let hour = time::Duration::seconds(HOUR);
+    let day = time::Duration::seconds(DAY);
     let mut segments = Vec::new();
-    let (h0, h1) = (ceil_to(start, HOUR), floor_to(now, HOUR));
-    if h0 >= h1 {
-        segments.push(segment(Source::Raw, start, now));
+    let h0 = ceil_to(start, HOUR);
+    let raw_gone = raw_horizon.is_some_and(|h| start < h);
+    // The hours from here on are read whole: h0, or the first hour itself when its raw rows
+    // are gone.
+    let (whole_from, head) = if start < h0 && raw_gone {
+        (floor_to(start, HOUR), None)
     } else {
-        if start < h0 {
-            if raw_horizon.is_some_and(|h| start < h) {
-                segments.push(segment(Source::Hourly, floor_to(start, HOUR), h0));
-            } else {
-                segments.push(segment(Source::Raw, start, h0));
-            }
-        }
-        let (d0, d1) = (ceil_to(start, DAY), floor_to(now, DAY));
-        if d0 < d1 {
-            if h0 < d0 {
-                segments.push(segment(Source::Hourly, h0, d0));
-            }
-            segments.push(segment(Source::Daily, d0, d1));
-            if d1 < h1 {
-                segments.push(segment(Source::Hourly, d1, h1));
-            }
+        (
+            h0,
+            (start < h0).then(|| add(Source::Raw, start, h0.min(now))),
+        )
+    };
+    let today = floor_to(now, DAY);
+    if whole_from > now {
+        // Less than an hour, inside one hour: raw rows alone.
+        segments.push(add(Source::Raw, start, now));
+        return segments;
+    }
+    segments.extend(head);
+    if whole_from >= today {
+        // Within today: its hours, the current one included.
+        segments.push(add(Source::Hourly, whole_from, floor_to(now, HOUR) + hour));
+    } else {
+        let first_day = floor_to(whole_from, DAY);
+        let hours_in = (first_day + day - whole_from).whole_hours();
+        let hours_before = (whole_from - first_day).whole_hours();
+        if hours_before == 0 {
+            segments.push(add(Source::Daily, first_day, today + day));
+        } else if hours_in <= hours_before {
+            segments.push(add(Source::Hourly, whole_from, first_day + day));
+            segments.push(add(Source::Daily, first_day + day, today + day));
         } else {
-            segments.push(segment(Source::Hourly, h0, h1));
+            segments.push(add(Source::Daily, first_day, today + day));
+            segments.push(Segment {
+                source: Source::Hourly,
+                subtract: true,
+                from: first_day,
+                until: whole_from,
+            });
         }
-        segments.push(segment(Source::Raw, h1, now));
     }
     segments.retain(|s| s.from < s.until);
-    // A head edge taken from its hour's rollup joins the hours after it.
-    segments.dedup_by(|next, previous| {
-        let joined = previous.source == next.source && previous.until == next.from;
-        if joined {
-            previous.until = next.until;
-        }
-        joined
-    });
     segments
 }
 
-/// The ranges of `segments` from `source`, as two `[from, until)` pairs (empty ranges where
-/// there are fewer): the parameters of the report queries.
-fn ranges(segments: &[Segment], source: Source) -> [OffsetDateTime; 4] {
-    debug_assert!(segments.iter().filter(|s| s.source == source).count() <= 2);
-    let mut found = segments.iter().filter(|s| s.source == source);
+/// The range of `segments` from `source`, added or subtracted (an empty range at the epoch
+/// when there is none): parameters of the report queries.
+fn range(segments: &[Segment], source: Source, subtract: bool) -> [OffsetDateTime; 2] {
+    let mut found = segments
+        .iter()
+        .filter(|s| s.source == source && s.subtract == subtract);
     let epoch = OffsetDateTime::UNIX_EPOCH;
-    let first = found.next().map_or((epoch, epoch), |s| (s.from, s.until));
-    let second = found.next().map_or((epoch, epoch), |s| (s.from, s.until));
-    [first.0, first.1, second.0, second.1]
+    let range = found.next().map_or([epoch, epoch], |s| [s.from, s.until]);
+    debug_assert!(found.next().is_none(), "one range per source: {segments:?}");
+    range
 }
 
 /// The state of every site over the window of `window` ending now, by id, and the segments
@@ -196,9 +216,10 @@ pub async fn site_statuses(
     let start = now - window;
     let horizon = crate::history::raw_horizon(pool).await?;
     let segments = plan(start, now, horizon);
-    let [r0, r1, r2, r3] = ranges(&segments, Source::Raw);
-    let [h0, h1, h2, h3] = ranges(&segments, Source::Hourly);
-    let [d0, d1, _, _] = ranges(&segments, Source::Daily);
+    let [r0, r1] = range(&segments, Source::Raw, false);
+    let [h0, h1] = range(&segments, Source::Hourly, false);
+    let [s0, s1] = range(&segments, Source::Hourly, true);
+    let [d0, d1] = range(&segments, Source::Daily, false);
     let work = async {
         // Every site with its latest check; the window's numbers are filled in below.
         let mut statuses: Vec<SiteStatus> = sqlx::query_as(LATEST)
@@ -207,37 +228,35 @@ pub async fn site_statuses(
             .await?;
         let mut windows: HashMap<i32, Window> = HashMap::with_capacity(statuses.len());
         // Whole days and hours: the rollups' counts and sketches, merged here (a sort per
-        // site beats PostgreSQL unnesting millions of bins).
-        let mut rolled = sqlx::query_as::<_, (i32, i64, i64, i64, Vec<i64>)>(ROLLED)
+        // site beats PostgreSQL unnesting millions of bins), subtracted ones negative.
+        let mut rolled = sqlx::query_as::<_, (i32, i64, i64, i64, i64, Vec<i64>)>(ROLLED)
             .bind(d0)
             .bind(d1)
             .bind(h0)
             .bind(h1)
-            .bind(h2)
-            .bind(h3)
+            .bind(s0)
+            .bind(s1)
             .fetch(pool);
-        while let Some((site, checks, up, degraded, sketch)) = rolled.try_next().await? {
+        while let Some((site, sign, checks, up, degraded, sketch)) = rolled.try_next().await? {
             let window = windows.entry(site).or_default();
-            window.add_counts(checks, up, degraded);
+            window.add_counts(sign * checks, sign * up, sign * degraded);
             window.bins.extend(
                 sketch
                     .iter()
-                    .map(|e| ((e >> 32) as i32, (e & 0xFFFF_FFFF) as u64)),
+                    .map(|e| ((e >> 32) as i32, sign * (e & 0xFFFF_FFFF))),
             );
         }
         drop(rolled);
-        // The edges: raw rows, binned by PostgreSQL's own `sitemon_sketch_bin`.
+        // The first partial hour: raw rows, binned by PostgreSQL's own `sitemon_sketch_bin`.
         let mut raw = sqlx::query_as::<_, (i32, Option<i32>, i64, i64, i64)>(RAW_BINS)
             .bind(r0)
             .bind(r1)
-            .bind(r2)
-            .bind(r3)
             .fetch(pool);
         while let Some((site, bin, checks, up, degraded)) = raw.try_next().await? {
             let window = windows.entry(site).or_default();
             window.add_counts(checks, up, degraded);
             if let Some(bin) = bin {
-                window.bins.push((bin, checks as u64));
+                window.bins.push((bin, checks));
             }
         }
         drop(raw);
@@ -280,22 +299,25 @@ const LATEST: &str = "
     ) latest ON true
     ORDER BY w.id";
 
-/// The rollup rows of a window's whole days ($1..$2) and hours ($3..$4, $5..$6).
+/// The rollup rows of a window: whole days ($1..$2) and hours ($3..$4) added, hours
+/// ($5..$6) subtracted, with their sign.
 const ROLLED: &str = "
-    SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_daily
+    SELECT website_id, 1::bigint, checks, up, degraded, rt_sketch FROM website_status_daily
     WHERE bucket_start >= $1 AND bucket_start < $2
     UNION ALL
-    SELECT website_id, checks, up, degraded, rt_sketch FROM website_status_hourly
-    WHERE (bucket_start >= $3 AND bucket_start < $4) OR (bucket_start >= $5 AND bucket_start < $6)";
+    SELECT website_id, 1, checks, up, degraded, rt_sketch FROM website_status_hourly
+    WHERE bucket_start >= $3 AND bucket_start < $4
+    UNION ALL
+    SELECT website_id, -1, checks, up, degraded, rt_sketch FROM website_status_hourly
+    WHERE bucket_start >= $5 AND bucket_start < $6";
 
-/// The raw rows of a window's edges ($1..$2, $3..$4), counted per site and latency bin
-/// (bin NULL: the checks without a response time).
+/// The raw rows of a window's first partial hour ($1..$2), counted per site and latency
+/// bin (bin NULL: the checks without a response time).
 const RAW_BINS: &str = "
     SELECT website_id, sitemon_sketch_bin(response_time_ms), count(*),
            count(*) FILTER (WHERE is_up), count(*) FILTER (WHERE degraded)
     FROM website_status
-    WHERE (timestamp_utc >= $1 AND timestamp_utc < $2)
-       OR (timestamp_utc >= $3 AND timestamp_utc < $4)
+    WHERE timestamp_utc >= $1 AND timestamp_utc < $2
     GROUP BY 1, 2";
 
 /// γ of the latency sketches (see the migration `20261130000001`).
@@ -307,8 +329,9 @@ struct Window {
     checks: i64,
     up: i64,
     degraded: i64,
-    /// (bin, count), unsorted, a bin possibly several times.
-    bins: Vec<(i32, u64)>,
+    /// (bin, count), unsorted, a bin possibly several times, counts of subtracted rollups
+    /// negative.
+    bins: Vec<(i32, i64)>,
 }
 
 impl Window {
@@ -323,7 +346,15 @@ impl Window {
         status.degraded_checks = self.degraded;
         status.uptime_pct = (self.checks > 0).then(|| 100.0 * self.up as f64 / self.checks as f64);
         self.bins.sort_unstable_by_key(|&(bin, _)| bin);
-        let [p50, p95, p99] = quantiles(&self.bins, [0.50, 0.95, 0.99]);
+        let mut merged: Vec<(i32, u64)> = Vec::with_capacity(self.bins.len());
+        for chunk in self.bins.chunk_by(|a, b| a.0 == b.0) {
+            let n: i64 = chunk.iter().map(|&(_, n)| n).sum();
+            // Exact: a day's rollup is the sum of its hours'.
+            if n > 0 {
+                merged.push((chunk[0].0, n as u64));
+            }
+        }
+        let [p50, p95, p99] = quantiles(&merged, [0.50, 0.95, 0.99]);
         (status.p50_ms, status.p95_ms, status.p99_ms) = (p50, p95, p99);
     }
 }
@@ -491,8 +522,16 @@ mod tests {
     fn seg(source: Source, from: OffsetDateTime, until: OffsetDateTime) -> Segment {
         Segment {
             source,
+            subtract: false,
             from,
             until,
+        }
+    }
+
+    fn minus(source: Source, from: OffsetDateTime, until: OffsetDateTime) -> Segment {
+        Segment {
+            subtract: true,
+            ..seg(source, from, until)
         }
     }
 
@@ -516,35 +555,72 @@ mod tests {
     }
 
     #[test]
-    fn a_short_window_is_raw() {
+    fn a_window_inside_one_hour_is_raw() {
         let now = datetime!(2026-11-30 10:20 UTC);
         let start = datetime!(2026-11-30 10:05 UTC);
-        assert_eq!(plan(start, now, None), vec![seg(Source::Raw, start, now)]);
-        // Across an hour boundary, with no whole hour in it: still one raw stretch.
-        let start = datetime!(2026-11-30 09:50 UTC);
         assert_eq!(plan(start, now, None), vec![seg(Source::Raw, start, now)]);
     }
 
     #[test]
-    fn a_day_is_edges_and_hours() {
+    fn within_today_the_hours_are_live_and_the_first_partial_hour_raw() {
         let now = datetime!(2026-11-30 10:20 UTC);
-        let start = now - time::Duration::hours(24);
+        let start = datetime!(2026-11-30 07:50 UTC);
         assert_eq!(
             plan(start, now, None),
             vec![
-                seg(Source::Raw, start, datetime!(2026-11-29 11:00 UTC)),
+                seg(Source::Raw, start, datetime!(2026-11-30 08:00 UTC)),
                 seg(
                     Source::Hourly,
-                    datetime!(2026-11-29 11:00 UTC),
-                    datetime!(2026-11-30 10:00 UTC)
+                    datetime!(2026-11-30 08:00 UTC),
+                    datetime!(2026-11-30 11:00 UTC)
                 ),
-                seg(Source::Raw, datetime!(2026-11-30 10:00 UTC), now),
             ]
         );
     }
 
     #[test]
-    fn a_month_is_mostly_days() {
+    fn a_day_is_two_days_less_the_hours_before_it_when_that_is_fewer() {
+        let now = datetime!(2026-11-30 10:20 UTC);
+        let start = now - time::Duration::hours(24);
+        // 11 hours before 11:00 yesterday against 13 after it: subtract.
+        assert_eq!(
+            plan(start, now, None),
+            vec![
+                seg(Source::Raw, start, datetime!(2026-11-29 11:00 UTC)),
+                seg(
+                    Source::Daily,
+                    datetime!(2026-11-29 00:00 UTC),
+                    datetime!(2026-12-01 00:00 UTC)
+                ),
+                minus(
+                    Source::Hourly,
+                    datetime!(2026-11-29 00:00 UTC),
+                    datetime!(2026-11-29 11:00 UTC)
+                ),
+            ]
+        );
+        // Late in the day, the hours after the start are fewer: add them.
+        let start = datetime!(2026-11-29 20:30 UTC);
+        assert_eq!(
+            plan(start, now, None),
+            vec![
+                seg(Source::Raw, start, datetime!(2026-11-29 21:00 UTC)),
+                seg(
+                    Source::Hourly,
+                    datetime!(2026-11-29 21:00 UTC),
+                    datetime!(2026-11-30 00:00 UTC)
+                ),
+                seg(
+                    Source::Daily,
+                    datetime!(2026-11-30 00:00 UTC),
+                    datetime!(2026-12-01 00:00 UTC)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_month_is_days() {
         let now = datetime!(2026-11-30 10:20 UTC);
         let start = now - time::Duration::days(30);
         assert_eq!(
@@ -552,50 +628,48 @@ mod tests {
             vec![
                 seg(Source::Raw, start, datetime!(2026-10-31 11:00 UTC)),
                 seg(
-                    Source::Hourly,
-                    datetime!(2026-10-31 11:00 UTC),
-                    datetime!(2026-11-01 00:00 UTC)
-                ),
-                seg(
                     Source::Daily,
-                    datetime!(2026-11-01 00:00 UTC),
-                    datetime!(2026-11-30 00:00 UTC)
+                    datetime!(2026-10-31 00:00 UTC),
+                    datetime!(2026-12-01 00:00 UTC)
                 ),
-                seg(
+                minus(
                     Source::Hourly,
-                    datetime!(2026-11-30 00:00 UTC),
-                    datetime!(2026-11-30 10:00 UTC)
+                    datetime!(2026-10-31 00:00 UTC),
+                    datetime!(2026-10-31 11:00 UTC)
                 ),
-                seg(Source::Raw, datetime!(2026-11-30 10:00 UTC), now),
             ]
         );
     }
 
     #[test]
-    fn an_edge_past_the_raw_horizon_is_its_whole_hour() {
+    fn a_first_hour_past_the_raw_horizon_is_counted_whole() {
         let now = datetime!(2026-11-30 10:20 UTC);
         let start = now - time::Duration::days(30);
         let horizon = Some(datetime!(2026-11-20 00:00 UTC));
-        let segments = plan(start, now, horizon);
         assert_eq!(
-            segments[0],
-            seg(
-                Source::Hourly,
-                datetime!(2026-10-31 10:00 UTC),
-                datetime!(2026-11-01 00:00 UTC)
-            ),
-            "the whole hour of the head, joined to the hours after it"
+            plan(start, now, horizon),
+            vec![
+                seg(
+                    Source::Daily,
+                    datetime!(2026-10-31 00:00 UTC),
+                    datetime!(2026-12-01 00:00 UTC)
+                ),
+                minus(
+                    Source::Hourly,
+                    datetime!(2026-10-31 00:00 UTC),
+                    datetime!(2026-10-31 10:00 UTC)
+                ),
+            ]
         );
-        for source in [Source::Raw, Source::Hourly, Source::Daily] {
-            assert!(segments.iter().filter(|s| s.source == source).count() <= 2);
-        }
-        assert_eq!(segments.last().map(|s| s.source), Some(Source::Raw));
     }
 
     #[test]
-    fn aligned_ends_leave_no_empty_edges() {
+    fn a_window_from_midnight_is_whole_days() {
         let now = datetime!(2026-11-30 00:00 UTC);
         let start = datetime!(2026-11-28 00:00 UTC);
-        assert_eq!(plan(start, now, None), vec![seg(Source::Daily, start, now)]);
+        assert_eq!(
+            plan(start, now, None),
+            vec![seg(Source::Daily, start, datetime!(2026-12-01 00:00 UTC))]
+        );
     }
 }
