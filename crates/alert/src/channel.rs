@@ -7,7 +7,6 @@
 //! is the only way they are shown. Each kind sends through [`Sender::send`].
 
 use std::future::Future;
-use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
@@ -329,38 +328,7 @@ fn mask_url(url: &str) -> String {
     }
 }
 
-/// What a receiver made of one notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Accepted.
-    Delivered {
-        /// What it answered (status and the start of the body).
-        answer: String,
-    },
-    /// Not now (5xx, 429, 408, no connection, no answer): try again later.
-    Retry {
-        /// What it answered, or why there was no answer.
-        answer: String,
-        /// The receiver's `Retry-After`, if it gave one.
-        retry_after: Option<Duration>,
-    },
-    /// Never (another 4xx, a refused address): trying again would not help.
-    Rejected {
-        /// What it answered.
-        answer: String,
-    },
-}
-
-impl Outcome {
-    /// The receiver's answer.
-    pub fn answer(&self) -> &str {
-        match self {
-            Self::Delivered { answer } | Self::Retry { answer, .. } | Self::Rejected { answer } => {
-                answer
-            }
-        }
-    }
-}
+pub use crate::outcome::Outcome;
 
 /// Sends one notification to one channel.
 pub trait Sender {

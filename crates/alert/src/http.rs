@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::channel::Outcome;
+use crate::outcome::Outcome;
 
 /// How long one request may take, from connecting to the end of the answer.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -50,6 +50,7 @@ pub mod error;
 mod http;
 pub mod machine;
 pub mod notification;
+mod outcome;
 pub mod processor;
 
 pub use channel::ChannelSettings;

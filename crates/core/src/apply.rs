@@ -12,10 +12,11 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 
-use crate::db::{SITE_COLUMNS, bounded, insert_site_in, update_site_in};
+use crate::db::{SITE_COLUMNS, insert_site_in, update_site_in};
 use crate::error::{Error, Result};
 use crate::site::{NewSite, Site, SiteSettings};
 use crate::sites_file::{Entry, split_at as split};
+use crate::statement::bounded;
 
 /// How long one statement of `apply` may take.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);

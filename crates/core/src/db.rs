@@ -1,7 +1,6 @@
 //! The PostgreSQL side both ends share: the pool, the embedded migrations, and the
 //! `websites` table.
 
-use std::future::Future;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -11,8 +10,8 @@ pub use sqlx::postgres::PgPool;
 
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result, one_line};
-use crate::retry;
 use crate::site::{NewSite, Site, SiteSettings};
+use crate::statement::bounded;
 
 /// The schema, from `migrations/`, embedded in every binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -60,17 +59,6 @@ pub(crate) fn connect_error(config: &DatabaseConfig, error: &sqlx::Error) -> Err
     }
 }
 
-/// Runs one statement for at most `after`: its error becomes [`Error::Database`] and its
-/// timeout [`Error::Timeout`], both naming what it was `doing`.
-pub(crate) async fn bounded<T>(
-    doing: &'static str,
-    after: Duration,
-    statement: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T> {
-    let statement = async { statement.await.map_err(db_error(doing)) };
-    retry::timeout(doing, after, statement).await
-}
-
 fn describe_connect_error(error: &sqlx::Error) -> String {
     match error {
         sqlx::Error::Io(io) => io.to_string(),
@@ -107,13 +95,6 @@ pub async fn migrate_with_progress(
     crate::history::ensure_partitions(pool, crate::history::days_around(now)).await?;
     crate::history::move_unpartitioned(pool, progress).await?;
     Ok(())
-}
-
-fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |source| Error::Database {
-        doing,
-        source: Box::new(source),
-    }
 }
 
 /// The columns of `websites` that make a [`Site`], for every query that reads one.

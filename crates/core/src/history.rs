@@ -19,8 +19,8 @@ use sqlx::postgres::PgPool;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, Time};
 
-use crate::db::bounded;
 use crate::error::{Error, Result};
+use crate::statement::bounded;
 
 /// How many days ahead of today the partitions exist.
 pub const DAYS_AHEAD: i64 = 3;

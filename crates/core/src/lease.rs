@@ -442,7 +442,7 @@ async fn bounded<T>(
     doing: &'static str,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T> {
-    crate::db::bounded(doing, STATEMENT_TIMEOUT, statement).await
+    crate::statement::bounded(doing, STATEMENT_TIMEOUT, statement).await
 }
 
 #[cfg(test)]

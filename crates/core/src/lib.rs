@@ -58,6 +58,7 @@ pub mod report;
 pub mod retry;
 pub mod site;
 pub mod sites_file;
+mod statement;
 
 pub use config::{
     ClientCertFiles, DatabaseConfig, KafkaConfig, KafkaSecurity, KafkaSettings, SaslMechanism,

@@ -268,7 +268,8 @@ pub async fn site_statuses(
         Ok::<_, sqlx::Error>(statuses)
     };
     let statuses =
-        crate::db::bounded("computing the status of the sites", STATUS_TIMEOUT, work).await?;
+        crate::statement::bounded("computing the status of the sites", STATUS_TIMEOUT, work)
+            .await?;
     Ok((statuses, segments))
 }
 
@@ -444,7 +445,7 @@ pub async fn site_history(
             ),
         });
     }
-    let known: bool = crate::db::bounded(
+    let known: bool = crate::statement::bounded(
         "looking up the site",
         STATUS_TIMEOUT,
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM websites WHERE id = $1)")
@@ -510,7 +511,7 @@ pub async fn site_history(
         .bind(first)
         .bind(every_s as f64)
         .fetch_all(pool);
-    crate::db::bounded("reading a site's history", STATUS_TIMEOUT, history).await
+    crate::statement::bounded("reading a site's history", STATUS_TIMEOUT, history).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,37 @@
+//! What a receiver made of one notification: the channels' senders give it, the delivery
+//! loop records it.
+
+use std::time::Duration;
+
+/// What a receiver made of one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted.
+    Delivered {
+        /// What it answered (status and the start of the body).
+        answer: String,
+    },
+    /// Not now (5xx, 429, 408, no connection, no answer): try again later.
+    Retry {
+        /// What it answered, or why there was no answer.
+        answer: String,
+        /// The receiver's `Retry-After`, if it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// Never (another 4xx, a refused address): trying again would not help.
+    Rejected {
+        /// What it answered.
+        answer: String,
+    },
+}
+
+impl Outcome {
+    /// The receiver's answer.
+    pub fn answer(&self) -> &str {
+        match self {
+            Self::Delivered { answer } | Self::Retry { answer, .. } | Self::Rejected { answer } => {
+                answer
+            }
+        }
+    }
+}
