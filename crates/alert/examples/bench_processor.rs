@@ -58,7 +58,7 @@ async fn main() {
     }
     events.truncate(total);
 
-    let mut processor = Processor::new(Policy {
+    let processor = Processor::new(Policy {
         reminder_every: Duration::ZERO,
         ..Policy::default()
     });

@@ -1,9 +1,10 @@
 //! sitemon's alerting: tells people when a site goes down and comes back, exactly once per
 //! change, over webhooks, Slack, PagerDuty and email.
 //!
-//! Alerting is one more consumer of the check events. The consumer opens a transaction,
-//! hands the events it read to [`Processor::apply`], stores its offsets in the same
-//! transaction and commits: every state change, incident and notification to send is
+//! Alerting is one more consumer of the check events ([`service::run`], `sitemon alert`): the
+//! exactly-once consumer of [`sitemon_core::consume`], the sync's machinery under a name of its
+//! own, opens a transaction, hands the events it read to [`Processor::apply`], stores its
+//! offsets in the same transaction and commits: every state change, incident and notification to send is
 //! written with the offsets (a transactional outbox), so a crash neither loses nor repeats
 //! one. The delivery loop ([`delivery::run`]) reads the outbox from PostgreSQL alone and
 //! sends each notification at least once, with a stable id receivers de-duplicate by.
@@ -18,6 +19,8 @@
 //!   their validation, masking and sending.
 //! - [`delivery`]: the delivery loop: claims due rows, sends, records each attempt, backs
 //!   off with jitter, honours `Retry-After`, gives up after 24 h.
+//! - [`service`]: [`service::run`]: the processor inside the exactly-once consumer, and the
+//!   delivery loop beside it.
 //! - [`admin`]: what the CLI does: channels, maintenance windows, per-site settings, the
 //!   list of incidents.
 //! - [`error`]: this crate's [`Error`].
@@ -32,7 +35,7 @@
 //! # async fn example(pool: PgPool, events: Vec<CheckEvent>) -> Result<(), Box<dyn std::error::Error>> {
 //! let shutdown = CancellationToken::new();
 //! let sender = tokio::spawn(delivery::run(pool.clone(), delivery::DeliveryConfig::default(), shutdown.clone()));
-//! let mut processor = Processor::new(Policy::default());
+//! let processor = Processor::new(Policy::default());
 //! let mut tx = pool.begin().await?;
 //! processor.apply(&mut tx, &events).await?;
 //! // ... store the consumer's offsets in `tx` here ...
@@ -52,9 +55,11 @@ pub mod machine;
 pub mod notification;
 mod outcome;
 pub mod processor;
+pub mod service;
 
 pub use channel::ChannelSettings;
 pub use error::{Error, Result};
 pub use machine::{Overrides, Policy};
 pub use notification::{Kind, Notification};
 pub use processor::{Applied, Processor};
+pub use service::{AlertConfig, ServiceError};

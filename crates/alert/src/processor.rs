@@ -141,7 +141,7 @@ impl Processor {
     ///
     /// # Errors
     /// [`crate::Error::Database`] or a timeout; the caller should roll back.
-    pub async fn apply(&mut self, tx: &mut PgConnection, events: &[CheckEvent]) -> Result<Applied> {
+    pub async fn apply(&self, tx: &mut PgConnection, events: &[CheckEvent]) -> Result<Applied> {
         let mut applied = Applied {
             events: events.len(),
             ..Applied::default()

@@ -78,7 +78,7 @@ async fn deliveries(pool: &PgPool) -> Vec<Delivery> {
 
 /// Two sites each go down and come back: 4 notifications per channel.
 async fn two_incidents(db: &TestDb) -> Vec<Uuid> {
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     let mut incidents = Vec::new();
     for n in 0..2 {
         let site = site(&db.pool, n, SiteAlerts::default()).await;
@@ -286,7 +286,7 @@ async fn retry_after_of_a_429_is_honoured() {
         .await
         .expect("added");
     let site = site(&db.pool, 0, SiteAlerts::default()).await;
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
         &mut processor,
@@ -342,7 +342,7 @@ async fn a_rejecting_receiver_fails_at_once_and_a_failing_one_after_the_give_up_
             .expect("added");
     }
     let site = site(&db.pool, 0, SiteAlerts::default()).await;
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
         &mut processor,
@@ -482,7 +482,7 @@ async fn email_goes_over_smtp_with_the_notification_id_as_message_id() {
         .await
         .expect("added");
     let site = site(&db.pool, 0, SiteAlerts::default()).await;
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
         &mut processor,
@@ -537,7 +537,7 @@ async fn two_delivery_loops_on_one_outbox_send_each_notification_once() {
             .await
             .expect("added");
     }
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     let mut expected = 0;
     for n in 0..10 {
         let site = site(&db.pool, n, SiteAlerts::default()).await;
@@ -593,7 +593,7 @@ async fn a_loop_killed_with_a_request_in_flight_leaves_it_to_be_sent_again_with_
         .await
         .expect("added");
     let site = site(&db.pool, 0, SiteAlerts::default()).await;
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
         &mut processor,

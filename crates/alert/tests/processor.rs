@@ -31,7 +31,7 @@ async fn down_then_up_makes_one_down_and_one_resolved_per_channel() {
     webhooks(&db.pool, HOOK, &["ops", "team"]).await;
     let site = site(&db.pool, 1, no_overrides()).await;
     let other = site_with_channels(&db, 2, &["team"]).await;
-    let mut processor = processor();
+    let processor = processor();
     let start = an_hour_ago();
 
     // Flapping below the thresholds first: nothing.
@@ -108,7 +108,7 @@ async fn min_locations_two_opens_only_when_both_locations_are_down() {
     webhooks(&db.pool, HOOK, &["ops"]).await;
     let alerts = SiteAlerts::new(None, None, Some(2), None, None, None).expect("valid");
     let site = site(&db.pool, 1, alerts).await;
-    let mut processor = processor();
+    let processor = processor();
     let start = an_hour_ago();
 
     // eu fails for good, us stays up: one location of two, nothing opens.
@@ -169,7 +169,7 @@ async fn a_maintenance_window_opens_nothing_and_the_site_still_down_after_it_ope
     )
     .await
     .expect("window added");
-    let mut processor = processor();
+    let processor = processor();
 
     // Down for five minutes inside the window: state moves, nothing opens.
     let inside = pattern(site, "eu", start, &"d".repeat(30));
@@ -233,7 +233,7 @@ async fn reminders_every_reminder_every_while_open_each_with_its_own_id() {
         .expect("valid");
     let site = site(&db.pool, 1, alerts).await;
     let quiet = support::site(&db.pool, 2, no_overrides()).await;
-    let mut processor = processor();
+    let processor = processor();
     let start = an_hour_ago();
 
     // Opened by the third check (t = 20 s); checks every 10 s up to t = 170 s: reminders
@@ -279,7 +279,7 @@ async fn replaying_the_same_events_after_a_rollback_or_a_commit_writes_nothing_t
     let db = TestDb::migrated().await;
     webhooks(&db.pool, HOOK, &["ops", "team"]).await;
     let site = site(&db.pool, 1, no_overrides()).await;
-    let mut processor = processor();
+    let processor = processor();
     let events = pattern(site, "eu", an_hour_ago(), "uddddduuu");
 
     // Applied, then rolled back (the consumer crashed before its commit): nothing stays.
@@ -337,7 +337,7 @@ async fn a_certificate_expiring_soon_is_notified_once() {
     let db = TestDb::migrated().await;
     webhooks(&db.pool, HOOK, &["ops"]).await;
     let site = site(&db.pool, 1, no_overrides()).await;
-    let mut processor = processor();
+    let processor = processor();
     let start = an_hour_ago();
     let expiry = start + time::Duration::days(3);
     let mut events = pattern(site, "eu", start, "uuu");
@@ -374,7 +374,7 @@ async fn events_of_a_removed_site_are_left_out_and_the_rest_applied() {
     let db = TestDb::migrated().await;
     webhooks(&db.pool, HOOK, &["ops"]).await;
     let site = site(&db.pool, 1, no_overrides()).await;
-    let mut processor = processor();
+    let processor = processor();
     let mut events = pattern(site, "eu", an_hour_ago(), "ddd");
     events.extend(pattern(999_999, "eu", an_hour_ago(), "dddd"));
     let applied = apply(&db.pool, &mut processor, &events).await;

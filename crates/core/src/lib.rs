@@ -16,6 +16,9 @@
 //! - [`kafka`]: building an rskafka client from a [`KafkaConfig`] (plaintext, mTLS, SASL),
 //!   and the topic utilities.
 //! - [`db`]: the pool, the embedded migrations, and the `websites` table.
+//! - [`consume`]: the exactly-once consumer of the events topic (offsets stored with what
+//!   the events produced, partition leases, hand-over), shared by the sync and the alert
+//!   service, each with a sink of its own.
 //! - [`lease`]: sharing partitions or buckets of sites among several processes through
 //!   PostgreSQL advisory locks.
 //! - [`metrics`]: the `prometheus-client` registry the checker and the sync register in, and
@@ -46,6 +49,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod consume;
 pub mod db;
 pub mod error;
 pub mod event;

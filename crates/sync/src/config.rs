@@ -2,29 +2,15 @@
 
 use std::time::Duration;
 
+use sitemon_core::consume::{
+    ConsumerConfig, DEFAULT_FETCH_MAX_WAIT, DEFAULT_FETCH_MIN_BYTES, StartFrom,
+};
 use sitemon_core::metrics::Registry;
-use sitemon_core::retry::Backoff;
 use sitemon_core::{DatabaseConfig, KafkaConfig};
 
-/// How many fetched chunks (each at most about 1 MiB) may wait for the writer.
-pub const CHANNEL_CHUNKS: usize = 8;
-
-/// The default of [`SyncConfig::fetch_min_bytes`].
-pub const DEFAULT_FETCH_MIN_BYTES: usize = 64 << 10;
-
-/// The default of [`SyncConfig::fetch_max_wait`].
-pub const DEFAULT_FETCH_MAX_WAIT: Duration = Duration::from_millis(250);
-
-/// Where a partition without a stored offset starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartFrom {
-    /// At the oldest message still in the partition: the whole history.
-    #[default]
-    Earliest,
-    /// At the end: only events published from now on. Applies to the partitions that exist
-    /// when the sync starts; partitions added later are always read from their beginning.
-    Latest,
-}
+/// The sync's consumer name: its stored offsets (`sync_offsets.consumer`), its lease group
+/// and its metrics (`sitemon_sync_*`).
+pub const CONSUMER: &str = "sync";
 
 /// What [`crate::run`] needs.
 #[derive(Debug, Clone)]
@@ -102,20 +88,28 @@ impl SyncConfig {
     }
 }
 
-/// The waits between failed sessions, and between a reader's failed fetches: 250 ms doubling
-/// up to 30 s, give or take a quarter so that many workers do not retry in step.
-pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-
-/// The waits between sessions that failed because PostgreSQL or Kafka refused our
-/// credentials (rotated while the sync ran): 30 s doubling up to 5 min, as retrying sooner
-/// cannot help until someone fixes the configuration.
-pub(crate) const REFUSED_RETRY: Backoff =
-    Backoff::new(Duration::from_secs(30), Duration::from_secs(300));
+impl SyncConfig {
+    /// The exactly-once consumer's part of the settings.
+    pub(crate) fn consumer(&self) -> ConsumerConfig {
+        let mut consumer =
+            ConsumerConfig::new(CONSUMER, self.database.clone(), self.kafka.clone());
+        consumer.batch_size = self.batch_size;
+        consumer.batch_wait = self.batch_wait;
+        consumer.fetch_min_bytes = self.fetch_min_bytes;
+        consumer.fetch_max_wait = self.fetch_max_wait;
+        consumer.start = self.start;
+        consumer.progress_every = self.progress_every;
+        consumer.partition_poll_every = self.partition_poll_every;
+        consumer.rebalance_every = self.rebalance_every;
+        consumer.metrics = self.metrics.clone();
+        consumer
+    }
+}
 
 /// The lease group of the syncs of `topic`: every sync of the topic on the same database
 /// shares its partitions with the others of this group.
 pub fn lease_group(topic: &str) -> String {
-    format!("sync:{topic}")
+    sitemon_core::consume::lease_group(CONSUMER, topic)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! the cores while the writer waits on PostgreSQL. Whether the site still exists is decided
 //! later, in the writer's transaction (see `writer.rs`).
 
+use sitemon_core::consume::Message;
 use sitemon_core::event::EventDecodeError;
 use sitemon_core::{CheckEvent, ErrorKind};
 use time::OffsetDateTime;
@@ -13,44 +14,6 @@ use uuid::Uuid;
 pub(crate) const TOMBSTONE: &str = "empty value (tombstone)";
 /// The reason stored for a message whose value has no bytes.
 pub(crate) const EMPTY: &str = "empty value";
-
-/// A message as read from a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Message {
-    pub(crate) partition: i32,
-    /// The topic incarnation the message belongs to (see `offsets.rs`).
-    pub(crate) incarnation: i32,
-    pub(crate) offset: i64,
-    /// [`fingerprint`] of the record.
-    pub(crate) fingerprint: i64,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Option<Vec<u8>>,
-}
-
-/// A 64-bit fingerprint of a record (FNV-1a over its key, value and timestamp): the sync
-/// keeps the last consumed record's, and tells a topic that was deleted and created again
-/// by the record at the same offset having another one.
-pub(crate) fn fingerprint(key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for part in [key, value] {
-        match part {
-            // The length first, so that ("ab", "c") and ("a", "bc") differ.
-            Some(bytes) => {
-                eat(&(bytes.len() as u64).to_le_bytes());
-                eat(bytes);
-            }
-            None => eat(&u64::MAX.to_le_bytes()),
-        }
-    }
-    eat(&timestamp_ms.to_le_bytes());
-    hash as i64
-}
 
 /// What a message becomes.
 #[derive(Debug, Clone, PartialEq)]
@@ -366,30 +329,6 @@ mod tests {
             key: Some(b"7".to_vec()),
             value,
         }
-    }
-
-    #[test]
-    fn fingerprints_tell_records_apart_and_stay_the_same() {
-        let fp = |key: Option<&[u8]>, value: Option<&[u8]>, ts| fingerprint(key, value, ts);
-        let a = fp(Some(b"7"), Some(b"{}"), 1_000);
-        assert_eq!(
-            a,
-            fp(Some(b"7"), Some(b"{}"), 1_000),
-            "the same record, the same"
-        );
-        assert_ne!(a, fp(Some(b"7"), Some(b"{ }"), 1_000), "another value");
-        assert_ne!(a, fp(Some(b"8"), Some(b"{}"), 1_000), "another key");
-        assert_ne!(a, fp(Some(b"7"), Some(b"{}"), 1_001), "another time");
-        assert_ne!(
-            fp(Some(b"ab"), Some(b"c"), 0),
-            fp(Some(b"a"), Some(b"bc"), 0)
-        );
-        assert_ne!(fp(None, Some(b""), 0), fp(Some(b""), Some(b""), 0));
-        assert_eq!(
-            fp(None, None, 0),
-            8_684_787_676_381_086_965,
-            "pinned: fingerprints stored by an earlier version stay valid"
-        );
     }
 
     fn reason(value: Option<Vec<u8>>) -> String {

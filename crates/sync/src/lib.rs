@@ -24,30 +24,15 @@
 //! in transaction mode.
 //!
 //! # Layout
-//! - [`run`] (here): the entry point. It connects, then runs *sessions*
-//!   until `shutdown`; a session ends on the first error that the readers cannot retry in
-//!   place (PostgreSQL gone, the lease connection lost). [`run`] then waits with backoff and
-//!   jitter and starts a new session from the stored offsets. A stored offset that moved
-//!   under a partition (a worker that crashed had just committed it) restarts that
-//!   partition's reader alone (`writer.rs`, `Restarts`).
-//! - `config.rs`: [`SyncConfig`], [`StartFrom`], [`CHANNEL_CHUNKS`].
-//! - `session.rs`: one session: joins the lease group, starts the writer, rebalances, starts
-//!   the readers of the partitions it takes, stops (and flushes) those it gives away, then
-//!   leaves.
-//! - `consumer.rs`: one fetch loop per partition held; Kafka errors and offsets lost to
-//!   retention.
+//! - [`run`] (here): connects, starts the history's upkeep (`maintain`), and runs the
+//!   exactly-once consumer of [`sitemon_core::consume`] (readers, batches, offsets, leases,
+//!   sessions, restarts: shared with the alert service) with the sync's sink.
+//! - `config.rs`: [`SyncConfig`], [`lease_group`].
 //! - `decode.rs`: one message → one row or one reject.
-//! - `batch.rs`: chunks from the readers → batches of at most `batch_size` messages.
-//! - `writer.rs`: one batch → one transaction (sites locked, rows, rejects, offsets, lease
-//!   check).
-//! - `offsets.rs`: `sync_offsets`, moved by compare-and-set from the batch's first offset.
-//! - `stats.rs`: counters, the progress line (events/s, rejects, lag per partition) and the
-//!   Prometheus metrics ([`SyncConfig::metrics`]).
-//! - [`error`]: this crate's [`Error`].
-//!
-//! Memory is bounded: each fetch asks for at most 1 MiB, the readers hand their chunks to
-//! the writer over a channel of [`CHANNEL_CHUNKS`] chunks, and a full channel stops the
-//! readers until PostgreSQL has caught up.
+//! - `sink.rs`: what one batch stores in the consumer's transaction (sites locked, rows and
+//!   their rollups, rejects).
+//! - `stats.rs`: rows, duplicates and rejects, for the progress line and Prometheus.
+//! - [`error`]: the consumer's [`Error`], re-exported.
 //!
 //! # Example
 //! Run the sync inside another service until it stops:
@@ -68,38 +53,30 @@
 //! # }
 //! ```
 
-mod batch;
 mod config;
-mod consumer;
 mod decode;
-pub mod error;
-mod offsets;
-mod session;
+mod sink;
 mod stats;
-mod writer;
+
+/// The sync's errors: the exactly-once consumer's ([`sitemon_core::consume::Error`]).
+pub mod error {
+    pub use sitemon_core::consume::error::{Error, Result};
+}
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sitemon_core::KafkaConfig;
-use tokio::time::Instant;
+use sitemon_core::consume::bounded_db;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{
-    CHANNEL_CHUNKS, DEFAULT_FETCH_MAX_WAIT, DEFAULT_FETCH_MIN_BYTES, StartFrom, SyncConfig,
-    lease_group,
-};
-use config::{REFUSED_RETRY, RETRY};
+pub use config::{CONSUMER, SyncConfig, lease_group};
 pub use error::{Error, Result};
+pub use sitemon_core::consume::{
+    CHANNEL_CHUNKS, DEFAULT_FETCH_MAX_WAIT, DEFAULT_FETCH_MIN_BYTES, StartFrom,
+};
 
-use crate::stats::Stats;
-
-/// How long rskafka may retry one request before it gives up and we retry ourselves.
-const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(20);
-/// A session that lasted this long was healthy: the next failure backs off from the start.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-/// The pooled connections: the writer's, plus one for starting new partitions. The lease
-/// connection is not pooled.
+/// The pooled connections: the writer's, plus one for starting new partitions, plus one for
+/// the history's upkeep. The lease connection is not pooled.
 const POOL_SIZE: u32 = 3;
 
 /// Consumes the topic into the database until `shutdown` is cancelled; then stores the
@@ -116,95 +93,28 @@ const POOL_SIZE: u32 = 3;
 /// answers or one refuses the login, or the topic does not exist ([`Error::UnknownTopic`]).
 pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> {
     let pool = sitemon_core::db::connect(&config.database, POOL_SIZE).await?;
-    let migrated: bool = error::bounded_db(
+    let migrated: bool = bounded_db(
         "looking for the schema",
-        offsets::STATEMENT_TIMEOUT,
-        sqlx::query_scalar("SELECT to_regclass('sync_offsets') IS NOT NULL").fetch_one(&pool),
+        Duration::from_secs(30),
+        sqlx::query_scalar("SELECT to_regclass('website_status_hourly') IS NOT NULL")
+            .fetch_one(&pool),
     )
     .await?;
     if !migrated {
         return Err(Error::NotMigrated);
     }
-    let client = connect_kafka(&config.kafka).await?;
-    let Some(initial_partitions) =
-        sitemon_core::kafka::partition_count(&client, &config.kafka.topic).await?
-    else {
-        return Err(Error::UnknownTopic {
-            topic: config.kafka.topic.clone(),
-        });
+    let sink = sink::Rows {
+        stats: stats::Stats::new(),
     };
-    let initial_partitions = i32::try_from(initial_partitions).unwrap_or(i32::MAX);
-    tracing::info!(
-        topic = %config.kafka.topic,
-        database = config.database.target(),
-        batch_size = config.batch_size,
-        batch_wait_ms = config.batch_wait.as_millis(),
-        "sync started"
-    );
-
-    let stats = Arc::new(Stats::new(&config.kafka.topic));
-    stats.register(&config.metrics);
-    let reporter = tokio::spawn({
-        let stats = Arc::clone(&stats);
-        let stop = shutdown.clone();
-        let every = config.progress_every;
-        async move { stats.report(every, stop).await }
-    });
+    sink.stats.register(&config.metrics);
     let maintainer = tokio::spawn(maintain(pool.clone(), config.clone(), shutdown.clone()));
-    let mut client = Some(Arc::new(client));
-    let mut retry = RETRY.start();
-    let mut refused = REFUSED_RETRY.start();
-    while !shutdown.is_cancelled() {
-        let started = Instant::now();
-        let result = async {
-            let client = match client.take() {
-                Some(client) => client,
-                None => Arc::new(connect_kafka(&config.kafka).await?),
-            };
-            session::run(
-                &config,
-                &pool,
-                client,
-                &stats,
-                initial_partitions,
-                &shutdown,
-            )
-            .await
-        }
-        .await;
-        if started.elapsed() >= HEALTHY_SESSION {
-            retry.reset();
-            refused.reset();
-        }
-        let Err(e) = result else { continue };
-        if shutdown.is_cancelled() {
-            tracing::warn!(
-                "stopping without storing the batch in hand ({e}); it will be read again"
-            );
-            break;
-        }
-        let wait = if e.is_auth_failure() {
-            // Final until someone fixes the credentials: a slow backoff, not the fast one.
-            let wait = refused.next_wait().unwrap_or(REFUSED_RETRY.max);
-            tracing::error!("{e}; trying again in {wait:?}");
-            wait
-        } else {
-            let wait = retry.next_wait().unwrap_or(RETRY.max);
-            tracing::error!("{e}; going on from the stored offsets in {wait:?}");
-            wait
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    reporter.abort();
+    let result =
+        sitemon_core::consume::run(&config.consumer(), &pool, Arc::new(sink), shutdown).await;
     maintainer.abort();
     pool.close().await;
     tracing::info!("sync stopped");
-    Ok(())
+    result
 }
-
 /// Keeps the history, at start and every [`SyncConfig::maintain_every`]: the day partitions
 /// from yesterday to a few days ahead exist, and what is past its retention is dropped
 /// ([`sitemon_core::history`]). Every worker does it; the database serializes them, and a
@@ -232,9 +142,4 @@ async fn maintain(pool: sqlx::PgPool, config: SyncConfig, shutdown: Cancellation
             _ = tokio::time::sleep(config.maintain_every) => {}
         }
     }
-}
-
-async fn connect_kafka(config: &KafkaConfig) -> Result<rskafka::client::Client> {
-    let backoff = sitemon_core::kafka::backoff(KAFKA_RETRY_DEADLINE);
-    Ok(sitemon_core::kafka::connect_with_backoff(config, backoff).await?)
 }

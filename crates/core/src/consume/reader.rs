@@ -15,19 +15,18 @@ use rskafka::client::Client;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::record::{Record, RecordAndOffset};
-use sitemon_core::retry::{self, Retry};
+use crate::retry::{self, Retry};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Chunk;
-use crate::config::{RETRY, StartFrom};
-use crate::decode::{Decoded, Message, decode, fingerprint};
-use crate::error::{Error, Result};
-use crate::offsets::{self, Position};
-use crate::stats::Stats;
-use crate::writer::ToWriter;
+use super::batch::{Chunk, Entry};
+use super::error::{Error, Result};
+use super::offsets::{self, Position};
+use super::stats::Stats;
+use super::writer::ToWriter;
+use super::{Message, RETRY, Sink, StartFrom, fingerprint};
 
 /// How long one Kafka request may take, retries by rskafka included.
 pub(crate) const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,20 +36,40 @@ const FETCH_MAX_BYTES: i32 = 1 << 20;
 const VERIFY_MAX_WAIT_MS: i32 = 500;
 
 /// What every reader of one session shares.
-#[derive(Debug, Clone)]
-pub(crate) struct Readers {
+#[derive(Debug)]
+pub(crate) struct Readers<S: Sink> {
     pub(crate) client: Arc<Client>,
     pub(crate) pool: PgPool,
+    /// The consumer's name: whose stored offsets these are.
+    pub(crate) consumer: String,
     pub(crate) topic: String,
-    pub(crate) chunks: mpsc::Sender<ToWriter>,
+    pub(crate) sink: Arc<S>,
+    pub(crate) chunks: mpsc::Sender<ToWriter<S::Item>>,
     pub(crate) stats: Arc<Stats>,
     /// The last reader started: each reader's chunks carry its number, so that the writer
     /// can tell a restarted reader's chunks from its predecessor's.
     pub(crate) generations: Arc<AtomicU64>,
-    /// The broker holds a fetch until this much arrived (`SyncConfig::fetch_min_bytes`)...
+    /// The broker holds a fetch until this much arrived (`ConsumerConfig::fetch_min_bytes`)...
     pub(crate) fetch_min_bytes: usize,
-    /// ...or this much time passed (`SyncConfig::fetch_max_wait`, under [`KAFKA_TIMEOUT`]).
+    /// ...or this much time passed (`ConsumerConfig::fetch_max_wait`, under [`KAFKA_TIMEOUT`]).
     pub(crate) fetch_max_wait: Duration,
+}
+
+impl<S: Sink> Clone for Readers<S> {
+    fn clone(&self) -> Self {
+        Self {
+            client: Arc::clone(&self.client),
+            pool: self.pool.clone(),
+            consumer: self.consumer.clone(),
+            topic: self.topic.clone(),
+            sink: Arc::clone(&self.sink),
+            chunks: self.chunks.clone(),
+            stats: Arc::clone(&self.stats),
+            generations: Arc::clone(&self.generations),
+            fetch_min_bytes: self.fetch_min_bytes,
+            fetch_max_wait: self.fetch_max_wait,
+        }
+    }
 }
 
 /// A reader that runs: stop it with [`RunningReader::stop`].
@@ -73,13 +92,13 @@ impl RunningReader {
     }
 }
 
-impl Readers {
+impl<S: Sink> Readers<S> {
     /// Starts a reader for `partition` at its stored offset; a partition without one starts
     /// at `start` (resolved now and stored, so that a restart agrees). Call it only with the
     /// partition's lease held, so that the stored offset is the last one its previous owner
     /// committed.
     pub(crate) async fn start(&self, partition: i32, start: StartFrom) -> Result<RunningReader> {
-        let stored = offsets::load_one(&self.pool, &self.topic, partition).await?;
+        let stored = offsets::load_one(&self.pool, &self.consumer, &self.topic, partition).await?;
         let stored = match stored {
             Some(stored) => stored,
             None => {
@@ -89,11 +108,12 @@ impl Readers {
                     StartFrom::Latest => OffsetAt::Latest,
                 };
                 let offset = self.get_offset(&client, at).await?;
-                offsets::init(&self.pool, &self.topic, partition, offset).await?
+                offsets::init(&self.pool, &self.consumer, &self.topic, partition, offset).await?
             }
         };
         self.stats.stored(partition, stored.next.offset);
         tracing::info!(
+            consumer = %self.consumer,
             topic = %self.topic,
             partition,
             next_offset = stored.next.offset,
@@ -158,8 +178,8 @@ impl Readers {
 
 /// The fetch loop of one partition.
 #[derive(Debug)]
-struct Reader {
-    shared: Readers,
+struct Reader<S: Sink> {
+    shared: Readers<S>,
     partition: i32,
     /// This reader's number among the readers of the session.
     generation: u64,
@@ -178,7 +198,7 @@ struct Reader {
     stop: CancellationToken,
 }
 
-impl Reader {
+impl<S: Sink> Reader<S> {
     async fn run(mut self) {
         let stop = self.stop.clone();
         let mut client = None;
@@ -230,28 +250,36 @@ impl Reader {
             .stats
             .high_watermark(self.partition, high_watermark);
         let incarnation = self.next.incarnation;
+        let sink = &self.shared.sink;
         let messages: Vec<_> = records
             .into_iter()
             .filter(|r| r.offset >= self.next.offset)
             .map(|r| {
                 let record = r.record;
-                decode(Message {
+                let fingerprint = record_fingerprint(&record);
+                let item = sink.decode(Message {
                     partition: self.partition,
                     incarnation,
                     offset: r.offset,
-                    fingerprint: record_fingerprint(&record),
+                    fingerprint,
                     key: record.key,
                     value: record.value,
-                })
+                });
+                Entry {
+                    partition: self.partition,
+                    position: Position {
+                        incarnation,
+                        offset: r.offset,
+                    },
+                    fingerprint,
+                    item,
+                }
             })
             .collect();
         let Some(last) = messages.last() else {
             return Ok(());
         };
-        let (next, fingerprint) = match last {
-            Decoded::Row(row) => (row.offset + 1, row.fingerprint),
-            Decoded::Reject(reject) => (reject.offset + 1, reject.fingerprint),
-        };
+        let (next, fingerprint) = (last.position.offset + 1, last.fingerprint);
         self.send(Chunk {
             partition: self.partition,
             from: self.next,
@@ -383,8 +411,9 @@ impl Reader {
                 topic = %topic,
                 partition,
                 lost = gap,
-                "offsets {next}..{earliest} were deleted by retention before the sync read \
-                 them: {gap} messages lost; continuing at {earliest}"
+                "offsets {next}..{earliest} were deleted by retention before they were read \
+                 (by {consumer}): {gap} messages lost; continuing at {earliest}",
+                consumer = self.shared.consumer
             );
             self.shared.stats.lost(u64::try_from(gap).unwrap_or(0));
             self.send(Chunk {
@@ -408,7 +437,7 @@ impl Reader {
     }
 
     /// Hands a chunk to the writer, waiting while the writer is behind.
-    async fn send(&mut self, chunk: Chunk) -> Result<()> {
+    async fn send(&mut self, chunk: Chunk<S::Item>) -> Result<()> {
         let (next, fingerprint) = (chunk.next, chunk.fingerprint);
         self.shared
             .chunks

@@ -1,7 +1,8 @@
 //! A session: the lease group, the readers of the partitions held, and the writer.
 //!
-//! Every `sitemon sync` on a topic joins the lease group [`lease_group`] on a
-//! dedicated PostgreSQL connection ([`LeaseGroup`]), and every [`SyncConfig::rebalance_every`]
+//! Every worker of a consumer on a topic (every `sitemon sync`, every `sitemon alert`) joins
+//! the consumer's lease group ([`super::lease_group`]) on a dedicated PostgreSQL connection
+//! ([`LeaseGroup`]), and every [`ConsumerConfig::rebalance_every`]
 //! (and at once on start) it rebalances with the topic's current partition count:
 //! - for each partition it **takes**, it starts a reader at the stored offset (read only now,
 //!   with the lease held, so it is the last one the previous owner committed);
@@ -13,7 +14,7 @@
 //! The writer checks the lease in every batch's transaction (`writer.rs`). When the lease
 //! connection fails, every lease may be gone: the session ends at once, its readers stop, the
 //! batch in hand is dropped (it will be read again from the stored offset), and
-//! [`crate::run`] joins again after a backoff. On shutdown, the writer stores the batch in
+//! [`super::run`] joins again after a backoff. On shutdown, the writer stores the batch in
 //! hand first, then the session leaves the group: the others take the partitions on their next
 //! rebalance.
 
@@ -22,25 +23,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::Client;
-use sitemon_core::lease::LeaseGroup;
-use sitemon_core::retry::Backoff;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CHANNEL_CHUNKS, StartFrom, SyncConfig, lease_group};
-use crate::consumer::{Readers, RunningReader};
-use crate::error::{Error, Result};
-use crate::stats::Stats;
-use crate::writer::{Restarts, ToWriter, Writer};
+use super::error::{Error, Result};
+use super::reader::{Readers, RunningReader};
+use super::stats::Stats;
+use super::writer::{Restarts, ToWriter, Writer};
+use super::{CHANNEL_CHUNKS, ConsumerConfig, Sink, StartFrom, lease_group};
+use crate::lease::LeaseGroup;
+use crate::retry::Backoff;
 
 /// Runs one session: joins the lease group, reads the partitions it holds and writes them,
 /// until `shutdown` (then `Ok`, after the last commit and leaving the group) or the first
 /// error that needs a fresh start.
-pub(crate) async fn run(
-    config: &SyncConfig,
+pub(crate) async fn run<S: Sink>(
+    config: &ConsumerConfig,
+    sink: &Arc<S>,
     pool: &PgPool,
     client: Arc<Client>,
     stats: &Arc<Stats>,
@@ -48,13 +50,13 @@ pub(crate) async fn run(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let topic = config.kafka.topic.clone();
-    let partitions = sitemon_core::kafka::partition_count(&client, &topic)
+    let partitions = crate::kafka::partition_count(&client, &topic)
         .await?
         .ok_or_else(|| Error::UnknownTopic {
             topic: topic.clone(),
         })?;
     let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
-    let group = lease_group(&topic);
+    let group = lease_group(&config.name, &topic);
     let lease = LeaseGroup::join(&config.database, &group)
         .await
         .map_err(|source| Error::Lease {
@@ -68,7 +70,9 @@ pub(crate) async fn run(
     let restarts = Arc::new(Restarts::default());
     let writer = Writer {
         pool: pool.clone(),
+        consumer: config.name.clone(),
         topic: topic.clone(),
+        sink: Arc::clone(sink),
         batch_size: config.batch_size,
         batch_wait: config.batch_wait,
         stats: Arc::clone(stats),
@@ -84,7 +88,9 @@ pub(crate) async fn run(
         readers: Readers {
             client,
             pool: pool.clone(),
+            consumer: config.name.clone(),
             topic,
+            sink: Arc::clone(sink),
             chunks: sender,
             stats: Arc::clone(stats),
             generations: Arc::default(),
@@ -110,10 +116,10 @@ pub(crate) async fn run(
 
 /// One session's leases, readers and writer.
 #[derive(Debug)]
-struct Session {
+struct Session<S: Sink> {
     /// This worker's place in the group, on its dedicated connection.
     lease: LeaseGroup,
-    readers: Readers,
+    readers: Readers<S>,
     /// The reader of every partition held.
     running: BTreeMap<i32, RunningReader>,
     /// Partitions whose reader the writer asks to start again.
@@ -128,7 +134,7 @@ struct Session {
     start: StartFrom,
 }
 
-impl Session {
+impl<S: Sink> Session<S> {
     /// Rebalances now and every `every` (give or take a quarter, so that workers started
     /// together do not rebalance in step) until `shutdown` (`Ok`) or an error.
     async fn keep(
@@ -175,7 +181,7 @@ impl Session {
     /// rebalance.
     async fn poll_partitions(&mut self) {
         let topic = &self.readers.topic;
-        match sitemon_core::kafka::partition_count(&self.readers.client, topic).await {
+        match crate::kafka::partition_count(&self.readers.client, topic).await {
             Ok(Some(count)) => {
                 let count = i32::try_from(count).unwrap_or(i32::MAX);
                 if count > self.partitions {
@@ -190,7 +196,7 @@ impl Session {
         }
     }
 
-    fn lost(&self, source: sitemon_core::Error) -> Error {
+    fn lost(&self, source: crate::Error) -> Error {
         Error::Lease {
             topic: self.readers.topic.clone(),
             source,

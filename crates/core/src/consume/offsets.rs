@@ -1,4 +1,5 @@
-//! The consumed offsets, kept in `sync_offsets` next to the rows they produced.
+//! The consumed offsets, kept in `sync_offsets` next to what they produced, per consumer
+//! (`consumer`: `sync` for the sync's rows, `alert` for the alert service's state).
 //!
 //! A partition's `next_offset` is the first offset not yet stored (as a row or a reject).
 //! It moves only inside a batch's transaction, and only by compare-and-set from the value
@@ -10,7 +11,7 @@
 //! A topic that is deleted and created again starts at offset 0 again. Each partition's
 //! offsets therefore belong to an *incarnation*, numbered from 0, which the stored position
 //! and the keys of the rows and rejects carry. Next to the offset the sync keeps a
-//! fingerprint of the record just before it (`decode::fingerprint`); a reader that (re)starts
+//! fingerprint of the record just before it ([`super::fingerprint`]); a reader that (re)starts
 //! fetches that record again, and when it is gone past the partition's end or holds another
 //! record, the topic is a new one: the reader moves the stored position to the new
 //! incarnation's first offset (through the writer, in order with the batches before it) and
@@ -20,16 +21,19 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::error::{Error, Result, bounded_db};
+use super::error::{Error, Result, bounded_db};
 
 /// How long one offsets statement may take.
 pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A place in a partition: an offset of one incarnation of the topic.
+/// A place in a partition: an offset of one incarnation of the topic (see the module's
+/// documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Position {
-    pub(crate) incarnation: i32,
-    pub(crate) offset: i64,
+pub struct Position {
+    /// The topic incarnation, from 0.
+    pub incarnation: i32,
+    /// The offset in the partition.
+    pub offset: i64,
 }
 
 impl Position {
@@ -53,14 +57,20 @@ pub(crate) struct Stored {
 }
 
 /// The stored position of one partition, if it has one.
-pub(crate) async fn load_one(pool: &PgPool, topic: &str, partition: i32) -> Result<Option<Stored>> {
+pub(crate) async fn load_one(
+    pool: &PgPool,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<Stored>> {
     let row: Option<(i32, i64, Option<i64>)> = bounded_db(
         "reading a stored offset",
         STATEMENT_TIMEOUT,
         sqlx::query_as(
             "SELECT incarnation, next_offset, last_fingerprint FROM sync_offsets
-             WHERE kafka_topic = $1 AND kafka_partition_id = $2",
+             WHERE consumer = $1 AND kafka_topic = $2 AND kafka_partition_id = $3",
         )
+        .bind(consumer)
         .bind(topic)
         .bind(partition)
         .fetch_optional(pool),
@@ -79,6 +89,7 @@ pub(crate) async fn load_one(pool: &PgPool, topic: &str, partition: i32) -> Resu
 /// leaves a stored one alone. Returns what is stored afterwards.
 pub(crate) async fn init(
     pool: &PgPool,
+    consumer: &str,
     topic: &str,
     partition: i32,
     next_offset: i64,
@@ -87,12 +98,13 @@ pub(crate) async fn init(
         "storing a partition's first offset",
         STATEMENT_TIMEOUT,
         sqlx::query_as(
-            "INSERT INTO sync_offsets (kafka_topic, kafka_partition_id, next_offset)
-             VALUES ($1, $2, $3)
-             ON CONFLICT (kafka_topic, kafka_partition_id)
+            "INSERT INTO sync_offsets (consumer, kafka_topic, kafka_partition_id, next_offset)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (consumer, kafka_topic, kafka_partition_id)
              DO UPDATE SET next_offset = sync_offsets.next_offset
              RETURNING incarnation, next_offset, last_fingerprint",
         )
+        .bind(consumer)
         .bind(topic)
         .bind(partition)
         .bind(next_offset)
@@ -126,6 +138,7 @@ pub(crate) struct Advance {
 /// [`Error::OffsetMoved`] when one did not: the caller must roll back.
 pub(crate) async fn advance(
     tx: &mut Transaction<'_, Postgres>,
+    consumer: &str,
     topic: &str,
     advances: &[Advance],
 ) -> Result<()> {
@@ -142,16 +155,18 @@ pub(crate) async fn advance(
             "UPDATE sync_offsets AS o
              SET incarnation = n.next_incarnation, next_offset = n.next,
                  last_fingerprint = n.fingerprint, updated_at = now()
-             FROM UNNEST($2::int[], $3::int[], $4::bigint[], $5::int[], $6::bigint[],
-                         $7::bigint[])
+             FROM UNNEST($3::int[], $4::int[], $5::bigint[], $6::int[], $7::bigint[],
+                         $8::bigint[])
                   AS n(partition, expected_incarnation, expected, next_incarnation, next,
                        fingerprint)
-             WHERE o.kafka_topic = $1
+             WHERE o.consumer = $1
+               AND o.kafka_topic = $2
                AND o.kafka_partition_id = n.partition
                AND o.incarnation = n.expected_incarnation
                AND o.next_offset = n.expected
              RETURNING o.kafka_partition_id",
         )
+        .bind(consumer)
         .bind(topic)
         .bind(&partitions)
         .bind(&expected_incarnation)

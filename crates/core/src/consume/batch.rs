@@ -1,17 +1,29 @@
 //! Gathering the readers' chunks into batches of at most `batch_size` messages.
 //!
-//! A batch is what one transaction stores: rows, rejects, and for each partition it touches
-//! the move of the stored offset from where the batch's first chunk was read to the offset
-//! after its last message.
+//! A batch is what one transaction stores: the sink's items, and for each partition it
+//! touches the move of the stored offset from where the batch's first chunk was read to the
+//! offset after its last message.
 
 use std::collections::BTreeMap;
 
-use crate::decode::{Decoded, Reject, StatusRow};
-use crate::offsets::{Advance, Position};
+use super::offsets::{Advance, Position};
+
+/// One message as the sink decoded it, with its place in the topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry<T> {
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its incarnation and offset.
+    pub position: Position,
+    /// [`super::fingerprint`] of the record.
+    pub fingerprint: i64,
+    /// What the sink made of it ([`super::Sink::decode`]).
+    pub item: T,
+}
 
 /// What a partition reader sends to the writer: the messages of one fetch, decoded.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Chunk {
+pub(crate) struct Chunk<T> {
     pub(crate) partition: i32,
     /// The position the reader fetched from: the stored position must still hold it.
     pub(crate) from: Position,
@@ -21,54 +33,30 @@ pub(crate) struct Chunk {
     /// The fingerprint of the record before `next`, when known.
     pub(crate) fingerprint: Option<i64>,
     /// In offset order, all of `next`'s incarnation.
-    pub(crate) messages: Vec<Decoded>,
-}
-
-impl Decoded {
-    fn position(&self) -> Position {
-        match self {
-            Self::Row(row) => Position {
-                incarnation: row.incarnation,
-                offset: row.offset,
-            },
-            Self::Reject(reject) => Position {
-                incarnation: reject.incarnation,
-                offset: reject.offset,
-            },
-        }
-    }
-
-    fn fingerprint(&self) -> i64 {
-        match self {
-            Self::Row(row) => row.fingerprint,
-            Self::Reject(reject) => reject.fingerprint,
-        }
-    }
+    pub(crate) messages: Vec<Entry<T>>,
 }
 
 /// One transaction's worth of messages.
 #[derive(Debug)]
-pub(crate) struct Batch {
+pub(crate) struct Batch<T> {
     limit: usize,
-    pub(crate) rows: Vec<StatusRow>,
-    pub(crate) rejects: Vec<Reject>,
+    pub(crate) entries: Vec<Entry<T>>,
     advances: BTreeMap<i32, Advance>,
 }
 
-impl Batch {
+impl<T> Batch<T> {
     /// An empty batch that holds at most `limit` messages (at least one).
     pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit: limit.max(1),
-            rows: Vec::new(),
-            rejects: Vec::new(),
+            entries: Vec::new(),
             advances: BTreeMap::new(),
         }
     }
 
     /// The messages in the batch.
     pub(crate) fn len(&self) -> usize {
-        self.rows.len() + self.rejects.len()
+        self.entries.len()
     }
 
     /// True when there is nothing to store, not even an offset that moved past a gap.
@@ -89,8 +77,7 @@ impl Batch {
     /// Leaves out everything of `partition` (its stored offset moved away: its reader starts
     /// again from there).
     pub(crate) fn remove_partition(&mut self, partition: i32) {
-        self.rows.retain(|r| r.partition != partition);
-        self.rejects.retain(|r| r.partition != partition);
+        self.entries.retain(|e| e.partition != partition);
         self.advances.remove(&partition);
     }
 
@@ -99,11 +86,11 @@ impl Batch {
     /// # Panics
     /// In debug builds, when a chunk does not continue where the partition's previous one
     /// ended (a reader bug).
-    pub(crate) fn push(&mut self, mut chunk: Chunk) -> Option<Chunk> {
+    pub(crate) fn push(&mut self, mut chunk: Chunk<T>) -> Option<Chunk<T>> {
         let room = self.limit.saturating_sub(self.len());
         let rest = if chunk.messages.len() > room {
             let tail = chunk.messages.split_off(room);
-            let resume = tail[0].position();
+            let resume = tail[0].position;
             let rest = Chunk {
                 partition: chunk.partition,
                 from: resume,
@@ -112,7 +99,7 @@ impl Batch {
                 messages: tail,
             };
             chunk.next = resume;
-            chunk.fingerprint = chunk.messages.last().map(Decoded::fingerprint);
+            chunk.fingerprint = chunk.messages.last().map(|e| e.fingerprint);
             Some(rest)
         } else {
             None
@@ -132,12 +119,7 @@ impl Batch {
         );
         advance.next = chunk.next;
         advance.fingerprint = chunk.fingerprint;
-        for message in chunk.messages {
-            match message {
-                Decoded::Row(row) => self.rows.push(row),
-                Decoded::Reject(reject) => self.rejects.push(reject),
-            }
-        }
+        self.entries.extend(chunk.messages);
         rest
     }
 }
@@ -146,26 +128,22 @@ impl Batch {
 mod tests {
     use super::*;
 
-    fn reject(partition: i32, offset: i64) -> Decoded {
-        Decoded::Reject(Reject {
+    fn entry(partition: i32, offset: i64) -> Entry<()> {
+        Entry {
             partition,
-            incarnation: 0,
-            offset,
+            position: Position::at(offset),
             fingerprint: offset * 10,
-            key: None,
-            payload: None,
-            kind: crate::decode::RejectKind::NotJson,
-            reason: "test".into(),
-        })
+            item: (),
+        }
     }
 
-    fn chunk(partition: i32, offsets: std::ops::Range<i64>) -> Chunk {
+    fn chunk(partition: i32, offsets: std::ops::Range<i64>) -> Chunk<()> {
         Chunk {
             partition,
             from: Position::at(offsets.start),
             next: Position::at(offsets.end),
             fingerprint: Some((offsets.end - 1) * 10),
-            messages: offsets.map(|o| reject(partition, o)).collect(),
+            messages: offsets.map(|o| entry(partition, o)).collect(),
         }
     }
 
@@ -180,7 +158,7 @@ mod tests {
 
     #[test]
     fn splits_a_chunk_at_the_limit() {
-        let mut batch = Batch::new(5);
+        let mut batch = Batch::<()>::new(5);
         assert!(batch.push(chunk(0, 10..13)).is_none());
         let rest = batch.push(chunk(1, 0..4)).expect("a rest");
         assert!(batch.is_full());
@@ -193,19 +171,19 @@ mod tests {
             [advance(0, 10, 13, Some(120)), advance(1, 0, 2, Some(10))],
             "a split batch ends with the fingerprint of its own last message"
         );
-        let mut next = Batch::new(5);
+        let mut next = Batch::<()>::new(5);
         assert!(next.push(rest).is_none());
         assert_eq!(next.advances(), [advance(1, 2, 4, Some(30))]);
     }
 
     #[test]
     fn a_partition_is_left_out_whole() {
-        let mut batch = Batch::new(100);
+        let mut batch = Batch::<()>::new(100);
         batch.push(chunk(0, 0..3));
         batch.push(chunk(1, 5..9));
         batch.remove_partition(0);
         assert_eq!(batch.len(), 4);
-        assert!(batch.rejects.iter().all(|r| r.partition == 1));
+        assert!(batch.entries.iter().all(|e| e.partition == 1));
         assert_eq!(batch.advances(), [advance(1, 5, 9, Some(80))]);
         batch.remove_partition(1);
         assert!(batch.is_empty());
@@ -213,7 +191,7 @@ mod tests {
 
     #[test]
     fn contiguous_chunks_extend_one_advance() {
-        let mut batch = Batch::new(100);
+        let mut batch = Batch::<()>::new(100);
         batch.push(chunk(3, 0..2));
         batch.push(chunk(3, 2..7));
         assert_eq!(batch.len(), 7);
@@ -222,7 +200,7 @@ mod tests {
 
     #[test]
     fn a_jump_past_a_gap_is_stored_without_messages() {
-        let mut batch = Batch::new(10);
+        let mut batch = Batch::<()>::new(10);
         assert!(batch.is_empty());
         batch.push(Chunk {
             partition: 0,
@@ -246,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_new_incarnation_moves_the_position_to_its_start() {
-        let mut batch = Batch::new(10);
+        let mut batch = Batch::<()>::new(10);
         batch.push(chunk(0, 5..8));
         let new = Position {
             incarnation: 1,

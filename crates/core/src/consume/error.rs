@@ -1,21 +1,21 @@
-//! The error type of `sitemon-sync`.
+//! The error type of the exactly-once consumer ([`super::run`]).
 
 use std::time::Duration;
 
-use sitemon_core::retry;
+use crate::retry;
 
-/// Everything that can stop the sync.
+/// Everything that can stop a consumer (the sync, the alert service).
 ///
-/// Once the sync has started, [`crate::run`] retries every one of these with backoff: they
+/// Once the consumer has started, [`super::run`] retries every one of these with backoff: they
 /// reach the caller only when the first connection fails (a wrong URL, broker or topic, a
 /// database without the schema), so that a mistake in the configuration is reported at once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Connecting, a Kafka administrative call, or a call that timed out
-    /// ([`sitemon_core::Error::Timeout`]).
+    /// ([`crate::Error::Timeout`]).
     #[error(transparent)]
-    Core(#[from] sitemon_core::Error),
+    Core(#[from] crate::Error),
 
     /// A statement failed.
     #[error("PostgreSQL failed while {doing}: {source}")]
@@ -27,7 +27,7 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// The database has no `sync_offsets` table.
+    /// The database has no `sync_offsets` table (or no `consumer` column in it).
     #[error(
         "the database has no sitemon schema (table sync_offsets is missing): run `sitemon migrate` first"
     )]
@@ -56,7 +56,7 @@ pub enum Error {
 
     /// The stored offset of a partition is not the one this worker read from: another
     /// worker wrote it (or an earlier commit of this batch succeeded unseen). The batch was
-    /// rolled back; the sync reloads the stored offsets and goes on from there.
+    /// rolled back; the consumer reloads the stored offsets and goes on from there.
     #[error(
         "the stored offset of {topic}/{partition} moved away from {expected} (topic \
          incarnation {incarnation}) under us; reloading the stored offsets"
@@ -92,23 +92,27 @@ pub enum Error {
         topic: String,
         /// What failed.
         #[source]
-        source: sitemon_core::Error,
+        source: crate::Error,
     },
 
-    /// A task of the sync ended unexpectedly (a bug).
-    #[error("a sync task stopped unexpectedly: {0}")]
+    /// Storing a batch failed in the sink (the sync's rows, the alert service's state).
+    #[error("{0}")]
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// A task of the consumer ended unexpectedly (a bug).
+    #[error("a consumer task stopped unexpectedly: {0}")]
     Task(String),
 }
 
 impl Error {
     /// Whether PostgreSQL or Kafka refused our credentials (see
-    /// [`sitemon_core::Error::is_auth_failure`]): once running, [`crate::run`] retries it
+    /// [`crate::Error::is_auth_failure`]): once running, [`super::run`] retries it
     /// only on a slow backoff.
     pub fn is_auth_failure(&self) -> bool {
         match self {
             Self::Core(e) | Self::Lease { source: e, .. } => e.is_auth_failure(),
-            Self::Database { source, .. } => sitemon_core::db::is_auth_failure(source),
-            Self::Kafka { source, .. } => sitemon_core::kafka::is_auth_failure(source),
+            Self::Database { source, .. } => crate::db::is_auth_failure(source),
+            Self::Kafka { source, .. } => crate::kafka::is_auth_failure(source),
             _ => false,
         }
     }
@@ -118,12 +122,12 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Maps an sqlx error to [`Error::Database`].
-pub(crate) fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+pub fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| Error::Database { doing, source }
 }
 
 /// Runs an sqlx future for at most `after`, naming what it was `doing` if it fails.
-pub(crate) async fn bounded_db<T>(
+pub async fn bounded_db<T>(
     doing: &'static str,
     after: Duration,
     future: impl Future<Output = Result<T, sqlx::Error>>,
@@ -132,9 +136,9 @@ pub(crate) async fn bounded_db<T>(
     retry::timeout(&format!("PostgreSQL while {doing}"), after, future).await
 }
 
-/// A timeout is core's [`sitemon_core::Error::Timeout`]: one variant for every crate.
+/// A timeout is core's [`crate::Error::Timeout`]: one variant for every crate.
 impl retry::TimedOut for Error {
     fn timed_out(operation: &str, after: Duration) -> Self {
-        Self::Core(sitemon_core::Error::timed_out(operation, after))
+        Self::Core(crate::Error::timed_out(operation, after))
     }
 }
