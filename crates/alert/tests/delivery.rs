@@ -13,8 +13,8 @@ use sitemon_alert::delivery::{self, DeliveryConfig};
 use sitemon_alert::{ChannelSettings, Policy, Processor};
 use sitemon_core::retry::Backoff;
 use sitemon_testkit::TestDb;
+use sitemon_testkit::receiver::{self, Receiver, wait_until};
 use sqlx::PgPool;
-use support::receiver::{Receiver, wait_until};
 use support::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -84,7 +84,7 @@ async fn two_incidents(db: &TestDb) -> Vec<Uuid> {
         let site = site(&db.pool, n, SiteAlerts::default()).await;
         let events = pattern(site, "eu", an_hour_ago(), "ddduu");
         incidents.push(events[2].check_id);
-        apply(&db.pool, &mut processor, &events).await;
+        apply(&db.pool, &processor, &events).await;
     }
     incidents
 }
@@ -289,7 +289,7 @@ async fn retry_after_of_a_429_is_honoured() {
     let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(site, "eu", an_hour_ago(), "ddd"),
     )
     .await;
@@ -345,7 +345,7 @@ async fn a_rejecting_receiver_fails_at_once_and_a_failing_one_after_the_give_up_
     let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(site, "eu", an_hour_ago(), "ddd"),
     )
     .await;
@@ -485,7 +485,7 @@ async fn email_goes_over_smtp_with_the_notification_id_as_message_id() {
     let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(site, "eu", an_hour_ago(), "ddduu"),
     )
     .await;
@@ -543,7 +543,7 @@ async fn two_delivery_loops_on_one_outbox_send_each_notification_once() {
         let site = site(&db.pool, n, SiteAlerts::default()).await;
         apply(
             &db.pool,
-            &mut processor,
+            &processor,
             &pattern(site, "eu", an_hour_ago(), "ddduu"),
         )
         .await;
@@ -587,7 +587,7 @@ async fn two_delivery_loops_on_one_outbox_send_each_notification_once() {
 async fn a_loop_killed_with_a_request_in_flight_leaves_it_to_be_sent_again_with_the_same_id() {
     let db = TestDb::migrated().await;
     let receiver = Receiver::ok().await;
-    receiver.next_answer(support::receiver::HANG, None);
+    receiver.next_answer(receiver::HANG, None);
     let settings = ChannelSettings::webhook("hook", &receiver.url("/hook"), None).expect("valid");
     admin::add_channel(&db.pool, "hook", &settings)
         .await
@@ -596,7 +596,7 @@ async fn a_loop_killed_with_a_request_in_flight_leaves_it_to_be_sent_again_with_
     let processor = Processor::new(Policy::default());
     apply(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(site, "eu", an_hour_ago(), "ddd"),
     )
     .await;

@@ -36,12 +36,12 @@ async fn down_then_up_makes_one_down_and_one_resolved_per_channel() {
 
     // Flapping below the thresholds first: nothing.
     let flapping = pattern(site, "eu", start, "uddudduddu");
-    apply_each(&db.pool, &mut processor, &flapping).await;
+    apply_each(&db.pool, &processor, &flapping).await;
     assert_eq!(outbox(&db.pool).await, [], "flapping opened something");
 
     // Then down (the third failure crosses) and up (the second success).
     let events = pattern(site, "eu", start + time::Duration::minutes(5), "ddddduduu");
-    apply_each(&db.pool, &mut processor, &events).await;
+    apply_each(&db.pool, &processor, &events).await;
     let crossing = &events[2];
     let recovery = &events[8];
     let rows = outbox(&db.pool).await;
@@ -76,12 +76,7 @@ async fn down_then_up_makes_one_down_and_one_resolved_per_channel() {
     assert_eq!(first_error, Some(format!("connect: {}", first.message)));
 
     // A site with a channel list notifies only those channels.
-    apply_each(
-        &db.pool,
-        &mut processor,
-        &pattern(other, "eu", start, "ddduu"),
-    )
-    .await;
+    apply_each(&db.pool, &processor, &pattern(other, "eu", start, "ddduu")).await;
     assert_eq!(
         kinds(&db.pool, other).await,
         pairs(&[("down", "team"), ("resolved", "team")])
@@ -119,7 +114,7 @@ async fn min_locations_two_opens_only_when_both_locations_are_down() {
         start + time::Duration::seconds(5),
         "uuuuuu",
     ));
-    apply(&db.pool, &mut processor, &events).await;
+    apply(&db.pool, &processor, &events).await;
     assert_eq!(outbox(&db.pool).await, []);
     let down: Vec<(String, bool)> =
         sqlx::query_as("SELECT location, down FROM alert_location_state ORDER BY location")
@@ -133,7 +128,7 @@ async fn min_locations_two_opens_only_when_both_locations_are_down() {
     let mut events = pattern(site, "eu", later, "ddd");
     let us = pattern(site, "us", later + time::Duration::seconds(5), "ddd");
     events.extend(us.clone());
-    apply(&db.pool, &mut processor, &events).await;
+    apply(&db.pool, &processor, &events).await;
     assert_eq!(kinds(&db.pool, site).await, pairs(&[("down", "ops")]));
     let locations: Vec<String> =
         sqlx::query_scalar("SELECT locations FROM alert_incidents WHERE id = $1")
@@ -145,7 +140,7 @@ async fn min_locations_two_opens_only_when_both_locations_are_down() {
 
     // One location back: fewer than two are down, so it resolves.
     let back = pattern(site, "us", later + time::Duration::minutes(1), "uu");
-    apply(&db.pool, &mut processor, &back).await;
+    apply(&db.pool, &processor, &back).await;
     assert_eq!(
         kinds(&db.pool, site).await,
         pairs(&[("down", "ops"), ("resolved", "ops")])
@@ -173,7 +168,7 @@ async fn a_maintenance_window_opens_nothing_and_the_site_still_down_after_it_ope
 
     // Down for five minutes inside the window: state moves, nothing opens.
     let inside = pattern(site, "eu", start, &"d".repeat(30));
-    apply(&db.pool, &mut processor, &inside).await;
+    apply(&db.pool, &processor, &inside).await;
     assert_eq!(outbox(&db.pool).await, []);
     let open: i64 = sqlx::query_scalar("SELECT count(*) FROM alert_incidents")
         .fetch_one(&db.pool)
@@ -184,7 +179,7 @@ async fn a_maintenance_window_opens_nothing_and_the_site_still_down_after_it_ope
     // Another site is not covered by this site's window.
     apply(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(bystander, "eu", start, "ddd"),
     )
     .await;
@@ -192,7 +187,7 @@ async fn a_maintenance_window_opens_nothing_and_the_site_still_down_after_it_ope
 
     // Still failing once the window is over: the first check after it opens the incident.
     let after = pattern(site, "eu", window_end, "dd");
-    apply(&db.pool, &mut processor, &after).await;
+    apply(&db.pool, &processor, &after).await;
     let rows: Vec<_> = outbox(&db.pool)
         .await
         .into_iter()
@@ -217,7 +212,7 @@ async fn a_maintenance_window_opens_nothing_and_the_site_still_down_after_it_ope
         window_end + time::Duration::minutes(1),
         "ddd",
     );
-    apply(&db.pool, &mut processor, &[recovered, fails_again].concat()).await;
+    apply(&db.pool, &processor, &[recovered, fails_again].concat()).await;
     assert_eq!(
         kinds(&db.pool, bystander).await,
         pairs(&[("down", "ops"), ("resolved", "ops")])
@@ -240,7 +235,7 @@ async fn reminders_every_reminder_every_while_open_each_with_its_own_id() {
     // fall due at 80 s and 140 s.
     apply_each(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(site, "eu", start, &"d".repeat(18)),
     )
     .await;
@@ -263,7 +258,7 @@ async fn reminders_every_reminder_every_while_open_each_with_its_own_id() {
     // The default here is 0 (off): the other site gets none.
     apply_each(
         &db.pool,
-        &mut processor,
+        &processor,
         &pattern(quiet, "eu", start, &"d".repeat(18)),
     )
     .await;
@@ -298,7 +293,7 @@ async fn replaying_the_same_events_after_a_rollback_or_a_commit_writes_nothing_t
     assert_eq!(states, 0);
 
     // The same events again, committed: the same decisions, the same ids.
-    let applied = apply(&db.pool, &mut processor, &events).await;
+    let applied = apply(&db.pool, &processor, &events).await;
     assert_eq!(
         (applied.opened, applied.resolved, applied.notifications),
         (1, 1, 4)
@@ -308,14 +303,14 @@ async fn replaying_the_same_events_after_a_rollback_or_a_commit_writes_nothing_t
 
     // Delivered again after the commit (a consumer that replays): nothing new, in one batch
     // or one by one, shuffled.
-    let applied = apply(&db.pool, &mut processor, &events).await;
+    let applied = apply(&db.pool, &processor, &events).await;
     assert_eq!(
         (applied.opened, applied.resolved, applied.notifications),
         (0, 0, 0)
     );
     let mut reversed = events.clone();
     reversed.reverse();
-    apply_each(&db.pool, &mut processor, &reversed).await;
+    apply_each(&db.pool, &processor, &reversed).await;
     assert_eq!(outbox(&db.pool).await, first);
     let incidents: i64 = sqlx::query_scalar("SELECT count(*) FROM alert_incidents")
         .fetch_one(&db.pool)
@@ -327,7 +322,7 @@ async fn replaying_the_same_events_after_a_rollback_or_a_commit_writes_nothing_t
     let other = support::site(&db.pool, 2, no_overrides()).await;
     let mut shuffled = pattern(other, "eu", an_hour_ago(), "ddduu");
     shuffled.reverse();
-    let applied = apply(&db.pool, &mut processor, &shuffled).await;
+    let applied = apply(&db.pool, &processor, &shuffled).await;
     assert_eq!((applied.opened, applied.resolved), (1, 1));
     db.drop_database().await;
 }
@@ -345,8 +340,8 @@ async fn a_certificate_expiring_soon_is_notified_once() {
     for event in events.iter_mut().chain(us.iter_mut()) {
         event.tls_cert_not_after = Some(expiry);
     }
-    apply(&db.pool, &mut processor, &events).await;
-    apply(&db.pool, &mut processor, &us).await;
+    apply(&db.pool, &processor, &events).await;
+    apply(&db.pool, &processor, &us).await;
     let rows = outbox(&db.pool).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].kind, "cert_expiry");
@@ -364,7 +359,7 @@ async fn a_certificate_expiring_soon_is_notified_once() {
     // A certificate 30 days out is not within the default 14.
     let mut later = pattern(site, "eu", start + time::Duration::minutes(1), "u");
     later[0].tls_cert_not_after = Some(start + time::Duration::days(30));
-    apply(&db.pool, &mut processor, &later).await;
+    apply(&db.pool, &processor, &later).await;
     assert_eq!(outbox(&db.pool).await.len(), 1);
     db.drop_database().await;
 }
@@ -377,7 +372,7 @@ async fn events_of_a_removed_site_are_left_out_and_the_rest_applied() {
     let processor = processor();
     let mut events = pattern(site, "eu", an_hour_ago(), "ddd");
     events.extend(pattern(999_999, "eu", an_hour_ago(), "dddd"));
-    let applied = apply(&db.pool, &mut processor, &events).await;
+    let applied = apply(&db.pool, &processor, &events).await;
     assert_eq!(applied.unknown_sites, 4);
     assert_eq!(applied.opened, 1);
     assert_eq!(kinds(&db.pool, site).await, pairs(&[("down", "ops")]));

@@ -50,6 +50,14 @@ pub(crate) fn window(text: &str) -> Result<Duration, InvalidValue> {
     )
 }
 
+/// A reminder period: `0` (never) or a window such as 30m or 1h.
+pub(crate) fn reminder(text: &str) -> Result<Duration, InvalidValue> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    window(text)
+}
+
 fn duration(text: &str, max: Duration, examples: &str) -> Result<Duration, InvalidValue> {
     let trimmed = text.trim();
     let parsed = match trimmed.parse::<f64>() {

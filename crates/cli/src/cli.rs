@@ -54,6 +54,9 @@ pub(crate) enum Command {
     Check(commands::check::CheckArgs),
     /// Consume the check events from Kafka into PostgreSQL, exactly once.
     Sync(commands::sync::SyncArgs),
+    /// Tell people when a site goes down and comes back: state machines over the check
+    /// events, incidents, and notifications to every channel, exactly once per change.
+    Alert(commands::alert::AlertArgs),
     /// Migrate, then check and sync in one process (still through Kafka): sitemon, small.
     Run(commands::run::RunArgs),
     /// Add, list, remove or test the channels alert notifications go to.
@@ -83,6 +86,7 @@ impl Command {
             Self::Rollup(command) => commands::rollup::exec(command).await,
             Self::Check(args) => commands::check::exec(args).await,
             Self::Sync(args) => commands::sync::exec(args).await,
+            Self::Alert(args) => commands::alert::exec(args).await,
             Self::Run(args) => commands::run::exec(args).await,
             Self::Channel(command) => commands::channel::exec(command).await,
             Self::Maintenance(command) => commands::maintenance::exec(command).await,

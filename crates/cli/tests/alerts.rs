@@ -531,7 +531,7 @@ async fn alerts_lists_incidents_with_their_notifications_and_no_secret() {
         .trim()
         .parse()
         .expect("id");
-    let mut processor = Processor::new(Policy::default());
+    let processor = Processor::new(Policy::default());
     let start = OffsetDateTime::now_utc() - time::Duration::minutes(30);
     let mut events = Vec::new();
     for (i, up) in [false, false, false, true, true].into_iter().enumerate() {

@@ -91,8 +91,7 @@ impl SyncConfig {
 impl SyncConfig {
     /// The exactly-once consumer's part of the settings.
     pub(crate) fn consumer(&self) -> ConsumerConfig {
-        let mut consumer =
-            ConsumerConfig::new(CONSUMER, self.database.clone(), self.kafka.clone());
+        let mut consumer = ConsumerConfig::new(CONSUMER, self.database.clone(), self.kafka.clone());
         consumer.batch_size = self.batch_size;
         consumer.batch_wait = self.batch_wait;
         consumer.fetch_min_bytes = self.fetch_min_bytes;

@@ -72,7 +72,12 @@ impl Stats {
     }
 
     /// One committed batch: `rejects` counts the rejects inserted, by [`RejectKind::index`].
-    pub(crate) fn committed(&self, rows: u64, duplicates: u64, rejects: &[u64; RejectKind::ALL.len()]) {
+    pub(crate) fn committed(
+        &self,
+        rows: u64,
+        duplicates: u64,
+        rejects: &[u64; RejectKind::ALL.len()],
+    ) {
         self.rows.inc_by(rows);
         self.duplicates.inc_by(duplicates);
         for (counter, n) in self.rejects.iter().zip(rejects) {

@@ -18,7 +18,8 @@
 //! - [`stored`]: what the sync stored, waiting for it, and "every message stored exactly once";
 //! - [`events`]: made-up check events;
 //! - [`http`]: a local HTTP(S) server whose paths behave as their names say;
-//! - [`metrics`]: the names and labels on a `/metrics` page.
+//! - [`metrics`]: the names and labels on a `/metrics` page;
+//! - [`receiver`]: an HTTP receiver that records requests and answers as told (alerts).
 //!
 //! This crate depends on `sitemon-core` only: core's own tests use it, and the checker's and
 //! the sync's tests must not see each other.
@@ -26,6 +27,7 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod receiver;
 pub mod service;
 pub mod stored;
 pub mod topic;

@@ -71,7 +71,7 @@ pub fn an_hour_ago() -> OffsetDateTime {
 /// Applies `events` in one transaction and commits, as the consumer does.
 pub async fn apply(
     pool: &PgPool,
-    processor: &mut Processor,
+    processor: &Processor,
     events: &[CheckEvent],
 ) -> sitemon_alert::Applied {
     let mut tx = pool.begin().await.expect("begin");
@@ -81,7 +81,7 @@ pub async fn apply(
 }
 
 /// Applies each event in a transaction of its own.
-pub async fn apply_each(pool: &PgPool, processor: &mut Processor, events: &[CheckEvent]) {
+pub async fn apply_each(pool: &PgPool, processor: &Processor, events: &[CheckEvent]) {
     for event in events {
         apply(pool, processor, std::slice::from_ref(event)).await;
     }
@@ -147,5 +147,3 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     v.sort();
     v
 }
-
-pub mod receiver;

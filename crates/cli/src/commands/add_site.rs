@@ -7,7 +7,7 @@ use clap::Args;
 use sitemon_alert::admin::{self, SiteAlerts};
 use sitemon_core::{NewSite, SiteSettings};
 
-use crate::args::{DatabaseArgs, InvalidValue, window};
+use crate::args::{DatabaseArgs, reminder};
 use crate::commands::site_options::SiteOptions;
 
 /// Arguments of `sitemon add-site`.
@@ -59,14 +59,6 @@ impl AlertFlags {
             self.channels.clone(),
         )
     }
-}
-
-/// A reminder period: `0` (never) or a window such as 30m or 1h.
-fn reminder(text: &str) -> Result<Duration, InvalidValue> {
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    window(text)
 }
 
 pub(crate) async fn exec(args: AddSiteArgs) -> anyhow::Result<()> {

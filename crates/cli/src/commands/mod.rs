@@ -1,6 +1,7 @@
 //! One module per subcommand, each holding its arguments and its `exec`.
 
 pub(crate) mod add_site;
+pub(crate) mod alert;
 pub(crate) mod alerts;
 pub(crate) mod apply;
 pub(crate) mod channel;

@@ -1,23 +1,29 @@
 //! `sitemon run`: the whole pipeline in one process. Migrates, makes sure the topic exists,
-//! then runs the checker and the sync side by side (still through Kafka) until
-//! SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses.
+//! then runs the checker, the sync and the alert service side by side (still through Kafka)
+//! until SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses.
 
 use anyhow::Context as _;
 use clap::Args;
 use sitemon_core::kafka::{self, TopicCreation};
 use sitemon_core::metrics::Registry;
 
+use super::alert::AlertOptions;
 use super::check::CheckOptions;
 use super::sync::SyncOptions;
 use crate::args::ServiceArgs;
 
-/// Arguments of `sitemon run`: those of `check` and of `sync` together.
+/// Arguments of `sitemon run`: those of `check`, `sync` and `alert` together.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     check: CheckOptions,
     #[command(flatten)]
     sync: SyncOptions,
+    #[command(flatten)]
+    alert: AlertOptions,
+    /// Run without the alert service (checks are still stored).
+    #[arg(long, env = "SITEMON_NO_ALERTS")]
+    no_alerts: bool,
     #[command(flatten)]
     services: ServiceArgs,
 }
@@ -26,7 +32,8 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let database = args.services.db.config()?;
     let kafka_config = args.services.kafka.config()?;
     let mut checker = args.check.config(database.clone(), kafka_config.clone())?;
-    let mut sync = args.sync.config(database, kafka_config.clone());
+    let mut sync = args.sync.config(database.clone(), kafka_config.clone());
+    let mut alert = args.alert.config(database, kafka_config.clone());
 
     let pool = args.services.db.connect().await?;
     sitemon_core::db::migrate(&pool).await?;
@@ -58,30 +65,42 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let registry = Registry::new();
     checker.metrics = registry.clone();
     sync.metrics = registry.clone();
+    alert.consumer.metrics = registry.clone();
     args.services.metrics.serve(&registry, &shutdown).await?;
 
-    let mut checking = tokio::spawn(sitemon_checker::run(checker, shutdown.clone()));
-    let mut syncing = tokio::spawn(sitemon_sync::run(sync, shutdown.clone()));
-    // Both run until the stop signal. If one fails to start, the other is stopped too.
-    let (checked, synced) = tokio::select! {
-        checked = &mut checking => {
-            if !matches!(checked, Ok(Ok(()))) {
-                shutdown.cancel();
-            }
-            (checked, syncing.await)
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = sitemon_checker::run(checker, shutdown).await;
+            ("the checker", result.map_err(anyhow::Error::from))
         }
-        synced = &mut syncing => {
-            if !matches!(synced, Ok(Ok(()))) {
-                shutdown.cancel();
-            }
-            (checking.await, synced)
+    });
+    services.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = sitemon_sync::run(sync, shutdown).await;
+            ("the sync", result.map_err(anyhow::Error::from))
         }
-    };
-    checked
-        .context("the checker panicked")?
-        .context("the checker stopped")?;
-    synced
-        .context("the sync panicked")?
-        .context("the sync stopped")?;
-    Ok(())
+    });
+    if !args.no_alerts {
+        services.spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let result = sitemon_alert::service::run(alert, shutdown).await;
+                ("the alert service", result.map_err(anyhow::Error::from))
+            }
+        });
+    }
+    // All run until the stop signal. If one fails to start, the others are stopped too; the
+    // first failure is the one reported.
+    let mut failure = None;
+    while let Some(ended) = services.join_next().await {
+        let (name, result) = ended.context("a service panicked")?;
+        if let Err(e) = result {
+            shutdown.cancel();
+            failure.get_or_insert(e.context(format!("{name} stopped")));
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }

@@ -227,7 +227,10 @@ impl<S: Sink> Writer<S> {
             self.pool.begin(),
         )
         .await?;
-        let stored = self.sink.store(&mut tx, &self.topic, &batch.entries).await?;
+        let stored = self
+            .sink
+            .store(&mut tx, &self.topic, &batch.entries)
+            .await?;
         offsets::advance(&mut tx, &self.consumer, &self.topic, &advances).await?;
         let partitions: Vec<i32> = advances.iter().map(|a| a.partition).collect();
         if !self.lease.holds_all(&mut *tx, &partitions).await? {

@@ -1,5 +1,5 @@
 //! A real HTTP receiver on 127.0.0.1 that records every request and answers as the test
-//! tells it: refusing connections (not listening yet), a status, or 429 with Retry-After.
+//! tells it (webhooks, Slack, PagerDuty stand-ins for the alert tests).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
