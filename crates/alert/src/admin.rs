@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sitemon_core::NewSite;
 use sitemon_core::db::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::channel::{ChannelSettings, Outcome, Sender};
-use crate::error::{Error, Result, bounded, db};
+use crate::error::{Error, Result, bounded};
 use crate::notification::{Kind, Notification};
 
 /// A channel name: 1 to 64 letters, digits, `_`, `.`, `-`, starting with a letter or digit.
@@ -20,15 +19,7 @@ use crate::notification::{Kind, Notification};
 /// # Errors
 /// [`Error::InvalidChannel`].
 pub fn check_channel_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if sitemon_core::site_alerts::is_channel_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidChannel {
@@ -249,124 +240,6 @@ pub async fn remove_maintenance(pool: &PgPool, id: i64) -> Result<()> {
         return Err(Error::UnknownMaintenance { id });
     }
     Ok(())
-}
-
-/// A site's alert settings (the `websites` override columns), validated: `None` keeps the
-/// service's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SiteAlerts {
-    failure_threshold: Option<i32>,
-    success_threshold: Option<i32>,
-    min_locations: Option<i32>,
-    reminder_every: Option<Duration>,
-    cert_expiry_days: Option<i32>,
-    channels: Option<Vec<String>>,
-}
-
-impl SiteAlerts {
-    /// Validates the settings.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSetting`] naming the flag: thresholds 1 to 1000, locations 1 to 100,
-    /// a reminder period up to 366 days (0 = none), 0 to 3650 days of certificate notice,
-    /// channel names as [`check_channel_name`] wants them.
-    pub fn new(
-        failure_threshold: Option<i64>,
-        success_threshold: Option<i64>,
-        min_locations: Option<i64>,
-        reminder_every: Option<Duration>,
-        cert_expiry_days: Option<i64>,
-        channels: Option<Vec<String>>,
-    ) -> Result<Self> {
-        let range = |setting: &'static str, value: Option<i64>, low: i64, high: i64| {
-            value
-                .map(|v| {
-                    if (low..=high).contains(&v) {
-                        Ok(v as i32)
-                    } else {
-                        Err(Error::InvalidSetting {
-                            setting,
-                            reason: format!("{v} is not a whole number from {low} to {high}"),
-                        })
-                    }
-                })
-                .transpose()
-        };
-        if reminder_every.is_some_and(|d| d > Duration::from_secs(366 * 86_400)) {
-            return Err(Error::InvalidSetting {
-                setting: "--reminder-every",
-                reason: "at most 366 days (0 turns reminders off)".to_owned(),
-            });
-        }
-        if let Some(channels) = &channels {
-            for name in channels {
-                check_channel_name(name).map_err(|_| Error::InvalidSetting {
-                    setting: "--channels",
-                    reason: format!("{name:?} is not a channel name"),
-                })?;
-            }
-        }
-        Ok(Self {
-            failure_threshold: range("--failure-threshold", failure_threshold, 1, 1000)?,
-            success_threshold: range("--success-threshold", success_threshold, 1, 1000)?,
-            min_locations: range("--min-locations", min_locations, 1, 100)?,
-            reminder_every,
-            cert_expiry_days: range("--cert-expiry-days", cert_expiry_days, 0, 3650)?,
-            channels,
-        })
-    }
-
-    /// No setting given.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// Registers a site with its alert settings in one transaction: the channels it names must
-/// exist, or nothing is written.
-///
-/// # Errors
-/// [`Error::UnknownChannel`]; core's `DuplicateUrl` when the URL is registered already;
-/// [`Error::Database`].
-pub async fn add_site(pool: &PgPool, site: &NewSite, alerts: &SiteAlerts) -> Result<i32> {
-    let mut tx = pool.begin().await.map_err(db("starting a transaction"))?;
-    if let Some(channels) = &alerts.channels {
-        let known: Vec<String> = bounded(
-            "looking up the channels",
-            sqlx::query_scalar(
-                "SELECT name FROM alert_channels WHERE name = ANY($1) FOR KEY SHARE",
-            )
-            .bind(channels)
-            .fetch_all(&mut *tx),
-        )
-        .await?;
-        if let Some(missing) = channels.iter().find(|c| !known.contains(c)) {
-            return Err(Error::UnknownChannel {
-                name: missing.clone(),
-            });
-        }
-    }
-    let id = sitemon_core::db::insert_site_on(&mut tx, site).await?;
-    bounded(
-        "saving the site's alert settings",
-        sqlx::query(
-            "UPDATE websites SET failure_threshold = $2, success_threshold = $3,
-                 min_locations = $4, reminder_every = make_interval(secs => $5),
-                 cert_expiry_days = $6, channels = $7
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(alerts.failure_threshold)
-        .bind(alerts.success_threshold)
-        .bind(alerts.min_locations)
-        .bind(alerts.reminder_every.map(|d| d.as_secs_f64()))
-        .bind(alerts.cert_expiry_days)
-        .bind(&alerts.channels)
-        .execute(&mut *tx),
-    )
-    .await?;
-    tx.commit().await.map_err(db("committing the new site"))?;
-    Ok(id)
 }
 
 /// The delivery of one notification, for `sitemon alerts`.

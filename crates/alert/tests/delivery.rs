@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use sitemon_alert::admin::{self, SiteAlerts};
+use sitemon_alert::admin;
 use sitemon_alert::delivery::{self, DeliveryConfig};
 use sitemon_alert::{ChannelSettings, Policy, Processor};
+use sitemon_core::SiteAlerts;
 use sitemon_core::retry::Backoff;
 use sitemon_testkit::TestDb;
 use sitemon_testkit::receiver::{self, Receiver, wait_until};

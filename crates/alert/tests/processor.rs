@@ -5,8 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use sitemon_alert::admin::{self, SiteAlerts};
+use sitemon_alert::admin;
 use sitemon_alert::{Policy, Processor};
+use sitemon_core::SiteAlerts;
 use sitemon_testkit::TestDb;
 use support::*;
 use time::OffsetDateTime;
@@ -85,15 +86,10 @@ async fn down_then_up_makes_one_down_and_one_resolved_per_channel() {
 }
 
 async fn site_with_channels(db: &TestDb, n: u32, channels: &[&str]) -> i32 {
-    let alerts = SiteAlerts::new(
-        None,
-        None,
-        None,
-        None,
-        None,
-        Some(channels.iter().map(|c| (*c).to_owned()).collect()),
-    )
-    .expect("valid");
+    let alerts = SiteAlerts {
+        channels: Some(channels.iter().map(|c| (*c).to_owned()).collect()),
+        ..SiteAlerts::default()
+    };
     site(&db.pool, n, alerts).await
 }
 
@@ -101,7 +97,10 @@ async fn site_with_channels(db: &TestDb, n: u32, channels: &[&str]) -> i32 {
 async fn min_locations_two_opens_only_when_both_locations_are_down() {
     let db = TestDb::migrated().await;
     webhooks(&db.pool, HOOK, &["ops"]).await;
-    let alerts = SiteAlerts::new(None, None, Some(2), None, None, None).expect("valid");
+    let alerts = SiteAlerts {
+        min_locations: Some(2),
+        ..SiteAlerts::default()
+    };
     let site = site(&db.pool, 1, alerts).await;
     let processor = processor();
     let start = an_hour_ago();
@@ -224,8 +223,10 @@ async fn a_maintenance_window_opens_nothing_and_the_site_still_down_after_it_ope
 async fn reminders_every_reminder_every_while_open_each_with_its_own_id() {
     let db = TestDb::migrated().await;
     webhooks(&db.pool, HOOK, &["ops", "team"]).await;
-    let alerts = SiteAlerts::new(None, None, None, Some(Duration::from_secs(60)), None, None)
-        .expect("valid");
+    let alerts = SiteAlerts {
+        reminder_every: Some(Duration::from_secs(60)),
+        ..SiteAlerts::default()
+    };
     let site = site(&db.pool, 1, alerts).await;
     let quiet = support::site(&db.pool, 2, no_overrides()).await;
     let processor = processor();

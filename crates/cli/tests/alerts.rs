@@ -460,12 +460,24 @@ async fn add_site_stores_alert_settings_and_refuses_bad_ones_writing_nothing() {
     let cases: [(&[&str], &str); 5] = [
         (
             &["--failure-threshold", "0"],
-            "invalid --failure-threshold: 0 is not a whole number from 1 to 1000",
+            "invalid alerts.failure_threshold 0: must be a whole number from 1 to 1000",
         ),
-        (&["--min-locations", "101"], "invalid --min-locations"),
-        (&["--cert-expiry-days", "-1"], "invalid --cert-expiry-days"),
-        (&["--channels", "ops,nope"], "no channel is named \"nope\""),
-        (&["--channels", "bad name"], "invalid --channels"),
+        (
+            &["--min-locations", "101"],
+            "invalid alerts.min_locations 101",
+        ),
+        (
+            &["--cert-expiry-days", "-1"],
+            "invalid alerts.cert_expiry_days \"-1\"",
+        ),
+        (
+            &["--channels", "ops,nope"],
+            "invalid alerts.channels \"nope\": no channel has this name",
+        ),
+        (
+            &["--channels", "bad name"],
+            "invalid alerts.channels \"bad name\"",
+        ),
     ];
     for (flags, expected) in cases {
         let mut args = vec!["add-site", "http://127.0.0.1:9/c"];

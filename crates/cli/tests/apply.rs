@@ -635,3 +635,163 @@ async fn add_site_and_update_site_refuse_each_bad_option() {
     );
     db.drop_database().await;
 }
+
+/// A site's alert columns: thresholds, locations, reminder seconds, certificate days,
+/// channels.
+async fn alert_columns(db: &TestDb, url: &str) -> Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_array(failure_threshold, success_threshold, min_locations,
+                EXTRACT(EPOCH FROM reminder_every)::int, cert_expiry_days, channels)
+         FROM websites WHERE url = $1",
+    )
+    .bind(url)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the site")
+}
+
+#[tokio::test]
+async fn alert_settings_are_keys_of_the_sites_file_and_flags_of_update_site() {
+    let db = TestDb::migrated().await;
+    let added = run(sitemon_with_database(&db.url).args([
+        "channel",
+        "add",
+        "ops",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+    ]));
+    succeeded(&added);
+    let dir = scratch();
+    let file = dir.join("sites.yaml");
+    let url = "http://127.0.0.1:9/alerting";
+    std::fs::write(
+        &file,
+        format!(
+            "sites:\n  - url: {url}\n    alerts:\n      failure_threshold: 5\n      \
+             min_locations: 2\n      reminder_every: 30m\n      channels: [ops]\n"
+        ),
+    )
+    .expect("write");
+    let path = file.to_str().expect("UTF-8");
+    succeeded(&apply(&db, &[path], None));
+    assert_eq!(
+        alert_columns(&db, url).await,
+        json!([5, null, 2, 1800, null, ["ops"]])
+    );
+    let exported = export_json(&db);
+    assert_eq!(
+        exported["sites"][0]["alerts"],
+        json!({"failure_threshold": 5, "min_locations": 2, "reminder_every": "30m",
+               "channels": ["ops"]}),
+        "{exported}"
+    );
+    let again = succeeded(&apply(&db, &[path], None));
+    assert!(again.contains("= 1 unchanged"), "{again}");
+
+    // A changed alert setting is a change of the site.
+    std::fs::write(
+        &file,
+        format!("sites:\n  - url: {url}\n    alerts:\n      failure_threshold: 2\n"),
+    )
+    .expect("write");
+    let changed = succeeded(&apply(&db, &[path], None));
+    assert!(changed.contains(&format!("~ {url}")), "{changed}");
+    assert_eq!(
+        alert_columns(&db, url).await,
+        json!([2, null, null, null, null, null])
+    );
+
+    // Bad values name the file, the line and the column, and write nothing.
+    let before = snapshot(&db).await;
+    for (name, alerts, expected) in [
+        (
+            "zero.yaml",
+            "      failure_threshold: 0\n",
+            "zero.yaml:2:5: site http://127.0.0.1:9/alerting: invalid alerts.failure_threshold 0",
+        ),
+        (
+            "typo.yaml",
+            "      failure_threshhold: 2\n",
+            "typo.yaml:4:7: unknown field `failure_threshhold`",
+        ),
+        (
+            "period.yaml",
+            "      reminder_every: soon\n",
+            "period.yaml:4:",
+        ),
+        (
+            "channel.yaml",
+            "      channels: [ops, nope]\n",
+            "invalid alerts.channels \"nope\": no channel has this name",
+        ),
+    ] {
+        let bad = dir.join(name);
+        std::fs::write(
+            &bad,
+            format!("sites:\n  - url: {url}\n    alerts:\n{alerts}"),
+        )
+        .expect("write");
+        let output = apply(&db, &[bad.to_str().expect("UTF-8")], None);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err:?}");
+        assert!(
+            err.contains(expected),
+            "{name}: expected {expected:?} in {err:?}"
+        );
+        assert_eq!(snapshot(&db).await, before, "{name} wrote");
+    }
+
+    // update-site: each flag changes its column; `none` goes back to the default.
+    let id: i32 = sqlx::query_scalar("SELECT id FROM websites WHERE url = $1")
+        .bind(url)
+        .fetch_one(&db.pool)
+        .await
+        .expect("id");
+    let id = id.to_string();
+    let update = |args: &[&str]| {
+        let mut all = vec!["update-site", id.as_str()];
+        all.extend_from_slice(args);
+        run(sitemon_with_database(&db.url).args(all))
+    };
+    let output = update(&[
+        "--success-threshold",
+        "4",
+        "--reminder-every",
+        "0",
+        "--cert-expiry-days",
+        "30",
+        "--channels",
+        "ops",
+    ]);
+    assert!(succeeded(&output).starts_with(&format!("~ {url}")));
+    assert_eq!(
+        alert_columns(&db, url).await,
+        json!([2, 4, null, 0, 30, ["ops"]])
+    );
+    succeeded(&update(&[
+        "--failure-threshold",
+        "none",
+        "--channels",
+        "none",
+    ]));
+    assert_eq!(
+        alert_columns(&db, url).await,
+        json!([null, 4, null, 0, 30, null])
+    );
+    let before = snapshot(&db).await;
+    assert_fails(
+        &update(&["--channels", "nope"]),
+        "invalid alerts.channels \"nope\": no channel has this name",
+    );
+    assert_fails(
+        &update(&["--min-locations", "0"]),
+        "invalid alerts.min_locations 0",
+    );
+    assert_fails(
+        &update(&["--reminder-every", "soon"]),
+        "invalid alerts.reminder_every \"soon\"",
+    );
+    assert_eq!(snapshot(&db).await, before, "a refused update wrote");
+    db.drop_database().await;
+}

@@ -11,6 +11,7 @@ pub use sqlx::postgres::PgPool;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result, one_line};
 use crate::site::{NewSite, Site, SiteSettings};
+use crate::site_alerts::{SiteAlerts, check_channels_exist};
 use crate::statement::bounded;
 
 /// The schema, from `migrations/`, embedded in every binary.
@@ -100,7 +101,9 @@ pub async fn migrate_with_progress(
 /// The columns of `websites` that make a [`Site`], for every query that reads one.
 pub(crate) const SITE_COLUMNS: &str = "id, url, name, check_interval, up_regex, regex_must_not_match, \
      method, headers, body, expect_status, degraded_after_ms, timeout_ms, follow_redirects, \
-     tls_verify";
+     tls_verify, failure_threshold, success_threshold, min_locations, \
+     EXTRACT(EPOCH FROM reminder_every)::float8 AS reminder_every_secs, cert_expiry_days, \
+     channels";
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Site {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
@@ -129,24 +132,47 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Site {
                 timeout_ms: row.try_get::<Option<i32>, _>("timeout_ms")?.map(Into::into),
                 follow_redirects: row.try_get("follow_redirects")?,
                 tls_verify: row.try_get("tls_verify")?,
+                alerts: SiteAlerts {
+                    failure_threshold: count(row, "failure_threshold")?,
+                    success_threshold: count(row, "success_threshold")?,
+                    min_locations: count(row, "min_locations")?,
+                    reminder_every: row
+                        .try_get::<Option<f64>, _>("reminder_every_secs")?
+                        .filter(|s| s.is_finite() && *s >= 0.0)
+                        .map(std::time::Duration::from_secs_f64),
+                    cert_expiry_days: count(row, "cert_expiry_days")?,
+                    channels: row.try_get("channels")?,
+                },
             },
         })
     }
 }
 
-/// The statement that inserts a [`NewSite`] (`$1`..`$13` as [`bind_site`] binds them).
+/// A non-negative integer column that may be NULL.
+fn count(row: &sqlx::postgres::PgRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
+    use sqlx::Row as _;
+    Ok(row
+        .try_get::<Option<i32>, _>(column)?
+        .and_then(|v| u32::try_from(v).ok()))
+}
+
+/// The statement that inserts a [`NewSite`] (`$1`..`$19` as [`bind_site`] binds them).
 const INSERT_SITE: &str = "INSERT INTO websites (url, name, check_interval, up_regex, \
      regex_must_not_match, method, headers, body, expect_status, degraded_after_ms, timeout_ms, \
-     follow_redirects, tls_verify) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     follow_redirects, tls_verify, failure_threshold, success_threshold, min_locations, \
+     reminder_every, cert_expiry_days, channels) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             make_interval(secs => $17), $18, $19)";
 
-/// The statement that overwrites site `$14` with a [`NewSite`].
+/// The statement that overwrites site `$20` with a [`NewSite`].
 const UPDATE_SITE: &str = "UPDATE websites SET url = $1, name = $2, check_interval = $3, \
      up_regex = $4, regex_must_not_match = $5, method = $6, headers = $7, body = $8, \
      expect_status = $9, degraded_after_ms = $10, timeout_ms = $11, follow_redirects = $12, \
-     tls_verify = $13 WHERE id = $14";
+     tls_verify = $13, failure_threshold = $14, success_threshold = $15, min_locations = $16, \
+     reminder_every = make_interval(secs => $17), cert_expiry_days = $18, channels = $19 \
+     WHERE id = $20";
 
-/// Binds a validated site's settings as `$1`..`$13` of [`INSERT_SITE`] and [`UPDATE_SITE`].
+/// Binds a validated site's settings as `$1`..`$19` of [`INSERT_SITE`] and [`UPDATE_SITE`].
 fn bind_site<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     site: &'q NewSite,
@@ -168,6 +194,17 @@ fn bind_site<'q>(
         .bind(narrow(s.timeout_ms))
         .bind(s.follow_redirects)
         .bind(s.tls_verify)
+        .bind(count_column(s.alerts.failure_threshold))
+        .bind(count_column(s.alerts.success_threshold))
+        .bind(count_column(s.alerts.min_locations))
+        .bind(s.alerts.reminder_every.map(|d| d.as_secs_f64()))
+        .bind(count_column(s.alerts.cert_expiry_days))
+        .bind(&s.alerts.channels)
+}
+
+/// A validated count (at most a few thousand) as its `integer` column.
+fn count_column(value: Option<u32>) -> Option<i32> {
+    value.map(|v| i32::try_from(v).unwrap_or(i32::MAX))
 }
 
 /// Registers a site and returns its id.
@@ -176,16 +213,19 @@ fn bind_site<'q>(
 /// [`Error::DuplicateUrl`] or [`Error::DuplicateName`] with the existing site's id when the
 /// URL or name is registered already; [`Error::Database`] or [`Error::Timeout`] otherwise.
 pub async fn insert_site(pool: &PgPool, site: &NewSite) -> Result<i32> {
-    let mut conn = bounded("adding the site", SITE_QUERY_TIMEOUT, pool.acquire()).await?;
-    insert_site_on(&mut conn, site).await
+    let mut tx = bounded("starting a transaction", SITE_QUERY_TIMEOUT, pool.begin()).await?;
+    let id = insert_site_on(&mut tx, site).await?;
+    bounded("committing the new site", SITE_QUERY_TIMEOUT, tx.commit()).await?;
+    Ok(id)
 }
 
-/// [`insert_site`] on a connection the caller holds, e.g. inside its transaction (the alert
-/// settings of `add-site` are written in the same one).
+/// [`insert_site`] on a connection the caller holds, e.g. inside its transaction.
 ///
 /// # Errors
-/// As [`insert_site`].
+/// As [`insert_site`]; [`Error::InvalidSetting`] (`alerts.channels`) when a channel the site
+/// names does not exist.
 pub async fn insert_site_on(conn: &mut sqlx::PgConnection, site: &NewSite) -> Result<i32> {
+    check_channels_exist(&mut *conn, &site.settings().alerts).await?;
     let inserted: Option<i32> = bounded(
         "adding the site",
         SITE_QUERY_TIMEOUT,
@@ -296,6 +336,7 @@ pub async fn update_site(
     .await?
     .ok_or(Error::UnknownSite { id })?;
     let site = change(current.settings)?;
+    check_channels_exist(&mut tx, &site.settings().alerts).await?;
     if let Some(conflict) = find_conflict(&mut *tx, &site, Some(id32)).await? {
         return Err(conflict);
     }
@@ -316,6 +357,7 @@ pub async fn update_site(
 
 /// Inserts a validated site within a transaction (for `apply`).
 pub(crate) async fn insert_site_in(tx: &mut sqlx::PgConnection, site: &NewSite) -> Result<i32> {
+    check_channels_exist(&mut *tx, &site.settings().alerts).await?;
     bounded(
         "adding a site",
         SITE_QUERY_TIMEOUT,
@@ -331,6 +373,7 @@ pub(crate) async fn update_site_in(
     id: i32,
     site: &NewSite,
 ) -> Result<()> {
+    check_channels_exist(&mut *tx, &site.settings().alerts).await?;
     bounded(
         "changing a site",
         SITE_QUERY_TIMEOUT,

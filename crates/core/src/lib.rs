@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`site`]: a monitored [`Site`], its [`SiteSettings`] and the validation of what a user
 //!   may register.
+//! - [`site_alerts`]: a site's own alert settings ([`SiteAlerts`]), validated with the rest.
 //! - [`sites_file`]: sites as code: a YAML file of sites read (`sitemon apply`) and written
 //!   (`sitemon export`), errors naming file, line and column.
 //! - [`apply`]: the plan that makes `websites` what a sites file says, applied in one
@@ -61,6 +62,7 @@ mod refusal;
 pub mod report;
 pub mod retry;
 pub mod site;
+pub mod site_alerts;
 pub mod sites_file;
 mod statement;
 
@@ -71,6 +73,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use event::{Assertion, CheckError, CheckEvent, ErrorKind, ProbeTimings};
 pub use site::{ExpectStatus, Method, NewSite, Site, SiteSettings};
+pub use site_alerts::SiteAlerts;
 
 /// The version of sitemon, as written into the `User-Agent` and the Kafka client id.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,6 +7,7 @@ use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, excerpt, one_line};
+use crate::site_alerts::SiteAlerts;
 
 /// The longest URL the `websites` table holds.
 pub const MAX_URL_LEN: usize = 2048;
@@ -85,6 +86,10 @@ pub struct SiteSettings {
     /// Whether the server's certificate is verified; off only for internal hosts.
     #[serde(default = "yes")]
     pub tls_verify: bool,
+    /// The site's own alert settings (a sites file's `alerts:` map); unset ones are the
+    /// alert service's defaults.
+    #[serde(default, skip_serializing_if = "SiteAlerts::is_empty")]
+    pub alerts: SiteAlerts,
 }
 
 fn default_interval() -> i64 {
@@ -112,6 +117,7 @@ impl SiteSettings {
             timeout_ms: None,
             follow_redirects: true,
             tls_verify: true,
+            alerts: SiteAlerts::default(),
         }
     }
 
@@ -340,6 +346,7 @@ impl NewSite {
             ));
         }
         validate_interval(settings.interval)?;
+        settings.alerts.validate()?;
         if let Some(pattern) = &settings.regex {
             compile_up_regex(pattern)?;
         }

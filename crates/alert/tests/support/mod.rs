@@ -5,7 +5,9 @@
 
 use sitemon_alert::{ChannelSettings, Processor, admin};
 use sitemon_core::event::EVENT_SCHEMA_VERSION;
-use sitemon_core::{CheckError, CheckEvent, ErrorKind, Method, NewSite, ProbeTimings};
+use sitemon_core::{
+    CheckError, CheckEvent, ErrorKind, Method, NewSite, ProbeTimings, SiteAlerts, SiteSettings,
+};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -88,9 +90,11 @@ pub async fn apply_each(pool: &PgPool, processor: &Processor, events: &[CheckEve
 }
 
 /// A site registered with these alert settings.
-pub async fn site(pool: &PgPool, n: u32, alerts: admin::SiteAlerts) -> i32 {
-    let site = NewSite::new(&format!("http://127.0.0.1:9/site-{n}"), 5, None).expect("valid site");
-    admin::add_site(pool, &site, &alerts)
+pub async fn site(pool: &PgPool, n: u32, alerts: SiteAlerts) -> i32 {
+    let mut settings = SiteSettings::new(&format!("http://127.0.0.1:9/site-{n}"));
+    settings.alerts = alerts;
+    let site = NewSite::from_settings(settings).expect("valid site");
+    sitemon_core::db::insert_site(pool, &site)
         .await
         .expect("site added")
 }

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use sitemon_core::site::parse_header;
-use sitemon_core::{Error, SiteSettings};
+use sitemon_core::{Error, SiteAlerts, SiteSettings};
 
 /// Every setting of a site but its URL. An option not given leaves the setting as it is (the
 /// default for `add-site`); an empty text (`--regex ''`) or `none` (`--timeout-ms none`)
@@ -52,6 +52,100 @@ pub(crate) struct SiteOptions {
     /// Verify the server's certificate: true (default) or false (internal hosts only).
     #[arg(long, value_name = "BOOL")]
     tls_verify: Option<bool>,
+    #[command(flatten)]
+    alerts: AlertOptions,
+}
+
+/// A site's own alert settings (a sites file's `alerts:` keys). Each left out stays as it is
+/// (the alert service's default for `add-site`); `none` goes back to the service's default.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Alerts (default: the alert service's settings)")]
+pub(crate) struct AlertOptions {
+    /// Consecutive failed checks that take a location down (1 to 1000), or none.
+    #[arg(long, value_name = "N|none", allow_negative_numbers = true)]
+    failure_threshold: Option<String>,
+    /// Consecutive successful checks that bring a location back up (1 to 1000), or none.
+    #[arg(long, value_name = "N|none", allow_negative_numbers = true)]
+    success_threshold: Option<String>,
+    /// Locations that must be down for an incident to open (1 to 100), or none.
+    #[arg(long, value_name = "N|none", allow_negative_numbers = true)]
+    min_locations: Option<String>,
+    /// How often an open incident is notified again (1h, 30m; 0 = never), or none.
+    #[arg(long, value_name = "PERIOD|none")]
+    reminder_every: Option<String>,
+    /// Notify when the TLS certificate expires within this many days (0 = never), or none.
+    #[arg(long, value_name = "DAYS|none", allow_negative_numbers = true)]
+    cert_expiry_days: Option<String>,
+    /// The channels to notify, comma-separated; none = every channel.
+    #[arg(long, value_name = "A,B|none")]
+    channels: Option<String>,
+}
+
+impl AlertOptions {
+    /// The options given, written over `alerts` (checked by `NewSite::from_settings` after).
+    fn apply_to(&self, alerts: &mut SiteAlerts) -> Result<(), Error> {
+        let count = |key: &'static str, text: &Option<String>, setting: &mut Option<u32>| {
+            if let Some(text) = text {
+                *setting = none_or(key, text, |t| t.parse::<u32>().ok(), "a whole number")?;
+            }
+            Ok::<_, Error>(())
+        };
+        count(
+            "alerts.failure_threshold",
+            &self.failure_threshold,
+            &mut alerts.failure_threshold,
+        )?;
+        count(
+            "alerts.success_threshold",
+            &self.success_threshold,
+            &mut alerts.success_threshold,
+        )?;
+        count(
+            "alerts.min_locations",
+            &self.min_locations,
+            &mut alerts.min_locations,
+        )?;
+        count(
+            "alerts.cert_expiry_days",
+            &self.cert_expiry_days,
+            &mut alerts.cert_expiry_days,
+        )?;
+        if let Some(text) = &self.reminder_every {
+            alerts.reminder_every = none_or(
+                "alerts.reminder_every",
+                text,
+                |t| crate::args::reminder(t).ok(),
+                "0 (never) or a period such as 30m or 1h",
+            )?;
+        }
+        if let Some(text) = &self.channels {
+            alerts.channels = none_or(
+                "alerts.channels",
+                text,
+                |t| Some(t.split(',').map(|c| c.trim().to_owned()).collect()),
+                "channel names separated by commas",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `none` (the service's default), or what `parse` makes of `text`.
+fn none_or<T>(
+    key: &'static str,
+    text: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, Error> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    parse(text).map(Some).ok_or_else(|| Error::InvalidSetting {
+        key,
+        value: format!("{:?}", text.chars().take(40).collect::<String>()),
+        reason: format!("give {expected}, or none"),
+    })
 }
 
 impl SiteOptions {
@@ -108,7 +202,7 @@ impl SiteOptions {
         if let Some(verify) = self.tls_verify {
             settings.tls_verify = verify;
         }
-        Ok(())
+        self.alerts.apply_to(&mut settings.alerts)
     }
 }
 
