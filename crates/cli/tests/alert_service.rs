@@ -330,3 +330,111 @@ async fn two_workers_share_the_topic_and_notify_each_incident_once() {
     let repeats = check_notifications(&db, &receiver).await;
     assert_eq!(repeats, 0, "no worker was killed: nothing is sent twice");
 }
+
+/// A self-signed certificate for `localhost` that expires in 3 days, and its key, as PEM
+/// files in `dir`; and its `notAfter`.
+fn expiring_certificate(dir: &Path) -> (PathBuf, PathBuf, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("valid");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("parameters");
+    params.not_before = now - time::Duration::days(1);
+    let not_after = now + time::Duration::days(3);
+    params.not_after = not_after;
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let certificate = params.self_signed(&key).expect("a certificate");
+    let (cert_file, key_file) = (dir.join("expiring.pem"), dir.join("expiring.key"));
+    std::fs::write(&cert_file, certificate.pem()).expect("write the certificate");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+    (cert_file, key_file, not_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sitemon_run_notifies_a_certificate_expiring_in_three_days_once() {
+    let (db, topic, _, receiver, logs) = setup(1, 0).await;
+    let (cert, key, not_after) = expiring_certificate(&logs);
+    let server = sitemon_testkit::http::TestServer::https(&cert, &key).await;
+    let url = server.https_url("/ok");
+    let added = run(support::sitemon_with_database(&db.url).args([
+        "add-site",
+        &url,
+        "--interval",
+        "1",
+        "--tls-verify",
+        "false",
+    ]));
+    assert!(added.status.success(), "{}", support::stderr(&added));
+
+    // The whole pipeline: the checker sees the certificate, the sync stores the checks, the
+    // alert service (default 14 days of notice) notifies once per certificate.
+    let log = logs.join("run.log");
+    let mut child = support::sitemon(&db, &topic)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .args(["--alert-start", "earliest"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("sitemon run starts");
+    let tail = || std::fs::read_to_string(&log).unwrap_or_default();
+    let notices = || {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.json()["kind"] == "cert_expiry")
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while notices().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no certificate notice within {PATIENCE:?}\n{}",
+            tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Five more checks of the same certificate notify nothing more.
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM website_status")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count")
+    };
+    let after_notice = stored().await;
+    let deadline = Instant::now() + PATIENCE;
+    while stored().await < after_notice + 5 {
+        assert!(Instant::now() < deadline, "the checks stopped\n{}", tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let offsets_caught_up = Instant::now() + Duration::from_secs(5);
+    tokio::time::sleep_until(offsets_caught_up.into()).await;
+    support::terminate(&child);
+    let status = wait_with_timeout(&mut child, STOP_PATIENCE, "sitemon run after SIGTERM");
+    assert!(
+        status.success(),
+        "sitemon run stopped with {status}\n{}",
+        tail()
+    );
+
+    let notices = notices();
+    let keys: Vec<&str> = notices
+        .iter()
+        .filter_map(|n| n.header("idempotency-key"))
+        .collect();
+    assert_eq!(notices.len(), 1, "one notice per certificate: {keys:?}");
+    let notice = notices[0].json();
+    let expires: OffsetDateTime = time::OffsetDateTime::parse(
+        notice["cert_not_after"].as_str().expect("cert_not_after"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    assert_eq!(expires, not_after, "{notice}");
+    let text = notice["text"].as_str().unwrap_or_default();
+    assert!(text.contains(&url), "the notice names the site: {text}");
+    let incidents: i64 = sqlx::query_scalar("SELECT count(*) FROM alert_incidents")
+        .fetch_one(&db.pool)
+        .await
+        .expect("incidents");
+    assert_eq!(incidents, 0, "an expiring certificate is no outage");
+}
