@@ -12,6 +12,7 @@
 //! | `/flaky`    | 200 or 503, alternating                              |
 //! | `/down`     | 503, "maintenance"                                   |
 //! | `/moved`    | 301 to `/health`                                     |
+//! | `/hook`     | a webhook receiver: prints each alert notification's `text`, 200 |
 //! | anything else | 404                                                |
 //!
 //! The query string is ignored, so `/?a` and `/?b` are two sites with one page.
@@ -43,9 +44,13 @@ async fn serve(mut stream: TcpStream, flaky: Arc<AtomicU64>) {
     else {
         return;
     };
-    let head = String::from_utf8_lossy(&request[..n]);
+    let head = String::from_utf8_lossy(&request[..n]).into_owned();
     let target = head.split_whitespace().nth(1).unwrap_or("/");
     let path = target.split('?').next().unwrap_or("/");
+    if path == "/hook" {
+        receive(&mut stream, head.into_bytes()).await;
+        return;
+    }
     let (status, extra_header, body) = match path {
         "/" => ("200 OK", "", "<h1>Welcome to the sitemon demo</h1>"),
         "/health" => ("200 OK", "", "status: ok"),
@@ -64,5 +69,40 @@ async fn serve(mut stream: TcpStream, flaky: Arc<AtomicU64>) {
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A webhook from `sitemon alert`: reads the whole body, prints the notification's one-line
+/// `text`, answers 200.
+async fn receive(stream: &mut TcpStream, mut request: Vec<u8>) {
+    let length = |request: &[u8]| {
+        let text = String::from_utf8_lossy(request);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })?;
+        (body.len() >= length).then(|| body[..length].to_owned())
+    };
+    let mut buf = [0_u8; 8192];
+    let body = loop {
+        if let Some(body) = length(&request) {
+            break body;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    };
+    let text = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["text"].as_str().map(str::to_owned))
+        .unwrap_or(body);
+    println!("webhook received: {text}");
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await;
     let _ = stream.shutdown().await;
 }
