@@ -45,7 +45,7 @@
 //! let database = DatabaseConfig::from_url("postgres://sitemon:sitemon@127.0.0.1/sitemon")?;
 //! let kafka = KafkaConfig::plaintext("127.0.0.1:9092", "website_status")?;
 //! let mut config = SyncConfig::new(database, kafka);
-//! config.batch_size = 2_000;
+//! config.consumer.batch_size = 2_000;
 //! let shutdown = CancellationToken::new();
 //! // Cancel `shutdown` (on SIGTERM, say): the batch in hand is stored, then `run` returns.
 //! sitemon_sync::run(config, shutdown).await?;
@@ -92,7 +92,7 @@ const POOL_SIZE: u32 = 3;
 /// ([`Error::is_auth_failure`], at once) or has no schema ([`Error::NotMigrated`]), no broker
 /// answers or one refuses the login, or the topic does not exist ([`Error::UnknownTopic`]).
 pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> {
-    let pool = sitemon_core::db::connect(&config.database, POOL_SIZE).await?;
+    let pool = sitemon_core::db::connect(&config.consumer.database, POOL_SIZE).await?;
     let migrated: bool = bounded_db(
         "looking for the schema",
         Duration::from_secs(30),
@@ -106,10 +106,10 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
     let sink = sink::Rows {
         stats: stats::Stats::new(),
     };
-    sink.stats.register(&config.metrics);
+    sink.stats.register(&config.consumer.metrics);
     let maintainer = tokio::spawn(maintain(pool.clone(), config.clone(), shutdown.clone()));
     let result =
-        sitemon_core::consume::run(&config.consumer(), &pool, Arc::new(sink), shutdown).await;
+        sitemon_core::consume::run(&config.consumer, &pool, Arc::new(sink), shutdown).await;
     maintainer.abort();
     pool.close().await;
     tracing::info!("sync stopped");

@@ -70,8 +70,8 @@ async fn a_worker_whose_lease_was_taken_while_it_stalled_stores_nothing() {
 
     // Worker A: takes the partition at once, then rebalances only once an hour.
     let mut config = fixture.config();
-    config.rebalance_every = Duration::from_secs(3600);
-    let a_metrics = config.metrics.clone();
+    config.consumer.rebalance_every = Duration::from_secs(3600);
+    let a_metrics = config.consumer.metrics.clone();
     let a = fixture.start(config);
     wait_until(
         "worker A's batch waiting for the site's row lock",
@@ -109,10 +109,10 @@ async fn a_worker_whose_lease_was_taken_while_it_stalled_stores_nothing() {
 
     // Worker B takes the partition and reads the same events; its batch waits a minute.
     let mut config = fixture.config();
-    config.rebalance_every = Duration::from_millis(500);
-    config.batch_size = 1_000;
-    config.batch_wait = Duration::from_secs(60);
-    let b_metrics = config.metrics.clone();
+    config.consumer.rebalance_every = Duration::from_millis(500);
+    config.consumer.batch_size = 1_000;
+    config.consumer.batch_wait = Duration::from_secs(60);
+    let b_metrics = config.consumer.metrics.clone();
     let b = fixture.start(config);
     wait_until(
         "worker B holding partition 0",

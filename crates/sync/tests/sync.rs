@@ -194,7 +194,7 @@ async fn a_site_removed_while_its_events_are_in_flight_gets_rejects_and_the_sync
     let sites = fixture.sites(2).await;
     let (removed, kept) = (sites[0], sites[1]);
     let mut config = fixture.config();
-    config.batch_size = 7;
+    config.consumer.batch_size = 7;
     let sync = fixture.start(config);
     let mut produced = 0;
     for round in 0..40 {
@@ -306,7 +306,7 @@ async fn start_latest_skips_what_was_there_and_keeps_what_comes() {
         .produce_events(&[event(site, 1), event(site, 2)])
         .await;
     let mut config = fixture.config();
-    config.start = StartFrom::Latest;
+    config.consumer.start = StartFrom::Latest;
     let sync = fixture.start(config);
     // The offset is stored when the reader starts; wait for it before producing.
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
@@ -367,7 +367,7 @@ async fn messages_deleted_before_they_were_read_are_skipped_and_counted() {
 async fn a_missing_topic_or_schema_is_reported_at_once() {
     let fixture = Fixture::new(1).await;
     let mut config = fixture.config();
-    config.kafka.topic = sitemon_testkit::random_topic();
+    config.consumer.kafka.topic = sitemon_testkit::random_topic();
     let error = sitemon_sync::run(config, Default::default())
         .await
         .expect_err("no such topic");
@@ -379,7 +379,7 @@ async fn a_missing_topic_or_schema_is_reported_at_once() {
 
     let empty = sitemon_testkit::TestDb::empty().await;
     let mut config = fixture.config();
-    config.database = sitemon_core::DatabaseConfig::from_url(&empty.url).expect("url");
+    config.consumer.database = sitemon_core::DatabaseConfig::from_url(&empty.url).expect("url");
     let error = sitemon_sync::run(config, Default::default())
         .await
         .expect_err("no schema");
@@ -410,8 +410,8 @@ async fn a_lost_lease_connection_stops_every_partition_rejoins_and_loses_nothing
     let fixture = Fixture::new(4).await;
     let sites = fixture.sites(8).await;
     let mut config = fixture.config();
-    config.rebalance_every = std::time::Duration::from_millis(300);
-    let metrics = config.metrics.clone();
+    config.consumer.rebalance_every = std::time::Duration::from_millis(300);
+    let metrics = config.consumer.metrics.clone();
     let sync = fixture.start(config);
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     let first = loop {
@@ -521,9 +521,9 @@ async fn the_batch_in_hand_is_stored_on_shutdown() {
     fixture.produce_events(&events).await;
     // A batch that would wait a minute for more: only the shutdown can store it in time.
     let mut config = fixture.config();
-    config.batch_size = 1_000;
-    config.batch_wait = std::time::Duration::from_secs(60);
-    let metrics = config.metrics.clone();
+    config.consumer.batch_size = 1_000;
+    config.consumer.batch_wait = std::time::Duration::from_secs(60);
+    let metrics = config.consumer.metrics.clone();
     let sync = fixture.start(config);
 
     // The reader has fetched the seven (the partition's lag says so) and nothing is stored.

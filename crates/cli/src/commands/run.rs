@@ -64,7 +64,7 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let registry = Registry::new();
     checker.metrics = registry.clone();
-    sync.metrics = registry.clone();
+    sync.consumer.metrics = registry.clone();
     alert.consumer.metrics = registry.clone();
     args.services.metrics.serve(&registry, &shutdown).await?;
 

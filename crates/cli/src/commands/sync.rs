@@ -82,13 +82,13 @@ impl SyncOptions {
         kafka: sitemon_core::KafkaConfig,
     ) -> SyncConfig {
         let mut config = SyncConfig::new(database, kafka);
-        config.batch_size = self.batch_size as usize;
-        config.batch_wait = Duration::from_millis(self.batch_wait);
-        config.fetch_min_bytes = self.fetch_min_bytes as usize;
-        config.fetch_max_wait = Duration::from_millis(self.fetch_max_wait_ms);
+        config.consumer.batch_size = self.batch_size as usize;
+        config.consumer.batch_wait = Duration::from_millis(self.batch_wait);
+        config.consumer.fetch_min_bytes = self.fetch_min_bytes as usize;
+        config.consumer.fetch_max_wait = Duration::from_millis(self.fetch_max_wait_ms);
         config.retention = self.retention;
         config.rollup_retention = self.rollup_retention;
-        config.start = match self.start {
+        config.consumer.start = match self.start {
             Start::Earliest => StartFrom::Earliest,
             Start::Latest => StartFrom::Latest,
         };
@@ -100,11 +100,11 @@ pub(crate) async fn exec(args: SyncArgs) -> anyhow::Result<()> {
     let config = args
         .options
         .config(args.services.db.config()?, args.services.kafka.config()?);
-    let topic = config.kafka.topic.clone();
+    let topic = config.consumer.kafka.topic.clone();
     let shutdown = crate::shutdown::on_signal();
     args.services
         .metrics
-        .serve(&config.metrics, &shutdown)
+        .serve(&config.consumer.metrics, &shutdown)
         .await?;
     sitemon_sync::run(config, shutdown)
         .await

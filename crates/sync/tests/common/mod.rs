@@ -56,10 +56,10 @@ impl Fixture {
             DatabaseConfig::from_url(&self.db.url).expect("test URL parses"),
             kafka_config(&self.topic),
         );
-        config.batch_size = 100;
-        config.batch_wait = Duration::from_millis(50);
-        config.progress_every = Duration::from_secs(1);
-        config.partition_poll_every = Duration::from_millis(500);
+        config.consumer.batch_size = 100;
+        config.consumer.batch_wait = Duration::from_millis(50);
+        config.consumer.progress_every = Duration::from_secs(1);
+        config.consumer.partition_poll_every = Duration::from_millis(500);
         config
     }
 
