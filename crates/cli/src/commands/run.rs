@@ -1,6 +1,8 @@
 //! `sitemon run`: the whole pipeline in one process. Migrates, makes sure the topic exists,
 //! then runs the checker and the sync side by side (still through Kafka) until
-//! SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses.
+//! SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses. With
+//! `--listen` it serves the dashboard too (as `sitemon serve`), with the checker's and the
+//! sync's metrics on its `/metrics`.
 
 use anyhow::Context as _;
 use clap::Args;
@@ -8,6 +10,7 @@ use sitemon_core::kafka::{self, TopicCreation};
 use sitemon_core::metrics::Registry;
 
 use super::check::CheckOptions;
+use super::serve::WebOptions;
 use super::sync::SyncOptions;
 use crate::args::ServiceArgs;
 
@@ -20,13 +23,20 @@ pub(crate) struct RunArgs {
     sync: SyncOptions,
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    web: WebOptions,
 }
 
 pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let database = args.services.db.config()?;
     let kafka_config = args.services.kafka.config()?;
     let mut checker = args.check.config(database.clone(), kafka_config.clone())?;
-    let mut sync = args.sync.config(database, kafka_config.clone());
+    let mut sync = args.sync.config(database.clone(), kafka_config.clone());
+    let registry = Registry::new();
+    let web = match args.web.listen {
+        Some(listen) => Some(args.web.config(listen, registry.clone())?),
+        None => None,
+    };
 
     let pool = args.services.db.connect().await?;
     sitemon_core::db::migrate(&pool).await?;
@@ -55,7 +65,15 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     drop(client);
 
     let shutdown = crate::shutdown::on_signal();
-    let registry = Registry::new();
+    let dashboard = match web {
+        Some(config) => {
+            let pool = sitemon_web::connect(&database, &config).await?;
+            let (addr, server) = sitemon_web::start(config, pool, shutdown.clone()).await?;
+            tracing::info!("dashboard at http://{addr}/");
+            Some(server)
+        }
+        None => None,
+    };
     checker.metrics = registry.clone();
     sync.metrics = registry.clone();
     args.services.metrics.serve(&registry, &shutdown).await?;
@@ -83,5 +101,13 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     synced
         .context("the sync panicked")?
         .context("the sync stopped")?;
+    if let Some(server) = dashboard {
+        // The checker and the sync stopped: so does the dashboard.
+        shutdown.cancel();
+        server
+            .await
+            .context("the dashboard panicked")?
+            .context("the dashboard stopped")?;
+    }
     Ok(())
 }
