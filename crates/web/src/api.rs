@@ -24,16 +24,19 @@ fn core(error: sitemon_core::Error) -> AppError {
 
 /// A site id from the path: a number, or 404.
 pub(crate) fn site_id(text: &str, format: Format) -> Result<i32, AppError> {
-    text.parse::<i32>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        AppError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no site has id {:?}",
-                text.chars().take(40).collect::<String>()
-            ),
-            format,
-        )
-    })
+    text.parse::<i32>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no site has id {:?}",
+                    text.chars().take(40).collect::<String>()
+                ),
+                format,
+            )
+        })
 }
 
 /// `?window=`.
@@ -137,7 +140,9 @@ pub(crate) async fn history(
     if since.as_secs() / every.as_secs() > MAX_BUCKETS {
         return Err(AppError::new(
             StatusCode::BAD_REQUEST,
-            format!("more than {MAX_BUCKETS} buckets: ask for a longer `every` or a shorter `since`"),
+            format!(
+                "more than {MAX_BUCKETS} buckets: ask for a longer `every` or a shorter `since`"
+            ),
             JSON,
         ));
     }

@@ -124,15 +124,27 @@ mod tests {
         let token = Token::new(Secret::new("t0ken"));
         let mut headers = HeaderMap::new();
         assert!(!token.allows(&headers));
-        headers.insert(header::AUTHORIZATION, "Bearer wrong".parse().expect("header"));
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer wrong".parse().expect("header"),
+        );
         assert!(!token.allows(&headers));
-        headers.insert(header::AUTHORIZATION, "Bearer t0ken".parse().expect("header"));
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer t0ken".parse().expect("header"),
+        );
         assert!(token.allows(&headers));
         let mut headers = HeaderMap::new();
         let cookie = token.set_cookie(false);
         let pair = cookie.split(';').next().expect("a pair");
-        assert!(!pair.contains("t0ken"), "the cookie is not the token: {cookie}");
-        headers.insert(header::COOKIE, format!("a=b; {pair}").parse().expect("header"));
+        assert!(
+            !pair.contains("t0ken"),
+            "the cookie is not the token: {cookie}"
+        );
+        headers.insert(
+            header::COOKIE,
+            format!("a=b; {pair}").parse().expect("header"),
+        );
         assert!(token.allows(&headers));
         headers.insert(
             header::COOKIE,

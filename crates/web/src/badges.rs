@@ -23,7 +23,11 @@ fn svg(status: StatusCode, label: &str, value: &str, color: &str) -> Response {
             (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
             (
                 header::CACHE_CONTROL,
-                if status.is_success() { CACHE } else { "no-cache" },
+                if status.is_success() {
+                    CACHE
+                } else {
+                    "no-cache"
+                },
             ),
         ],
         badge(label, value, color),

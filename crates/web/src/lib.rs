@@ -127,8 +127,7 @@ impl WebConfig {
         } else if !self.listen.ip().is_loopback() && !self.public {
             return Err(Error::Unprotected { addr: self.listen });
         }
-        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.query_timeout)
-        {
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.query_timeout) {
             return Err(Error::Config {
                 setting: "--query-timeout",
                 reason: "from 100ms to 10m".to_owned(),
@@ -158,7 +157,11 @@ pub async fn connect(database: &DatabaseConfig, config: &WebConfig) -> Result<Pg
         Ok(Ok(_)) => Ok(pool),
         Ok(Err(e)) => Err(Error::Core(sitemon_core::Error::DatabaseConnect {
             target: database.target().to_owned(),
-            reason: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            reason: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })),
         Err(_) => Err(Error::Core(sitemon_core::Error::DatabaseConnect {
             target: database.target().to_owned(),

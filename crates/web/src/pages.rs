@@ -311,7 +311,11 @@ pub(crate) async fn site(
     status.url = state.urls.show(&status.url);
     let site_state = SiteState::of(&status);
     let days = days.get(&id).cloned().unwrap_or_default();
-    let title = site.settings.name.clone().unwrap_or_else(|| status.url.clone());
+    let title = site
+        .settings
+        .name
+        .clone()
+        .unwrap_or_else(|| status.url.clone());
     let from = now - window;
     let incidents: Vec<_> = incidents
         .into_iter()
@@ -427,15 +431,20 @@ fn phases(checks: &[RecentCheck]) -> Markup {
 /// The phases of a check as (class, x, width) on a 200-wide bar where `longest` fills it.
 fn stack(t: &sitemon_core::ProbeTimings, longest: f64) -> Vec<(&'static str, f64, f64)> {
     let mut x = 0.0;
-    [("dns", t.dns), ("connect", t.connect), ("tls", t.tls), ("ttfb", t.ttfb)]
-        .into_iter()
-        .map(|(class, phase)| {
-            let w = phase.unwrap_or(0.0).max(0.0) / longest * 200.0;
-            let at = x;
-            x += w;
-            (class, at, w)
-        })
-        .collect()
+    [
+        ("dns", t.dns),
+        ("connect", t.connect),
+        ("tls", t.tls),
+        ("ttfb", t.ttfb),
+    ]
+    .into_iter()
+    .map(|(class, phase)| {
+        let w = phase.unwrap_or(0.0).max(0.0) / longest * 200.0;
+        let at = x;
+        x += w;
+        (class, at, w)
+    })
+    .collect()
 }
 
 fn short(at: OffsetDateTime) -> String {
@@ -585,5 +594,9 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
     if path.starts_with("/api/") {
         return AppError::new(StatusCode::NOT_FOUND, message, Format::Json).into_response();
     }
-    (StatusCode::NOT_FOUND, error_page(StatusCode::NOT_FOUND, message)).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        error_page(StatusCode::NOT_FOUND, message),
+    )
+        .into_response()
 }

@@ -128,8 +128,8 @@ pub(crate) fn response_chart(
                 continue;
             };
             let middle = bucket.bucket_start + time::Duration::seconds(every_secs / 2);
-            let joined = previous
-                .is_some_and(|p| (bucket.bucket_start - p).whole_seconds() <= every_secs);
+            let joined =
+                previous.is_some_and(|p| (bucket.bucket_start - p).whole_seconds() <= every_secs);
             path.push_str(&format!(
                 "{}{:.1} {:.1}",
                 if joined { "L" } else { "M" },
@@ -275,7 +275,7 @@ mod tests {
     fn bars_have_a_figure_each_and_a_sentence() {
         let days: Vec<DayUptime> = (0..90)
             .map(|i| DayUptime {
-                day: date!(2026-09-01) + time::Duration::days(i),
+                day: date!(2026 - 09 - 01) + time::Duration::days(i),
                 checks: if i == 0 { 0 } else { 100 },
                 up: if i == 5 { 90 } else { 100 },
                 degraded: 0,
@@ -290,8 +290,14 @@ mod tests {
             .collect();
         let svg = uptime_bars(&days).into_string();
         assert_eq!(svg.matches("<rect").count(), 90);
-        assert!(svg.contains("<title>2026-09-06: 90.0% up, 100 checks</title>"), "{svg}");
-        assert!(svg.contains("<title>2026-09-01: no checks</title>"), "{svg}");
+        assert!(
+            svg.contains("<title>2026-09-06: 90.0% up, 100 checks</title>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("<title>2026-09-01: no checks</title>"),
+            "{svg}"
+        );
         assert!(svg.contains("class=\"bad\""));
         assert!(svg.contains("days below 99.9%: 2026-09-06 90.0%."), "{svg}");
     }
@@ -302,7 +308,10 @@ mod tests {
         assert!(svg.contains("&lt;99%&gt;"), "{svg}");
         assert!(!svg.contains("<99%>"), "{svg}");
         assert!(svg.contains(RED));
-        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"117\""), "{svg}");
+        assert!(
+            svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"117\""),
+            "{svg}"
+        );
     }
 
     #[test]

@@ -143,29 +143,28 @@ pub(crate) async fn overview(
     let week: HashMap<i32, Option<f64>> = d7.0.iter().map(|s| (s.id, s.uptime_pct)).collect();
     let month: HashMap<i32, Option<f64>> = d30.0.iter().map(|s| (s.id, s.uptime_pct)).collect();
     let needle = filter.trim().to_lowercase();
-    let mut rows: Vec<OverviewRow> = d1
-        .0
-        .into_iter()
-        .map(|mut status| {
-            status.url = urls.show(&status.url);
-            OverviewRow {
-                name: names.get(&status.id).cloned(),
-                state: State::of(&status),
-                uptime_7d: week.get(&status.id).copied().flatten(),
-                uptime_30d: month.get(&status.id).copied().flatten(),
-                day: status,
-                days: Vec::new(),
-            }
-        })
-        .filter(|row| {
-            needle.is_empty()
-                || row.day.url.to_lowercase().contains(&needle)
-                || row
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| n.to_lowercase().contains(&needle))
-        })
-        .collect();
+    let mut rows: Vec<OverviewRow> =
+        d1.0.into_iter()
+            .map(|mut status| {
+                status.url = urls.show(&status.url);
+                OverviewRow {
+                    name: names.get(&status.id).cloned(),
+                    state: State::of(&status),
+                    uptime_7d: week.get(&status.id).copied().flatten(),
+                    uptime_30d: month.get(&status.id).copied().flatten(),
+                    day: status,
+                    days: Vec::new(),
+                }
+            })
+            .filter(|row| {
+                needle.is_empty()
+                    || row.day.url.to_lowercase().contains(&needle)
+                    || row
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| n.to_lowercase().contains(&needle))
+            })
+            .collect();
     rows.sort_by_key(|row| (row.state, row.day.id));
     let matching = rows.len();
     let mut rows: Vec<OverviewRow> = rows
@@ -174,8 +173,7 @@ pub(crate) async fn overview(
         .take(per_page)
         .collect();
     let ids: Vec<i32> = rows.iter().map(|r| r.day.id).collect();
-    let mut days =
-        dashboard::daily_uptime(pool, &ids, BAR_DAYS, OffsetDateTime::now_utc()).await?;
+    let mut days = dashboard::daily_uptime(pool, &ids, BAR_DAYS, OffsetDateTime::now_utc()).await?;
     for row in &mut rows {
         row.days = days.remove(&row.day.id).unwrap_or_default();
     }

@@ -44,7 +44,11 @@ pub(crate) struct WebOptions {
 
 impl WebOptions {
     /// The server's configuration, validated: an unusable setting is a [`Usage`] error.
-    pub(crate) fn config(&self, listen: SocketAddr, metrics: Registry) -> anyhow::Result<WebConfig> {
+    pub(crate) fn config(
+        &self,
+        listen: SocketAddr,
+        metrics: Registry,
+    ) -> anyhow::Result<WebConfig> {
         let token = match (&self.ui_token, &self.token_file) {
             (Some(token), _) => Some(token.trim().to_owned()),
             (None, Some(path)) => {
