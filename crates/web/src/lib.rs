@@ -208,7 +208,9 @@ fn router(state: AppState) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/assets/sitemon.css", get(pages::css))
-        .route("/assets/sitemon.js", get(pages::script));
+        .route("/assets/sitemon.js", get(pages::script))
+        .route("/assets/favicon.svg", get(pages::favicon))
+        .route("/favicon.ico", get(pages::favicon));
     Router::new()
         .merge(guarded(pages, Guarded::Page))
         .merge(guarded(api, Guarded::Api))

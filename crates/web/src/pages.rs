@@ -27,6 +27,7 @@ const REFRESH_SECS: u32 = 10;
 
 const CSS: &str = include_str!("../assets/sitemon.css");
 const SCRIPT: &str = include_str!("../assets/sitemon.js");
+const FAVICON: &str = include_str!("../assets/favicon.svg");
 
 fn core(error: sitemon_core::Error) -> AppError {
     AppError::from_core(error, HTML)
@@ -41,6 +42,7 @@ fn layout(title: &str, logout: bool, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · sitemon" }
+                link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/assets/sitemon.css";
                 script src="/assets/sitemon.js" defer {}
             }
@@ -583,6 +585,18 @@ pub(crate) async fn script() -> Response {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         SCRIPT,
+    )
+        .into_response()
+}
+
+/// `GET /assets/favicon.svg` (and `/favicon.ico`, where browsers look by themselves).
+pub(crate) async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
     )
         .into_response()
 }

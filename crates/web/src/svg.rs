@@ -101,8 +101,8 @@ pub(crate) fn response_chart(
     until: OffsetDateTime,
     every_secs: i64,
 ) -> Markup {
-    const W: f64 = 720.0;
-    const H: f64 = 220.0;
+    const W: f64 = 1000.0;
+    const H: f64 = 260.0;
     const LEFT: f64 = 52.0;
     const BOTTOM: f64 = 24.0;
     const TOP: f64 = 8.0;
@@ -119,8 +119,10 @@ pub(crate) fn response_chart(
         LEFT + ((at.unix_timestamp() as f64 - t0) / span).clamp(0.0, 1.0) * plot_w
     };
     let y = |ms: f64| TOP + plot_h - (ms / scale).clamp(0.0, 1.0) * plot_h;
+    // Runs of adjacent buckets become one line each; a lone bucket a dot (a zero-length
+    // stroke with round caps).
     let line = |pick: fn(&HistoryBucket) -> Option<f64>| -> String {
-        let mut path = String::new();
+        let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
         let mut previous: Option<OffsetDateTime> = None;
         for bucket in buckets {
             let Some(ms) = pick(bucket).filter(|v| v.is_finite()) else {
@@ -130,13 +132,24 @@ pub(crate) fn response_chart(
             let middle = bucket.bucket_start + time::Duration::seconds(every_secs / 2);
             let joined =
                 previous.is_some_and(|p| (bucket.bucket_start - p).whole_seconds() <= every_secs);
-            path.push_str(&format!(
-                "{}{:.1} {:.1}",
-                if joined { "L" } else { "M" },
-                x(middle),
-                y(ms)
-            ));
+            let point = (x(middle), y(ms));
+            match runs.last_mut() {
+                Some(run) if joined => run.push(point),
+                _ => runs.push(vec![point]),
+            }
             previous = Some(bucket.bucket_start);
+        }
+        let mut path = String::new();
+        for run in &runs {
+            for (i, (px, py)) in run.iter().enumerate() {
+                path.push_str(&format!(
+                    "{}{px:.1} {py:.1}",
+                    if i == 0 { "M" } else { "L" }
+                ));
+            }
+            if run.len() == 1 {
+                path.push_str("h0.1");
+            }
         }
         path
     };
@@ -156,8 +169,9 @@ pub(crate) fn response_chart(
                 line.grid x1=(LEFT) x2=(W - 8.0) y1=(format!("{:.1}", y(ms))) y2=(format!("{:.1}", y(ms))) {}
                 text.axis x=(LEFT - 4.0) y=(format!("{:.1}", y(ms) + 4.0)) text-anchor="end" { (millis(ms)) }
             }
-            @for (tx, label) in &time_ticks {
-                text.axis x=(format!("{tx:.1}")) y=(H - 6.0) text-anchor="middle" { (label) }
+            @for (i, (tx, label)) in time_ticks.iter().enumerate() {
+                text.axis x=(format!("{tx:.1}")) y=(H - 6.0)
+                    text-anchor=(match i { 0 => "start", 4 => "end", _ => "middle" }) { (label) }
             }
             path.p95 d=(line(|b| b.p95_ms)) {}
             path.p50 d=(line(|b| b.p50_ms)) {}
@@ -257,6 +271,8 @@ mod tests {
             .expect("a p95 path");
         assert_eq!(p95.matches('M').count(), 2, "{p95}");
         assert_eq!(p95.matches('L').count(), 1, "{p95}");
+        // The lone bucket is a dot.
+        assert!(p95.ends_with("h0.1"), "{p95}");
         assert!(svg.contains("class=\"p50\""), "{svg}");
         assert!(!svg.contains("NaN"), "{svg}");
         // The axis tops at a round 50 ms over the highest p95 (40 ms).
