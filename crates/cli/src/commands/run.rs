@@ -68,8 +68,7 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let dashboard = match web {
         Some(config) => {
             let pool = sitemon_web::connect(&database, &config).await?;
-            let (addr, server) = sitemon_web::start(config, pool, shutdown.clone()).await?;
-            tracing::info!("dashboard at http://{addr}/");
+            let (_, server) = sitemon_web::start(config, pool, shutdown.clone()).await?;
             Some(server)
         }
         None => None,

@@ -91,8 +91,8 @@ pub(crate) async fn exec(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.db.config()?;
     let pool = sitemon_web::connect(&database, &config).await?;
     let shutdown = crate::shutdown::on_signal();
-    let (addr, server) = sitemon_web::start(config, pool, shutdown).await?;
-    eprintln!("sitemon: dashboard at http://{addr}/ (Ctrl-C stops it)");
+    // `start` logs the address ("dashboard at http://…/").
+    let (_, server) = sitemon_web::start(config, pool, shutdown).await?;
     server
         .await
         .context("the dashboard panicked")?
