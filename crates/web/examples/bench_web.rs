@@ -118,9 +118,16 @@ async fn main() {
             ms(h) / ms(q)
         );
     }
-    let (plain, gzipped) = (get(&client, &page, false).await.1, get(&client, &page, true).await.1);
+    let (plain, gzipped) = (
+        get(&client, &page, false).await.1,
+        get(&client, &page, true).await.1,
+    );
     let mut assets = 0;
-    for path in ["assets/sitemon.css", "assets/sitemon.js", "assets/favicon.svg"] {
+    for path in [
+        "assets/sitemon.css",
+        "assets/sitemon.js",
+        "assets/favicon.svg",
+    ] {
         assets += get(&client, &format!("http://{addr}/{path}"), true).await.1;
     }
     let (b, s) = (median(bare.clone()), median(served.clone()));
