@@ -132,10 +132,10 @@ fn result(status: &SiteStatus) -> Markup {
     }
 }
 
-fn uptime_cell(uptime: Option<f64>) -> Markup {
+fn uptime_cell(label: &str, uptime: Option<f64>) -> Markup {
     let (class, word) = uptime_class(uptime);
     html! {
-        td.num data-label="" title=(word) {
+        td.num data-label=(label) title=(word) {
             @match uptime {
                 Some(u) => span class=(class) { (percent(u)) },
                 None => span.none { "–" },
@@ -183,9 +183,9 @@ fn overview_row(row: &OverviewRow, now: OffsetDateTime) -> Markup {
                 }
                 " · " (result(status))
             }
-            (uptime_cell(status.uptime_pct))
-            (uptime_cell(row.uptime_7d))
-            (uptime_cell(row.uptime_30d))
+            (uptime_cell("24h", status.uptime_pct))
+            (uptime_cell("7d", row.uptime_7d))
+            (uptime_cell("30d", row.uptime_30d))
             td.num data-label="p95" {
                 @match status.p95_ms { Some(ms) => (millis(ms)), None => span.none { "–" } }
             }

@@ -4,7 +4,8 @@
 //! Checked: the down site is listed first and marked down in text; 90 bars per site and the
 //! chart's SVG are there; the filter box filters; the browser logged no console error; the
 //! injected `"><script>` URL and name show as text and run nothing. Screenshots of both
-//! pages go to `docs/screenshots/` (the README shows one).
+//! pages go to `docs/screenshots/` (the README shows one), and one of the overview at a
+//! phone's width, where nothing may be wider than the screen.
 //!
 //! `scripts/services up` installs chromium and chromium-driver. Without them this test says
 //! so loudly and passes, except in CI (`CI` set), where it fails.
@@ -295,6 +296,16 @@ async fn the_dashboard_works_in_chromium() {
         errors.is_empty(),
         "console errors on the overview: {errors:#?}"
     );
+
+    // A phone's width: nothing wider than the screen.
+    client.set_window_size(390, 844).await.expect("resizes");
+    wait_until(
+        &client,
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+    )
+    .await;
+    let png = client.screenshot().await.expect("a screenshot");
+    std::fs::write(screenshot_path("overview-phone.png"), png).expect("a phone screenshot");
 
     client.set_window_size(1360, 1000).await.expect("resizes");
     client
