@@ -8,7 +8,7 @@
 //! 2. `GET /` from the server running in this process, timed to the last byte;
 //!
 //! and the page's weight: the HTML as sent plain and gzipped, and the stylesheet, script
-//! and icon it loads.
+//! and icon it loads; then, for scale, the site page and a badge.
 //!
 //! Usage: cargo run --release -p sitemon-web --example bench_web (RUNS=5 by default)
 
@@ -142,6 +142,17 @@ async fn main() {
         gzipped as f64 / 1024.0,
         (gzipped + assets) as f64 / 1024.0
     );
+    // For scale: the site page and a badge (each runs one `site_statuses` over every site).
+    for path in ["sites/1", "sites/1?window=30d", "badge/1/uptime/30d.svg"] {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (status, _) = get(&client, &format!("http://{addr}/{path}"), false).await;
+            assert_eq!(status, 200, "GET /{path}");
+            times.push(ms(started.elapsed()));
+        }
+        println!("GET /{path}: median of 3 {:.0} ms", median(times));
+    }
     stop.cancel();
     let _ = server.await;
 }
