@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::{Server, seed};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt as _;
 use serde_json::{Value, json};
 use sitemon_testkit::TestDb;
 
@@ -186,6 +188,24 @@ async fn the_dashboard_works_in_chromium() {
     let (_driver, webdriver) = chromedriver().await;
     let client = browser(&webdriver).await;
 
+    let checked = AssertUnwindSafe(check_pages(&client, &db, &server, sites))
+        .catch_unwind()
+        .await;
+    // The browser goes whatever happened: a failed check must not leave chromium running.
+    let closed = tokio::time::timeout(Duration::from_secs(30), client.close()).await;
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+    closed
+        .expect("the browser closes within 30 s")
+        .expect("the browser closes");
+    server.stop().await;
+    db.drop_database().await;
+}
+
+/// Everything the test checks in the browser, on `server` (URLs masked) and on a second
+/// server of its own that shows them whole.
+async fn check_pages(client: &Client, db: &TestDb, server: &Server, sites: common::Seeded) {
     client
         .goto(&server.url("/"))
         .await
@@ -206,13 +226,13 @@ async fn the_dashboard_works_in_chromium() {
     );
     // 90 bars a site, their figures on hover.
     let bars = eval(
-        &client,
+        client,
         "return [...document.querySelectorAll('tbody tr')].map(r => r.querySelectorAll('svg.bars rect').length);",
     )
     .await;
     assert_eq!(bars, json!([90, 90, 90, 90, 90]));
     // The injection shows as text and ran nothing.
-    let injected = eval(&client, "return window.__sitemonInjected === undefined;").await;
+    let injected = eval(client, "return window.__sitemonInjected === undefined;").await;
     assert_eq!(injected, json!(true), "the injected script ran");
     let body_text = client
         .find(Locator::Css("body"))
@@ -224,7 +244,7 @@ async fn the_dashboard_works_in_chromium() {
     assert!(body_text.contains("\"><img src=x onerror=\"window.__sitemonInjected=2\">"));
     assert_eq!(
         eval(
-            &client,
+            client,
             "return document.querySelectorAll('main script, main img').length;"
         )
         .await,
@@ -239,12 +259,12 @@ async fn the_dashboard_works_in_chromium() {
         .expect("the filter box");
     filter.send_keys("slow").await.expect("types");
     wait_until(
-        &client,
+        client,
         "return [...document.querySelectorAll('tbody tr')].filter(r => !r.hidden).length === 1;",
     )
     .await;
     let visible = eval(
-        &client,
+        client,
         "return [...document.querySelectorAll('tbody tr')].filter(r => !r.hidden).map(r => r.innerText).join();",
     )
     .await;
@@ -253,21 +273,21 @@ async fn the_dashboard_works_in_chromium() {
         "{visible}"
     );
     // Cleared: every row again.
-    eval(&client, "const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input')); return true;").await;
+    eval(client, "const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input')); return true;").await;
     wait_until(
-        &client,
+        client,
         "return [...document.querySelectorAll('tbody tr')].every(r => !r.hidden);",
     )
     .await;
     // The page refreshes itself in place (the script replaces #live): mark it and wait.
     eval(
-        &client,
+        client,
         "document.getElementById('live').dataset.old = '1'; return true;",
     )
     .await;
     let started = Instant::now();
     while eval(
-        &client,
+        client,
         "return document.getElementById('live').dataset.old === '1';",
     )
     .await
@@ -281,7 +301,7 @@ async fn the_dashboard_works_in_chromium() {
     }
     assert_eq!(
         eval(
-            &client,
+            client,
             "return document.querySelectorAll('tbody tr').length;"
         )
         .await,
@@ -289,15 +309,15 @@ async fn the_dashboard_works_in_chromium() {
     );
     assert_eq!(
         eval(
-            &client,
+            client,
             "return document.documentElement.scrollWidth <= window.innerWidth + 1;"
         )
         .await,
         json!(true),
         "the overview is wider than the window"
     );
-    full_page_screenshot(&client, "overview.png").await;
-    let errors = console_errors(&client).await;
+    full_page_screenshot(client, "overview.png").await;
+    let errors = console_errors(client).await;
     assert!(
         errors.is_empty(),
         "console errors on the overview: {errors:#?}"
@@ -306,7 +326,7 @@ async fn the_dashboard_works_in_chromium() {
     // A phone's width: nothing wider than the screen.
     client.set_window_size(390, 844).await.expect("resizes");
     wait_until(
-        &client,
+        client,
         "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
     )
     .await;
@@ -320,7 +340,7 @@ async fn the_dashboard_works_in_chromium() {
         .expect("the site page loads");
     assert_eq!(
         eval(
-            &client,
+            client,
             "return document.querySelectorAll('svg.chart path.p95').length;"
         )
         .await,
@@ -328,7 +348,7 @@ async fn the_dashboard_works_in_chromium() {
     );
     assert_eq!(
         eval(
-            &client,
+            client,
             "return document.querySelectorAll('svg.bars rect').length;"
         )
         .await,
@@ -342,15 +362,15 @@ async fn the_dashboard_works_in_chromium() {
         .await
         .expect("text");
     assert_eq!(title, "Shop");
-    full_page_screenshot(&client, "site.png").await;
-    let errors = console_errors(&client).await;
+    full_page_screenshot(client, "site.png").await;
+    let errors = console_errors(client).await;
     assert!(
         errors.is_empty(),
         "console errors on the site page: {errors:#?}"
     );
 
     // URLs whole: the injected one is on the page, as text.
-    let full = Server::start(&db, |c| c.show_full_urls = true).await;
+    let full = Server::start(db, |c| c.show_full_urls = true).await;
     client.set_window_size(1360, 1000).await.expect("resizes");
     client
         .goto(&full.url("/"))
@@ -368,13 +388,13 @@ async fn the_dashboard_works_in_chromium() {
         "the injected URL is shown as text"
     );
     assert_eq!(
-        eval(&client, "return window.__sitemonInjected === undefined;").await,
+        eval(client, "return window.__sitemonInjected === undefined;").await,
         json!(true),
         "the injected script ran"
     );
     assert_eq!(
         eval(
-            &client,
+            client,
             "return document.querySelectorAll('main script, main img').length;"
         )
         .await,
@@ -386,7 +406,7 @@ async fn the_dashboard_works_in_chromium() {
         .await
         .expect("the injected site's page loads");
     assert_eq!(
-        eval(&client, "return window.__sitemonInjected === undefined;").await,
+        eval(client, "return window.__sitemonInjected === undefined;").await,
         json!(true),
         "the injected script ran on its site page"
     );
@@ -398,14 +418,11 @@ async fn the_dashboard_works_in_chromium() {
         .await
         .expect("text");
     assert_eq!(url, common::INJECTED_URL);
-    let errors = console_errors(&client).await;
+    let errors = console_errors(client).await;
     assert!(
         errors.is_empty(),
         "console errors on the injected site's page: {errors:#?}"
     );
 
-    client.close().await.expect("the browser closes");
     full.stop().await;
-    server.stop().await;
-    db.drop_database().await;
 }
