@@ -28,6 +28,9 @@
 //!   rollups the sync keeps in the same transaction as the rows.
 //! - [`report`]: the operator's view of the history (`sitemon status`, `sitemon history`),
 //!   from the rollups.
+//! - [`dashboard`]: what the dashboard shows beyond the reports: uptime day by day, a
+//!   site's latest checks with their timing phases.
+//! - [`incidents`]: the incidents alerting opened, with their notifications' delivery.
 //! - [`retry`]: [`retry::Backoff`] between attempts and [`retry::timeout`] around every call
 //!   that can hang.
 //! - [`error`]: this crate's [`Error`].
@@ -51,10 +54,12 @@
 pub mod apply;
 pub mod config;
 pub mod consume;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod event;
 pub mod history;
+pub mod incidents;
 pub mod kafka;
 pub mod lease;
 pub mod metrics;

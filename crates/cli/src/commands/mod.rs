@@ -14,6 +14,7 @@ pub(crate) mod migrate;
 pub(crate) mod remove_site;
 pub(crate) mod rollup;
 pub(crate) mod run;
+pub(crate) mod serve;
 pub(crate) mod site_options;
 pub(crate) mod status;
 pub(crate) mod sync;

@@ -1,6 +1,8 @@
 //! `sitemon run`: the whole pipeline in one process. Migrates, makes sure the topic exists,
 //! then runs the checker, the sync and the alert service side by side (still through Kafka)
-//! until SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses.
+//! until SIGINT/SIGTERM: the way to run sitemon small, and what `scripts/demo` uses. With
+//! `--listen` it serves the dashboard too (as `sitemon serve`), with the other parts' metrics
+//! on its `/metrics`.
 
 use anyhow::Context as _;
 use clap::Args;
@@ -9,6 +11,7 @@ use sitemon_core::metrics::Registry;
 
 use super::alert::AlertOptions;
 use super::check::CheckOptions;
+use super::serve::WebOptions;
 use super::sync::SyncOptions;
 use crate::args::ServiceArgs;
 
@@ -26,6 +29,8 @@ pub(crate) struct RunArgs {
     no_alerts: bool,
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    web: WebOptions,
 }
 
 pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
@@ -33,7 +38,12 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     let kafka_config = args.services.kafka.config()?;
     let mut checker = args.check.config(database.clone(), kafka_config.clone())?;
     let mut sync = args.sync.config(database.clone(), kafka_config.clone());
-    let mut alert = args.alert.config(database, kafka_config.clone());
+    let mut alert = args.alert.config(database.clone(), kafka_config.clone());
+    let registry = Registry::new();
+    let web = match args.web.listen {
+        Some(listen) => Some(args.web.config(listen, registry.clone())?),
+        None => None,
+    };
 
     let pool = args.services.db.connect().await?;
     sitemon_core::db::migrate(&pool).await?;
@@ -62,7 +72,14 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
     drop(client);
 
     let shutdown = crate::shutdown::on_signal();
-    let registry = Registry::new();
+    let dashboard = match web {
+        Some(config) => {
+            let pool = sitemon_web::connect(&database, &config).await?;
+            let (_, server) = sitemon_web::start(config, pool, shutdown.clone()).await?;
+            Some(server)
+        }
+        None => None,
+    };
     checker.metrics = registry.clone();
     sync.consumer.metrics = registry.clone();
     alert.consumer.metrics = registry.clone();
@@ -90,6 +107,15 @@ pub(crate) async fn exec(args: RunArgs) -> anyhow::Result<()> {
                 let result = sitemon_alert::service::run(alert, shutdown).await;
                 ("the alert service", result.map_err(anyhow::Error::from))
             }
+        });
+    }
+    if let Some(server) = dashboard {
+        services.spawn(async move {
+            let result = match server.await {
+                Ok(served) => served.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::Error::from(e).context("panicked")),
+            };
+            ("the dashboard", result)
         });
     }
     // All run until the stop signal. If one fails to start, the others are stopped too; the
