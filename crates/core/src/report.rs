@@ -205,27 +205,31 @@ pub async fn site_statuses(
         // Whole days and hours: the rollups' counts and sketches, merged here (a bin
         // array per site beats PostgreSQL unnesting millions of bins), subtracted ones
         // negative.
+        let mut tx = report_transaction(pool).await?;
         let mut windows: HashMap<i32, Window> = HashMap::new();
-        let mut rows = sqlx::query_as::<_, (i32, i64, i64, i64, i64, Vec<i64>)>(ROLLED)
+        let mut rows = sqlx::query_as::<_, (i32, i64, i64, i64, i64, StoredSketch)>(ROLLED)
             .bind(d0)
             .bind(d1)
             .bind(h0)
             .bind(h1)
             .bind(s0)
             .bind(s1)
-            .fetch(pool);
+            .fetch(&mut *tx);
         while let Some((site, sign, checks, up, degraded, sketch)) = rows.try_next().await? {
             let window = windows.entry(site).or_default();
             window.add_counts(sign * checks, sign * up, sign * degraded);
-            for e in sketch {
+            for e in sketch.0 {
                 window.sketch.add_encoded(e, sign);
             }
         }
+        drop(rows);
+        tx.commit().await?;
         Ok::<_, sqlx::Error>(windows)
     };
     let latest_and_edge = async {
+        let mut tx = report_transaction(pool).await?;
         // Every site with its latest check; the window's numbers are filled in below.
-        let statuses: Vec<SiteStatus> = sqlx::query_as(LATEST).fetch_all(pool).await?;
+        let statuses: Vec<SiteStatus> = sqlx::query_as(LATEST).fetch_all(&mut *tx).await?;
         // The edge of the start's hour: raw rows, binned by PostgreSQL's own
         // `sitemon_sketch_bin`.
         let mut edge = Vec::new();
@@ -234,11 +238,12 @@ pub async fn site_statuses(
             let mut rows = sqlx::query_as::<_, (i32, Option<i32>, i64, i64, i64)>(RAW_BINS)
                 .bind(segment.from)
                 .bind(segment.until)
-                .fetch(pool);
+                .fetch(&mut *tx);
             while let Some((site, bin, checks, up, degraded)) = rows.try_next().await? {
                 edge.push((site, bin, sign * checks, sign * up, sign * degraded));
             }
         }
+        tx.commit().await?;
         Ok::<_, sqlx::Error>((statuses, edge))
     };
     let work = async {
@@ -261,6 +266,75 @@ pub async fn site_statuses(
         crate::statement::bounded("computing the status of the sites", STATUS_TIMEOUT, work)
             .await?;
     Ok((statuses, segments))
+}
+
+/// A read-only transaction for the report's queries, without JIT compilation: it took
+/// 20–100 ms of a status whose queries are simple scans (their estimated costs pass
+/// `jit_above_cost`, their run times do not gain from it).
+async fn report_transaction(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('jit', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// A stored sketch as read from PostgreSQL: its elements, decoded from the binary array
+/// format here (sqlx's generic array decoding, element by element, was a quarter of the
+/// CPU time of a 30-day status).
+#[derive(Debug)]
+struct StoredSketch(Vec<i64>);
+
+impl sqlx::Type<sqlx::Postgres> for StoredSketch {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Vec<i64> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <Vec<i64> as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for StoredSketch {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        if value.format() != sqlx::postgres::PgValueFormat::Binary {
+            return <Vec<i64> as sqlx::Decode<'r, sqlx::Postgres>>::decode(value).map(Self);
+        }
+        int8_array(value.as_bytes()?).map(Self)
+    }
+}
+
+/// The elements of a one-dimensional `bigint[]` without NULLs in PostgreSQL's binary
+/// format (`array_send`): the number of dimensions, a has-NULLs flag, the element type,
+/// then per dimension its length and lower bound, then per element its length and value.
+fn int8_array(bytes: &[u8]) -> Result<Vec<i64>, sqlx::error::BoxDynError> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or("a bigint[] cut short")
+    };
+    match word(0)? {
+        0 => return Ok(Vec::new()),
+        1 => {}
+        n => return Err(format!("a sketch of {n} dimensions").into()),
+    }
+    let len = usize::try_from(word(12)?).map_err(|_| "a negative array length")?;
+    let mut elements = Vec::with_capacity(len);
+    for i in 0..len {
+        let at = 20 + 12 * i;
+        if word(at)? != 8 {
+            return Err("a sketch element that is NULL or not a bigint".into());
+        }
+        let value = bytes.get(at + 4..at + 12).ok_or("a bigint[] cut short")?;
+        elements.push(i64::from_be_bytes(value.try_into().map_err(|_| "8 bytes")?));
+    }
+    Ok(elements)
 }
 
 /// Every site and its latest check from any location. The window's numbers are
@@ -601,6 +675,25 @@ mod tests {
         let (low, high) = (GAMMA.powi(4), GAMMA.powi(5));
         let mid = middle(5).expect("a value");
         assert!((mid - low) / low <= 0.02 + 1e-12 && (high - mid) / high <= 0.02 + 1e-12);
+    }
+
+    #[test]
+    fn int8_arrays_decode_from_the_binary_format() {
+        let mut bytes = Vec::new();
+        for word in [1_i32, 0, 20, 3, 1] {
+            bytes.extend(word.to_be_bytes());
+        }
+        for value in [(5_i64 << 32) | 7, (-3_i64 << 32) | 1, i64::MAX] {
+            bytes.extend(8_i32.to_be_bytes());
+            bytes.extend(value.to_be_bytes());
+        }
+        let elements = int8_array(&bytes).expect("decodes");
+        assert_eq!(elements, [(5_i64 << 32) | 7, (-3_i64 << 32) | 1, i64::MAX]);
+        assert_eq!(int8_array(&[0; 12]).expect("empty"), Vec::<i64>::new());
+        assert!(int8_array(&bytes[..bytes.len() - 1]).is_err());
+        let mut null = bytes.clone();
+        null[20..24].copy_from_slice(&(-1_i32).to_be_bytes());
+        assert!(int8_array(&null).is_err());
     }
 
     #[test]
