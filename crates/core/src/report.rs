@@ -401,9 +401,14 @@ impl Window {
     }
 }
 
+/// The bins `sitemon_sketch_bin` can give: from 1 µs (every shorter time counts as 1 µs) to
+/// the largest `float8`. A bin outside (a rollup edited by hand) counts as the nearest end,
+/// so that no element can make a [`Sketch`] allocate more than this span.
+const BINS: std::ops::RangeInclusive<i32> = -173..=17_800;
+
 /// A latency sketch being merged: counts per bin over the run of bins seen so far (a
-/// site's response times span tens of bins, all of them a few hundred), so adding is an
-/// index, never a sort. Counts of subtracted rollups are negative.
+/// site's response times span tens of bins), so adding is an index, never a sort. Counts of
+/// subtracted rollups are negative.
 #[derive(Debug, Default)]
 struct Sketch {
     /// The bin of `counts[0]`.
@@ -413,6 +418,7 @@ struct Sketch {
 
 impl Sketch {
     fn add(&mut self, bin: i32, n: i64) {
+        let bin = bin.clamp(*BINS.start(), *BINS.end());
         if self.counts.is_empty() {
             self.first = bin;
         } else if bin < self.first {
@@ -709,6 +715,17 @@ mod tests {
         let expected = quantiles(&[(-3, 10), (5, 80), (9, 10)], [0.0, 0.5, 0.95, 1.0]);
         assert_eq!(sketch.quantiles([0.0, 0.5, 0.95, 1.0]), expected);
         assert_eq!(Sketch::default().quantiles([0.5]), [None]);
+        // A bin no response time gives is counted at the nearest end: bounded memory.
+        let mut wild = Sketch::default();
+        wild.add(i32::MIN, 1);
+        wild.add(i32::MAX, 1);
+        assert_eq!(wild.counts.len(), BINS.count());
+    }
+
+    #[test]
+    fn the_bins_cover_every_response_time() {
+        let bin = |ms: f64| (ms.max(0.001).ln() / GAMMA.ln()).ceil() as i32;
+        assert!(BINS.contains(&bin(0.0)) && BINS.contains(&bin(f64::MAX)));
     }
 
     #[test]
