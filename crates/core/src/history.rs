@@ -89,7 +89,8 @@ pub async fn raw_horizon(pool: &PgPool) -> Result<Option<OffsetDateTime>> {
 /// default one).
 ///
 /// # Errors
-/// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout): the days before the failing one are created.
+/// [`Error::Database`](crate::Error::Database),
+/// [`Error::Timeout`](crate::Error::Timeout): the days before the failing one are created.
 pub async fn ensure_partitions(
     pool: &PgPool,
     days: impl IntoIterator<Item = Date>,
@@ -210,7 +211,8 @@ pub struct Expired {
 /// and deletes rollups whose bucket ends `rollups` or more before `now`.
 ///
 /// # Errors
-/// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout): what was dropped before the failure stays
+/// [`Error::Database`](crate::Error::Database),
+/// [`Error::Timeout`](crate::Error::Timeout): what was dropped before the failure stays
 /// dropped.
 pub async fn drop_expired(
     pool: &PgPool,
@@ -462,7 +464,8 @@ pub struct Progress {
 /// falls back to an older day's. Returns the days rebuilt, newest first.
 ///
 /// # Errors
-/// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout): the days before the failing one are rebuilt.
+/// [`Error::Database`](crate::Error::Database),
+/// [`Error::Timeout`](crate::Error::Timeout): the days before the failing one are rebuilt.
 pub async fn rebuild_rollups(
     pool: &PgPool,
     since: Option<OffsetDateTime>,
