@@ -235,12 +235,12 @@ pub async fn site_statuses(
         let mut edge = Vec::new();
         for segment in segments.iter().filter(|s| s.source == Source::Raw) {
             let sign = if segment.subtract { -1 } else { 1 };
-            let mut rows = sqlx::query_as::<_, (i32, Option<i32>, i64, i64, i64)>(RAW_BINS)
+            let mut rows = sqlx::query_as::<_, (i32, i64, i64, i64, Vec<i32>)>(RAW_EDGE)
                 .bind(segment.from)
                 .bind(segment.until)
                 .fetch(&mut *tx);
-            while let Some((site, bin, checks, up, degraded)) = rows.try_next().await? {
-                edge.push((site, bin, sign * checks, sign * up, sign * degraded));
+            while let Some((site, checks, up, degraded, bins)) = rows.try_next().await? {
+                edge.push((site, sign, checks, up, degraded, bins));
             }
         }
         tx.commit().await?;
@@ -248,11 +248,11 @@ pub async fn site_statuses(
     };
     let work = async {
         let (mut windows, (mut statuses, edge)) = futures::try_join!(rolled, latest_and_edge)?;
-        for (site, bin, checks, up, degraded) in edge {
+        for (site, sign, checks, up, degraded, bins) in edge {
             let window = windows.entry(site).or_default();
-            window.add_counts(checks, up, degraded);
-            if let Some(bin) = bin {
-                window.sketch.add(bin, checks);
+            window.add_counts(sign * checks, sign * up, sign * degraded);
+            for bin in bins {
+                window.sketch.add(bin, sign);
             }
         }
         for status in &mut statuses {
@@ -268,9 +268,10 @@ pub async fn site_statuses(
     Ok((statuses, segments))
 }
 
-/// A read-only transaction for the report's queries, without JIT compilation: it took
-/// 20–100 ms of a status whose queries are simple scans (their estimated costs pass
-/// `jit_above_cost`, their run times do not gain from it).
+/// A read-only transaction for the report's queries, without JIT compilation (it took
+/// 20–100 ms of a status whose queries are simple scans: their estimated costs pass
+/// `jit_above_cost`, their run times do not gain from it) and with room to sort the raw
+/// edge per site in memory (the default 4 MB spilled 2–3 MB to disk).
 async fn report_transaction(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
@@ -278,7 +279,7 @@ async fn report_transaction(
     sqlx::query("SET TRANSACTION READ ONLY")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT set_config('jit', 'off', true)")
+    sqlx::query("SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)")
         .execute(&mut *tx)
         .await?;
     Ok(tx)
@@ -364,14 +365,17 @@ const ROLLED: &str = "
     SELECT website_id, -1, checks, up, degraded, rt_sketch FROM website_status_hourly
     WHERE bucket_start >= $5 AND bucket_start < $6";
 
-/// The raw rows of a stretch $1..$2 of the start's hour, counted per site and latency bin
-/// (bin NULL: the checks without a response time).
-const RAW_BINS: &str = "
-    SELECT website_id, sitemon_sketch_bin(response_time_ms), count(*),
-           count(*) FILTER (WHERE is_up), count(*) FILTER (WHERE degraded)
+/// The raw rows of a stretch $1..$2 of the start's hour, counted per site, with the latency
+/// bin of each that has a response time. Per site, not per site and bin: a site has a few
+/// checks in half an hour, nearly each in a bin of its own, so that grouping returned about
+/// as many rows as it read (122,000 of 170,000, against 10,000 here; 200 ms against 130 ms).
+const RAW_EDGE: &str = "
+    SELECT website_id, count(*), count(*) FILTER (WHERE is_up), count(*) FILTER (WHERE degraded),
+           coalesce(array_agg(sitemon_sketch_bin(response_time_ms))
+                        FILTER (WHERE response_time_ms IS NOT NULL), '{}')
     FROM website_status
     WHERE timestamp_utc >= $1 AND timestamp_utc < $2
-    GROUP BY 1, 2";
+    GROUP BY 1";
 
 /// γ of the latency sketches (see the migration `20261130000001`).
 const GAMMA: f64 = 1.02 / 0.98;
