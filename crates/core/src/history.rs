@@ -563,11 +563,11 @@ const OLD_TABLE_EXISTS: &str = "
 
 /// Moves the rows of `website_status_unpartitioned` (a table of the layout before
 /// partitions, renamed by the migration) into the partitions, adding them to the rollups,
-/// then drops it; a no-op when there is none. Sites move in chunks of about
-/// [`MOVE_CHUNK_ROWS`] rows, each chunk one transaction (rows out of the old table, into
-/// the new one, and into the rollups), so a move cut short loses nothing and goes on where
-/// it stopped. Several `migrate`s at once share the work ([`MOVE_LOCK`]). `progress` hears
-/// the rows moved; returns how many this call moved.
+/// then drops it; a no-op when there is none. Sites move in chunks of about 200,000 rows,
+/// each chunk one transaction (rows out of the old table, into the new one, and into the
+/// rollups), so a move cut short loses nothing and goes on where it stopped. Several
+/// `migrate`s at once share the work, chunk by chunk, under a transaction-level advisory
+/// lock. `progress` hears the rows moved; returns how many this call moved.
 ///
 /// # Errors
 /// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout).
