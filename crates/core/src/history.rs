@@ -19,7 +19,7 @@ use sqlx::postgres::PgPool;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, Time};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::statement::bounded;
 
 /// How many days ahead of today the partitions exist.
@@ -55,7 +55,7 @@ fn midnight(day: Date) -> OffsetDateTime {
 /// The days that have a partition, oldest first.
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`].
+/// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout).
 pub async fn partition_days(pool: &PgPool) -> Result<Vec<Date>> {
     let names: Vec<String> = bounded(
         "listing the partitions of website_status",
@@ -76,7 +76,7 @@ pub async fn partition_days(pool: &PgPool) -> Result<Vec<Date>> {
 /// dropped by retention, or never existed). `None` before `migrate` made any.
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`].
+/// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout).
 pub async fn raw_horizon(pool: &PgPool) -> Result<Option<OffsetDateTime>> {
     Ok(partition_days(pool).await?.first().map(|d| midnight(*d)))
 }
@@ -89,7 +89,8 @@ pub async fn raw_horizon(pool: &PgPool) -> Result<Option<OffsetDateTime>> {
 /// default one).
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`]: the days before the failing one are created.
+/// [`Error::Database`](crate::Error::Database),
+/// [`Error::Timeout`](crate::Error::Timeout): the days before the failing one are created.
 pub async fn ensure_partitions(
     pool: &PgPool,
     days: impl IntoIterator<Item = Date>,
@@ -120,10 +121,17 @@ async fn create_partition(pool: &PgPool, day: Date) -> Result<bool> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sitemon:website_status partitions'))")
             .execute(&mut *tx)
             .await?;
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&name)
-            .fetch_one(&mut *tx)
-            .await?;
+        // From `pg_class` with this statement's snapshot: `to_regclass` may answer from a
+        // catalog cache that has not seen the partition another sync created while this
+        // transaction waited for the lock.
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                            WHERE c.relname = $1 AND n.nspname = current_schema())",
+        )
+        .bind(&name)
+        .fetch_one(&mut *tx)
+        .await?;
         if exists {
             return Ok::<_, sqlx::Error>(false);
         }
@@ -203,7 +211,8 @@ pub struct Expired {
 /// and deletes rollups whose bucket ends `rollups` or more before `now`.
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`]: what was dropped before the failure stays
+/// [`Error::Database`](crate::Error::Database),
+/// [`Error::Timeout`](crate::Error::Timeout): what was dropped before the failure stays
 /// dropped.
 pub async fn drop_expired(
     pool: &PgPool,
@@ -266,15 +275,22 @@ pub async fn drop_expired(
     Ok(expired)
 }
 
-/// The SQL that adds rows to the rollups: data-modifying CTEs (ending with `hour_added` and
-/// `day_added`) to append to a `WITH` whose CTE `source` yields the stored rows'
-/// `website_id`, `timestamp_utc`, `location`, `is_up`, `degraded`, `response_time_ms` and
-/// `error_kind`. Every statement that stores raw rows runs it over exactly the rows it stored, so the
-/// rollups always equal [`rollup_select`] over `website_status` (sums of response times up
-/// to floating-point rounding).
+/// The columns a writer's CTE `source` must yield for [`rollup_ctes`] (e.g. as the
+/// `RETURNING` list of the `INSERT` that stores the rows).
+pub const STORED_COLUMNS: &str = "website_id, timestamp_utc, location, is_up, degraded, \
+    status_code, response_time_ms, error_kind, request_info";
+
+/// The SQL that adds rows to the rollups and to the latest checks: data-modifying CTEs
+/// (ending with `hour_added`, `day_added` and `latest_set`) to append to a `WITH` whose CTE
+/// `source` yields the stored rows' [`STORED_COLUMNS`]. Every statement that stores raw
+/// rows runs it over exactly the rows it stored, so the rollups always equal
+/// [`rollup_select`] over `website_status` (sums of response times up to floating-point
+/// rounding), and `website_latest` holds the newest row of each site and location.
 ///
 /// The rows are read once: grouped per hour (totals, error kinds, latency bins), and the
-/// days are grouped from the hours.
+/// days are grouped from the hours. The newest row of each site and location of the
+/// statement replaces the stored latest check only when it is not older, so redelivered
+/// and late events never move it back.
 pub fn rollup_ctes(source: &str) -> String {
     let level = |grain: &str, bucket: &str| {
         format!(
@@ -327,9 +343,10 @@ pub fn rollup_ctes(source: &str) -> String {
     };
     format!(
         "stored_rows AS (
-             SELECT website_id, date_trunc('hour', timestamp_utc, 'UTC') AS hour,
-                    coalesce(location, '') AS location, is_up, degraded, response_time_ms,
-                    error_kind, sitemon_sketch_bin(response_time_ms) AS bin
+             SELECT website_id, timestamp_utc, date_trunc('hour', timestamp_utc, 'UTC') AS hour,
+                    coalesce(location, '') AS location, is_up, degraded, status_code,
+                    response_time_ms, error_kind, sitemon_sketch_bin(response_time_ms) AS bin,
+                    request_info ->> 'tls_cert_not_after' AS tls_cert_not_after
              FROM {source}),
          stored_totals AS (
              SELECT website_id, hour, location, count(*) AS checks,
@@ -346,11 +363,39 @@ pub fn rollup_ctes(source: &str) -> String {
              SELECT website_id, hour, location, bin, count(*) AS n
              FROM stored_rows WHERE bin IS NOT NULL GROUP BY 1, 2, 3, 4),
          {},
-         {}",
+         {},
+         {LATEST_CTES}",
         level("hour", "hour"),
         level("day", "date_trunc('day', hour, 'UTC')"),
     )
 }
+
+/// The newest row of each site and location of `stored_rows` into `website_latest`, unless
+/// the stored one is newer. The newest rows are found by a hash aggregate and a join (a
+/// rebuilt day is millions of rows: no sort of them), and ties on the time reduced to one
+/// row, as an upsert may touch a row only once.
+const LATEST_CTES: &str = "
+    stored_newest AS (
+        SELECT website_id, location, max(timestamp_utc) AS timestamp_utc
+        FROM stored_rows GROUP BY 1, 2),
+    stored_latest AS (
+        SELECT DISTINCT ON (website_id, location) website_id, location, timestamp_utc, is_up,
+               degraded, status_code, error_kind, tls_cert_not_after
+        FROM stored_rows JOIN stored_newest USING (website_id, location, timestamp_utc)
+        ORDER BY website_id, location),
+    latest_set AS (
+        INSERT INTO website_latest AS l (website_id, location, timestamp_utc, is_up, degraded,
+                                         status_code, error_kind, tls_cert_not_after)
+        SELECT * FROM stored_latest
+        ON CONFLICT (website_id, location) DO UPDATE SET
+            timestamp_utc = EXCLUDED.timestamp_utc,
+            is_up = EXCLUDED.is_up,
+            degraded = EXCLUDED.degraded,
+            status_code = EXCLUDED.status_code,
+            error_kind = EXCLUDED.error_kind,
+            tls_cert_not_after = EXCLUDED.tls_cert_not_after
+        WHERE EXCLUDED.timestamp_utc >= l.timestamp_utc
+        RETURNING 1)";
 
 /// `SELECT` of the rollup rows of `source` at the grain `hour` or `day`: the one definition
 /// of a rollup, used by the writers and by every comparison with the raw rows.
@@ -407,16 +452,20 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Recomputes the rollups of every day from `since` (UTC, whole days; `None`: from the
-/// first day with raw rows) that has raw rows (a partition, or rows in the default
-/// partition), from the raw rows. Days whose raw rows retention dropped keep their rollups.
+/// Recomputes the rollups and the latest checks of every day from `since` (UTC, whole days;
+/// `None`: from the first day with raw rows) that has raw rows (a partition, or rows in the
+/// default partition), from the raw rows. Days whose raw rows retention dropped keep their
+/// rollups, and a site whose raw rows all expired its latest check.
 ///
-/// Each day is one transaction that holds the rollup tables against concurrent writers
-/// (a sync waits for it, then adds its rows to the rebuilt rollups), so it is safe beside
-/// running syncs. Returns the days rebuilt.
+/// Each day is one transaction that holds the rollup tables and `website_latest` against
+/// concurrent writers (a sync waits for it, then adds its rows to the rebuilt rollups), so
+/// it is safe beside running syncs. The days go newest first: a day drops the latest checks
+/// that fall in it and adds its newest rows back, so a latest check whose raw row is gone
+/// falls back to an older day's. Returns the days rebuilt, newest first.
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`]: the days before the failing one are rebuilt.
+/// [`Error::Database`](crate::Error::Database),
+/// [`Error::Timeout`](crate::Error::Timeout): the days before the failing one are rebuilt.
 pub async fn rebuild_rollups(
     pool: &PgPool,
     since: Option<OffsetDateTime>,
@@ -439,6 +488,7 @@ pub async fn rebuild_rollups(
     days.dedup();
     let since_day = since.map(|s| s.to_offset(time::UtcOffset::UTC).date());
     days.retain(|d| since_day.is_none_or(|s| *d >= s));
+    days.reverse();
     for (i, day) in days.iter().enumerate() {
         rebuild_day(pool, *day).await?;
         progress(
@@ -458,13 +508,18 @@ async fn rebuild_day(pool: &PgPool, day: Date) -> Result<()> {
     let work = async {
         let mut tx = pool.begin().await?;
         sqlx::query(
-            "LOCK TABLE website_status_hourly, website_status_daily IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE website_status_hourly, website_status_daily, website_latest
+             IN SHARE ROW EXCLUSIVE MODE",
         )
         .execute(&mut *tx)
         .await?;
-        for table in ["website_status_hourly", "website_status_daily"] {
+        for (table, column) in [
+            ("website_status_hourly", "bucket_start"),
+            ("website_status_daily", "bucket_start"),
+            ("website_latest", "timestamp_utc"),
+        ] {
             sqlx::query(&format!(
-                "DELETE FROM {table} WHERE bucket_start >= $1 AND bucket_start < $2"
+                "DELETE FROM {table} WHERE {column} >= $1 AND {column} < $2"
             ))
             .bind(from)
             .bind(until)
@@ -489,68 +544,111 @@ async fn rebuild_day(pool: &PgPool, day: Date) -> Result<()> {
 
 /// How many rows one transaction of [`move_unpartitioned`] moves at most (whole sites).
 const MOVE_CHUNK_ROWS: i64 = 200_000;
+/// How many times [`move_unpartitioned`] lists what is left of the old table and moves it
+/// before it leaves the rest for the next `migrate`.
+const MOVE_ROUNDS: usize = 5;
+/// Taken by every transaction of [`move_unpartitioned`]: two `migrate`s at once (a sync
+/// starting while an operator migrates) take turns, chunk by chunk, and each finds the old
+/// table as the other left it (never dropped under a statement of its own).
+const MOVE_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('sitemon:move website_status_unpartitioned'))";
+/// Whether the old table exists, read from `pg_class` with the statement's snapshot: not
+/// `to_regclass`, whose catalog cache may still hold a table that the other `migrate`
+/// dropped while this transaction waited for [`MOVE_LOCK`].
+const OLD_TABLE_EXISTS: &str = "
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relname = 'website_status_unpartitioned'
+                     AND n.nspname = current_schema())";
 
 /// Moves the rows of `website_status_unpartitioned` (a table of the layout before
 /// partitions, renamed by the migration) into the partitions, adding them to the rollups,
-/// then drops it; a no-op when there is none. Sites move in chunks of about
-/// [`MOVE_CHUNK_ROWS`] rows, each chunk one transaction (rows out of the old table, into
-/// the new one, and into the rollups), so a move cut short loses nothing and goes on where
-/// it stopped. `progress` hears the rows moved.
+/// then drops it; a no-op when there is none. Sites move in chunks of about 200,000 rows,
+/// each chunk one transaction (rows out of the old table, into the new one, and into the
+/// rollups), so a move cut short loses nothing and goes on where it stopped. Several
+/// `migrate`s at once share the work, chunk by chunk, under a transaction-level advisory
+/// lock. `progress` hears the rows moved; returns how many this call moved.
 ///
 /// # Errors
-/// [`Error::Database`], [`Error::Timeout`].
+/// [`Error::Database`](crate::Error::Database), [`Error::Timeout`](crate::Error::Timeout).
 pub async fn move_unpartitioned(pool: &PgPool, mut progress: impl FnMut(Progress)) -> Result<u64> {
-    let exists: bool = bounded(
-        "looking for an unpartitioned website_status",
-        STATEMENT_TIMEOUT,
-        sqlx::query_scalar("SELECT to_regclass('website_status_unpartitioned') IS NOT NULL")
-            .fetch_one(pool),
-    )
-    .await?;
-    if !exists {
-        return Ok(0);
+    let mut moved = 0u64;
+    for _ in 0..MOVE_ROUNDS {
+        let Some((days, sites)) = old_history_left(pool).await? else {
+            return Ok(moved);
+        };
+        ensure_partitions(pool, days.iter().map(|d| d.date())).await?;
+        let left: i64 = sites.iter().map(|(_, n)| n).sum();
+        let total = moved + u64::try_from(left).unwrap_or(0);
+        let mut chunk: Vec<i32> = Vec::new();
+        let mut chunk_rows = 0;
+        for (i, (site, rows)) in sites.iter().enumerate() {
+            chunk.push(*site);
+            chunk_rows += rows;
+            if chunk_rows < MOVE_CHUNK_ROWS && i + 1 < sites.len() {
+                continue;
+            }
+            let Some(n) = move_sites(pool, &chunk).await? else {
+                // Another `migrate` moved the rest and dropped the table.
+                return Ok(moved);
+            };
+            moved += n;
+            chunk.clear();
+            chunk_rows = 0;
+            progress(Progress { done: moved, total });
+        }
+        if drop_old_table(pool).await? {
+            return Ok(moved);
+        }
     }
-    let days: Vec<OffsetDateTime> = bounded(
-        "finding the days of the old history",
-        STATEMENT_TIMEOUT,
-        sqlx::query_scalar(
+    tracing::warn!(
+        rounds = MOVE_ROUNDS,
+        "rows keep arriving in website_status_unpartitioned; the next `sitemon migrate` moves them"
+    );
+    Ok(moved)
+}
+
+/// The days and the sites (with their row counts) of the old table, or `None` when it is
+/// gone.
+async fn old_history_left(pool: &PgPool) -> Result<Option<(Vec<OffsetDateTime>, Vec<(i32, i64)>)>> {
+    let work = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query(MOVE_LOCK).execute(&mut *tx).await?;
+        let exists: bool = sqlx::query_scalar(OLD_TABLE_EXISTS)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            return Ok::<_, sqlx::Error>(None);
+        }
+        let days: Vec<OffsetDateTime> = sqlx::query_scalar(
             "SELECT DISTINCT date_trunc('day', timestamp_utc, 'UTC')
              FROM website_status_unpartitioned",
         )
-        .fetch_all(pool),
-    )
-    .await?;
-    ensure_partitions(pool, days.iter().map(|d| d.date())).await?;
-    let sites: Vec<(i32, i64)> = bounded(
-        "counting the old history",
-        STATEMENT_TIMEOUT,
-        sqlx::query_as(
+        .fetch_all(&mut *tx)
+        .await?;
+        let sites: Vec<(i32, i64)> = sqlx::query_as(
             "SELECT website_id, count(*) FROM website_status_unpartitioned
              GROUP BY website_id ORDER BY website_id",
         )
-        .fetch_all(pool),
-    )
-    .await?;
-    let total: i64 = sites.iter().map(|(_, n)| n).sum();
-    let mut moved = 0u64;
-    let mut chunk: Vec<i32> = Vec::new();
-    let mut chunk_rows = 0;
-    for (i, (site, rows)) in sites.iter().enumerate() {
-        chunk.push(*site);
-        chunk_rows += rows;
-        if chunk_rows < MOVE_CHUNK_ROWS && i + 1 < sites.len() {
-            continue;
-        }
-        moved += move_sites(pool, &chunk).await?;
-        chunk.clear();
-        chunk_rows = 0;
-        progress(Progress {
-            done: moved,
-            total: u64::try_from(total).unwrap_or(0),
-        });
-    }
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((days, sites)))
+    };
+    bounded("counting the old history", STATEMENT_TIMEOUT, work).await
+}
+
+/// Drops the old table if it is empty; whether it is gone.
+async fn drop_old_table(pool: &PgPool) -> Result<bool> {
     let work = async {
         let mut tx = pool.begin().await?;
+        sqlx::query(MOVE_LOCK).execute(&mut *tx).await?;
+        let exists: bool = sqlx::query_scalar(OLD_TABLE_EXISTS)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            return Ok::<_, sqlx::Error>(true);
+        }
         let left: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM website_status_unpartitioned)")
                 .fetch_one(&mut *tx)
@@ -560,24 +658,24 @@ pub async fn move_unpartitioned(pool: &PgPool, mut progress: impl FnMut(Progress
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await.map(|()| left)
+        tx.commit().await.map(|()| !left)
     };
-    let left = bounded("dropping the old history table", STATEMENT_TIMEOUT, work).await?;
-    if left {
-        // Rows of a site added while we moved: the next `migrate` moves them.
-        return Err(Error::Config {
-            setting: "website_status_unpartitioned",
-            reason: "rows arrived while it was moved; run `sitemon migrate` again".into(),
-        });
-    }
-    Ok(moved)
+    bounded("dropping the old history table", STATEMENT_TIMEOUT, work).await
 }
 
-/// Moves the rows of `sites` and adds them to the rollups, in one transaction. The rollup
-/// upserts add to what is there, so running syncs need not wait.
-async fn move_sites(pool: &PgPool, sites: &[i32]) -> Result<u64> {
+/// Moves the rows of `sites` and adds them to the rollups, in one transaction; `None` when
+/// the old table is gone. The rollup upserts add to what is there, so running syncs need
+/// not wait.
+async fn move_sites(pool: &PgPool, sites: &[i32]) -> Result<Option<u64>> {
     let work = async {
         let mut tx = pool.begin().await?;
+        sqlx::query(MOVE_LOCK).execute(&mut *tx).await?;
+        let exists: bool = sqlx::query_scalar(OLD_TABLE_EXISTS)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            return Ok::<_, sqlx::Error>(None);
+        }
         let moved: i64 = sqlx::query_scalar(&format!(
             "WITH old AS (DELETE FROM website_status_unpartitioned
                           WHERE website_id = ANY($1) RETURNING *),
@@ -591,7 +689,7 @@ async fn move_sites(pool: &PgPool, sites: &[i32]) -> Result<u64> {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(u64::try_from(moved).unwrap_or(0))
+        Ok(Some(u64::try_from(moved).unwrap_or(0)))
     };
     bounded(
         "moving old history into the partitions",

@@ -19,23 +19,6 @@ use crate::error::{Error, Result};
 /// How long the status query may take.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// p50, p95 and p99 of every `key` from a CTE `bins (key, bin, n)` of latency-sketch bins:
-/// the middle of the bin that holds the element of rank floor(q * (n - 1)), counting from
-/// 0 (as `sitemon_sketch_quantile` in SQL), for all keys in one pass.
-const PERCENTILES: &str = "
-    SELECT key,
-           sitemon_sketch_value((min(bin) FILTER (WHERE below > floor(0.50 * (total - 1))))::int)
-               AS p50_ms,
-           sitemon_sketch_value((min(bin) FILTER (WHERE below > floor(0.95 * (total - 1))))::int)
-               AS p95_ms,
-           sitemon_sketch_value((min(bin) FILTER (WHERE below > floor(0.99 * (total - 1))))::int)
-               AS p99_ms
-    FROM (SELECT key, bin,
-                 sum(n) OVER (PARTITION BY key ORDER BY bin) AS below,
-                 sum(n) OVER (PARTITION BY key) AS total
-          FROM bins) AS cumulative
-    GROUP BY key";
-
 /// One site's state and its numbers over a window of time.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct SiteStatus {
@@ -125,9 +108,11 @@ fn ceil_to(at: OffsetDateTime, grain: i64) -> OffsetDateTime {
 /// can. The rollups are live (the current hour's and day's rows hold every check stored so
 /// far), so the window's end needs no raw rows. Whole days come from the daily rollups,
 /// today's included. The day the window starts in is either its remaining hours (hourly
-/// rollups), or its whole day less the hours before the window, whichever is fewer hours;
-/// the part of the first hour inside the window comes from raw rows. A first hour older than
-/// `raw_horizon` (its raw rows are gone) is counted whole instead.
+/// rollups), or its whole day less the hours before the window, whichever is fewer hours.
+/// The start's own hour is the nearer of two: the raw rows from the start to the next hour
+/// added, or the hour's rollup with the raw rows from the hour to the start taken away, so
+/// at most half an hour of raw rows is read. A first hour older than `raw_horizon` (its raw
+/// rows are gone) is counted whole instead; a window inside one hour is raw rows alone.
 pub fn plan(
     start: OffsetDateTime,
     now: OffsetDateTime,
@@ -139,28 +124,29 @@ pub fn plan(
         from,
         until,
     };
+    let minus = |source, from, until| Segment {
+        source,
+        subtract: true,
+        from,
+        until,
+    };
     let hour = time::Duration::seconds(HOUR);
     let day = time::Duration::seconds(DAY);
-    let mut segments = Vec::new();
-    let h0 = ceil_to(start, HOUR);
+    let (floor, ceil) = (floor_to(start, HOUR), ceil_to(start, HOUR));
     let raw_gone = raw_horizon.is_some_and(|h| start < h);
-    // The hours from here on are read whole: h0, or the first hour itself when its raw rows
-    // are gone.
-    let (whole_from, head) = if start < h0 && raw_gone {
-        (floor_to(start, HOUR), None)
+    // The hours from `whole_from` on are read whole; `edge` makes up the difference between
+    // it and the start.
+    let (whole_from, edge) = if start == ceil || raw_gone {
+        (floor, None)
+    } else if ceil > now {
+        return vec![add(Source::Raw, start, now)];
+    } else if start - floor < ceil - start {
+        (floor, Some(minus(Source::Raw, floor, start)))
     } else {
-        (
-            h0,
-            (start < h0).then(|| add(Source::Raw, start, h0.min(now))),
-        )
+        (ceil, Some(add(Source::Raw, start, ceil)))
     };
+    let mut segments: Vec<Segment> = edge.into_iter().collect();
     let today = floor_to(now, DAY);
-    if whole_from > now {
-        // Less than an hour, inside one hour: raw rows alone.
-        segments.push(add(Source::Raw, start, now));
-        return segments;
-    }
-    segments.extend(head);
     if whole_from >= today {
         // Within today: its hours, the current one included.
         segments.push(add(Source::Hourly, whole_from, floor_to(now, HOUR) + hour));
@@ -175,12 +161,7 @@ pub fn plan(
             segments.push(add(Source::Daily, first_day + day, today + day));
         } else {
             segments.push(add(Source::Daily, first_day, today + day));
-            segments.push(Segment {
-                source: Source::Hourly,
-                subtract: true,
-                from: first_day,
-                until: whole_from,
-            });
+            segments.push(minus(Source::Hourly, first_day, whole_from));
         }
     }
     segments.retain(|s| s.from < s.until);
@@ -202,9 +183,10 @@ fn range(segments: &[Segment], source: Source, subtract: bool) -> [OffsetDateTim
 /// The state of every site over the window of `window` ending now, by id, and the segments
 /// its numbers come from.
 ///
-/// The latest check of each site comes from the index on `(website_id, timestamp_utc DESC)`
-/// (the last two days' partitions first); the window's numbers from the rollups and the
-/// edges' raw rows ([`plan`]).
+/// The latest check of each site comes from `website_latest` (kept by the statement that
+/// stores checks); the window's numbers from the rollups and the edge's raw rows
+/// ([`plan`]). The rollups are read on one connection while the latest checks and the raw
+/// rows are read on another.
 ///
 /// # Errors
 /// [`crate::Error::Database`], [`crate::Error::Timeout`] after [`STATUS_TIMEOUT`].
@@ -216,52 +198,65 @@ pub async fn site_statuses(
     let start = now - window;
     let horizon = crate::history::raw_horizon(pool).await?;
     let segments = plan(start, now, horizon);
-    let [r0, r1] = range(&segments, Source::Raw, false);
     let [h0, h1] = range(&segments, Source::Hourly, false);
     let [s0, s1] = range(&segments, Source::Hourly, true);
     let [d0, d1] = range(&segments, Source::Daily, false);
-    let work = async {
-        // Every site with its latest check; the window's numbers are filled in below.
-        let mut statuses: Vec<SiteStatus> = sqlx::query_as(LATEST)
-            .bind(now - time::Duration::days(2))
-            .fetch_all(pool)
-            .await?;
-        let mut windows: HashMap<i32, Window> = HashMap::with_capacity(statuses.len());
-        // Whole days and hours: the rollups' counts and sketches, merged here (a sort per
-        // site beats PostgreSQL unnesting millions of bins), subtracted ones negative.
-        let mut rolled = sqlx::query_as::<_, (i32, i64, i64, i64, i64, Vec<i64>)>(ROLLED)
+    let rolled = async {
+        // Whole days and hours: the rollups' counts and sketches, merged here (a bin
+        // array per site beats PostgreSQL unnesting millions of bins), subtracted ones
+        // negative.
+        let mut tx = report_transaction(pool).await?;
+        let mut windows: HashMap<i32, Window> = HashMap::new();
+        let mut rows = sqlx::query_as::<_, (i32, i64, i64, i64, i64, StoredSketch)>(ROLLED)
             .bind(d0)
             .bind(d1)
             .bind(h0)
             .bind(h1)
             .bind(s0)
             .bind(s1)
-            .fetch(pool);
-        while let Some((site, sign, checks, up, degraded, sketch)) = rolled.try_next().await? {
+            .fetch(&mut *tx);
+        while let Some((site, sign, checks, up, degraded, sketch)) = rows.try_next().await? {
             let window = windows.entry(site).or_default();
             window.add_counts(sign * checks, sign * up, sign * degraded);
-            window.bins.extend(
-                sketch
-                    .iter()
-                    .map(|e| ((e >> 32) as i32, sign * (e & 0xFFFF_FFFF))),
-            );
-        }
-        drop(rolled);
-        // The first partial hour: raw rows, binned by PostgreSQL's own `sitemon_sketch_bin`.
-        let mut raw = sqlx::query_as::<_, (i32, Option<i32>, i64, i64, i64)>(RAW_BINS)
-            .bind(r0)
-            .bind(r1)
-            .fetch(pool);
-        while let Some((site, bin, checks, up, degraded)) = raw.try_next().await? {
-            let window = windows.entry(site).or_default();
-            window.add_counts(checks, up, degraded);
-            if let Some(bin) = bin {
-                window.bins.push((bin, checks));
+            for e in sketch.0 {
+                window.sketch.add_encoded(e, sign);
             }
         }
-        drop(raw);
+        drop(rows);
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(windows)
+    };
+    let latest_and_edge = async {
+        let mut tx = report_transaction(pool).await?;
+        // Every site with its latest check; the window's numbers are filled in below.
+        let statuses: Vec<SiteStatus> = sqlx::query_as(LATEST).fetch_all(&mut *tx).await?;
+        // The edge of the start's hour: raw rows, binned by PostgreSQL's own
+        // `sitemon_sketch_bin`.
+        let mut edge = Vec::new();
+        for segment in segments.iter().filter(|s| s.source == Source::Raw) {
+            let sign = if segment.subtract { -1 } else { 1 };
+            let mut rows = sqlx::query_as::<_, (i32, i64, i64, i64, Vec<i32>)>(RAW_EDGE)
+                .bind(segment.from)
+                .bind(segment.until)
+                .fetch(&mut *tx);
+            while let Some((site, checks, up, degraded, bins)) = rows.try_next().await? {
+                edge.push((site, sign, checks, up, degraded, bins));
+            }
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>((statuses, edge))
+    };
+    let work = async {
+        let (mut windows, (mut statuses, edge)) = futures::try_join!(rolled, latest_and_edge)?;
+        for (site, sign, checks, up, degraded, bins) in edge {
+            let window = windows.entry(site).or_default();
+            window.add_counts(sign * checks, sign * up, sign * degraded);
+            for bin in bins {
+                window.sketch.add(bin, sign);
+            }
+        }
         for status in &mut statuses {
-            if let Some(window) = windows.get_mut(&status.id) {
+            if let Some(window) = windows.get(&status.id) {
                 window.fill(status);
             }
         }
@@ -273,8 +268,77 @@ pub async fn site_statuses(
     Ok((statuses, segments))
 }
 
-/// Every site and its latest check (the last two days' partitions first; all of them only
-/// for a site not checked since: Append stops at the first row). The window's numbers are
+/// A read-only transaction for the report's queries, without JIT compilation (it took
+/// 20–100 ms of a status whose queries are simple scans: their estimated costs pass
+/// `jit_above_cost`, their run times do not gain from it) and with room to sort the raw
+/// edge per site in memory (the default 4 MB spilled 2–3 MB to disk).
+async fn report_transaction(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// A stored sketch as read from PostgreSQL: its elements, decoded from the binary array
+/// format here (sqlx's generic array decoding, element by element, was a quarter of the
+/// CPU time of a 30-day status).
+#[derive(Debug)]
+struct StoredSketch(Vec<i64>);
+
+impl sqlx::Type<sqlx::Postgres> for StoredSketch {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Vec<i64> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <Vec<i64> as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for StoredSketch {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        if value.format() != sqlx::postgres::PgValueFormat::Binary {
+            return <Vec<i64> as sqlx::Decode<'r, sqlx::Postgres>>::decode(value).map(Self);
+        }
+        int8_array(value.as_bytes()?).map(Self)
+    }
+}
+
+/// The elements of a one-dimensional `bigint[]` without NULLs in PostgreSQL's binary
+/// format (`array_send`): the number of dimensions, a has-NULLs flag, the element type,
+/// then per dimension its length and lower bound, then per element its length and value.
+fn int8_array(bytes: &[u8]) -> Result<Vec<i64>, sqlx::error::BoxDynError> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or("a bigint[] cut short")
+    };
+    match word(0)? {
+        0 => return Ok(Vec::new()),
+        1 => {}
+        n => return Err(format!("a sketch of {n} dimensions").into()),
+    }
+    let len = usize::try_from(word(12)?).map_err(|_| "a negative array length")?;
+    let mut elements = Vec::with_capacity(len);
+    for i in 0..len {
+        let at = 20 + 12 * i;
+        if word(at)? != 8 {
+            return Err("a sketch element that is NULL or not a bigint".into());
+        }
+        let value = bytes.get(at + 4..at + 12).ok_or("a bigint[] cut short")?;
+        elements.push(i64::from_be_bytes(value.try_into().map_err(|_| "8 bytes")?));
+    }
+    Ok(elements)
+}
+
+/// Every site and its latest check from any location. The window's numbers are
 /// placeholders that [`Window::fill`] replaces.
 const LATEST: &str = "
     SELECT w.id, w.url, w.check_interval, w.tls_verify,
@@ -282,22 +346,11 @@ const LATEST: &str = "
            latest.status_code AS last_status_code, latest.error_kind AS last_error_kind,
            NULL::float8 AS uptime_pct, NULL::float8 AS p50_ms, NULL::float8 AS p95_ms,
            NULL::float8 AS p99_ms, 0::bigint AS checks, 0::bigint AS degraded_checks,
-           (latest.request_info ->> 'tls_cert_not_after')::timestamptz AS tls_cert_not_after
+           latest.tls_cert_not_after::timestamptz AS tls_cert_not_after
     FROM websites w
-    LEFT JOIN LATERAL (
-        (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
-                s.request_info
-         FROM website_status s
-         WHERE s.website_id = w.id AND s.timestamp_utc >= $1
-         ORDER BY s.timestamp_utc DESC LIMIT 1)
-        UNION ALL
-        (SELECT s.timestamp_utc, s.is_up, s.degraded, s.status_code, s.error_kind,
-                s.request_info
-         FROM website_status s
-         WHERE s.website_id = w.id
-         ORDER BY s.timestamp_utc DESC LIMIT 1)
-        LIMIT 1
-    ) latest ON true
+    LEFT JOIN (SELECT DISTINCT ON (website_id) *
+               FROM website_latest
+               ORDER BY website_id, timestamp_utc DESC) latest ON latest.website_id = w.id
     ORDER BY w.id";
 
 /// The rollup rows of a window: whole days ($1..$2) and hours ($3..$4) added, hours
@@ -312,14 +365,17 @@ const ROLLED: &str = "
     SELECT website_id, -1, checks, up, degraded, rt_sketch FROM website_status_hourly
     WHERE bucket_start >= $5 AND bucket_start < $6";
 
-/// The raw rows of a window's first partial hour ($1..$2), counted per site and latency
-/// bin (bin NULL: the checks without a response time).
-const RAW_BINS: &str = "
-    SELECT website_id, sitemon_sketch_bin(response_time_ms), count(*),
-           count(*) FILTER (WHERE is_up), count(*) FILTER (WHERE degraded)
+/// The raw rows of a stretch $1..$2 of the start's hour, counted per site, with the latency
+/// bin of each that has a response time. Per site, not per site and bin: a site has a few
+/// checks in half an hour, nearly each in a bin of its own, so that grouping returned about
+/// as many rows as it read (122,000 of 170,000, against 10,000 here; 200 ms against 130 ms).
+const RAW_EDGE: &str = "
+    SELECT website_id, count(*), count(*) FILTER (WHERE is_up), count(*) FILTER (WHERE degraded),
+           coalesce(array_agg(sitemon_sketch_bin(response_time_ms))
+                        FILTER (WHERE response_time_ms IS NOT NULL), '{}')
     FROM website_status
     WHERE timestamp_utc >= $1 AND timestamp_utc < $2
-    GROUP BY 1, 2";
+    GROUP BY 1";
 
 /// γ of the latency sketches (see the migration `20261130000001`).
 const GAMMA: f64 = 1.02 / 0.98;
@@ -330,9 +386,7 @@ struct Window {
     checks: i64,
     up: i64,
     degraded: i64,
-    /// (bin, count), unsorted, a bin possibly several times, counts of subtracted rollups
-    /// negative.
-    bins: Vec<(i32, i64)>,
+    sketch: Sketch,
 }
 
 impl Window {
@@ -342,21 +396,62 @@ impl Window {
         self.degraded += degraded;
     }
 
-    fn fill(&mut self, status: &mut SiteStatus) {
+    fn fill(&self, status: &mut SiteStatus) {
         status.checks = self.checks;
         status.degraded_checks = self.degraded;
         status.uptime_pct = (self.checks > 0).then(|| 100.0 * self.up as f64 / self.checks as f64);
-        self.bins.sort_unstable_by_key(|&(bin, _)| bin);
-        let mut merged: Vec<(i32, u64)> = Vec::with_capacity(self.bins.len());
-        for chunk in self.bins.chunk_by(|a, b| a.0 == b.0) {
-            let n: i64 = chunk.iter().map(|&(_, n)| n).sum();
-            // Exact: a day's rollup is the sum of its hours'.
-            if n > 0 {
-                merged.push((chunk[0].0, n as u64));
-            }
-        }
-        let [p50, p95, p99] = quantiles(&merged, [0.50, 0.95, 0.99]);
+        let [p50, p95, p99] = self.sketch.quantiles([0.50, 0.95, 0.99]);
         (status.p50_ms, status.p95_ms, status.p99_ms) = (p50, p95, p99);
+    }
+}
+
+/// The bins `sitemon_sketch_bin` can give: from 1 µs (every shorter time counts as 1 µs) to
+/// the largest `float8`. A bin outside (a rollup edited by hand) counts as the nearest end,
+/// so that no element can make a [`Sketch`] allocate more than this span.
+const BINS: std::ops::RangeInclusive<i32> = -173..=17_800;
+
+/// A latency sketch being merged: counts per bin over the run of bins seen so far (a
+/// site's response times span tens of bins), so adding is an index, never a sort. Counts of
+/// subtracted rollups are negative.
+#[derive(Debug, Default)]
+struct Sketch {
+    /// The bin of `counts[0]`.
+    first: i32,
+    counts: Vec<i64>,
+}
+
+impl Sketch {
+    fn add(&mut self, bin: i32, n: i64) {
+        let bin = bin.clamp(*BINS.start(), *BINS.end());
+        if self.counts.is_empty() {
+            self.first = bin;
+        } else if bin < self.first {
+            let grow = (self.first - bin) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.first = bin;
+        }
+        let i = (bin - self.first) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += n;
+    }
+
+    /// Adds an element of a stored sketch (the bin in the high 32 bits, its count in the
+    /// low 32), times `sign`.
+    fn add_encoded(&mut self, element: i64, sign: i64) {
+        self.add((element >> 32) as i32, sign * (element & 0xFFFF_FFFF));
+    }
+
+    /// [`quantiles`] of the merged bins. Exact: a day's rollup is the sum of its hours',
+    /// so no bin is left negative.
+    fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let bins: Vec<(i32, u64)> = (self.first..)
+            .zip(&self.counts)
+            .filter(|&(_, &n)| n > 0)
+            .map(|(bin, &n)| (bin, n as u64))
+            .collect();
+        quantiles(&bins, qs)
     }
 }
 
@@ -467,6 +562,8 @@ pub async fn site_history(
         ("raw", "timestamp_utc")
     };
     let bucket = bucket.replace("{t}", time_column);
+    // Counts, error kinds and the latency bins of each bucket; the percentiles are
+    // computed here from the bins, by the same rule as the status's.
     let parts = if source == "raw" {
         format!(
             "src AS (SELECT {bucket} AS bucket_start, is_up, error_kind,
@@ -477,8 +574,10 @@ pub async fn site_history(
                       FROM src GROUP BY 1),
              kinds AS (SELECT bucket_start, error_kind AS k, count(*) AS n
                        FROM src WHERE error_kind IS NOT NULL GROUP BY 1, 2),
-             bins AS (SELECT bucket_start AS key, bin, count(*) AS n
-                      FROM src WHERE bin IS NOT NULL GROUP BY 1, 2)"
+             bins AS (SELECT bucket_start, array_agg(bin) AS bins, array_agg(n) AS counts
+                      FROM (SELECT bucket_start, bin, count(*) AS n
+                            FROM src WHERE bin IS NOT NULL GROUP BY 1, 2) AS b
+                      GROUP BY 1)"
         )
     } else {
         format!(
@@ -489,29 +588,62 @@ pub async fn site_history(
                       FROM src GROUP BY 1),
              kinds AS (SELECT bucket_start, k, sum(v::bigint) AS n
                        FROM src, jsonb_each_text(errors) AS x(k, v) GROUP BY 1, 2),
-             bins AS (SELECT bucket_start AS key, e >> 32 AS bin, sum(e & 4294967295) AS n
-                      FROM src, unnest(rt_sketch) AS e GROUP BY 1, 2)"
+             bins AS (SELECT bucket_start, array_agg((e >> 32)::int) AS bins,
+                             array_agg(e & 4294967295) AS counts
+                      FROM src, unnest(rt_sketch) AS e GROUP BY 1)"
         )
     };
     let query = format!(
         "WITH {parts},
-              percentiles AS ({PERCENTILES}),
               top AS (SELECT DISTINCT ON (bucket_start) bucket_start, k
                       FROM kinds ORDER BY bucket_start, n DESC, k)
          SELECT s.bucket_start, s.checks,
                 (100.0 * s.up / nullif(s.checks, 0))::float8 AS uptime_pct,
-                p.p50_ms, p.p95_ms, p.p99_ms, top.k AS top_error
+                top.k AS top_error, b.bins, b.counts
          FROM sums s
-         LEFT JOIN percentiles p ON p.key = s.bucket_start
+         LEFT JOIN bins b USING (bucket_start)
          LEFT JOIN top USING (bucket_start)
          ORDER BY s.bucket_start"
     );
-    let history = sqlx::query_as::<_, HistoryBucket>(&query)
+    type Row = (
+        OffsetDateTime,
+        i64,
+        Option<f64>,
+        Option<String>,
+        Option<Vec<i32>>,
+        Option<Vec<i64>>,
+    );
+    let rows = sqlx::query_as::<_, Row>(&query)
         .bind(site)
         .bind(first)
         .bind(every_s as f64)
         .fetch_all(pool);
-    crate::statement::bounded("reading a site's history", STATUS_TIMEOUT, history).await
+    let rows = crate::statement::bounded("reading a site's history", STATUS_TIMEOUT, rows).await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(bucket_start, checks, uptime_pct, top_error, bins, counts)| {
+                let mut sketch = Sketch::default();
+                for (bin, n) in bins
+                    .unwrap_or_default()
+                    .into_iter()
+                    .zip(counts.unwrap_or_default())
+                {
+                    sketch.add(bin, n);
+                }
+                let [p50_ms, p95_ms, p99_ms] = sketch.quantiles([0.50, 0.95, 0.99]);
+                HistoryBucket {
+                    bucket_start,
+                    checks,
+                    uptime_pct,
+                    p50_ms,
+                    p95_ms,
+                    p99_ms,
+                    top_error,
+                }
+            },
+        )
+        .collect())
 }
 
 #[cfg(test)]
@@ -556,6 +688,70 @@ mod tests {
     }
 
     #[test]
+    fn int8_arrays_decode_from_the_binary_format() {
+        let mut bytes = Vec::new();
+        for word in [1_i32, 0, 20, 3, 1] {
+            bytes.extend(word.to_be_bytes());
+        }
+        for value in [(5_i64 << 32) | 7, (-3_i64 << 32) | 1, i64::MAX] {
+            bytes.extend(8_i32.to_be_bytes());
+            bytes.extend(value.to_be_bytes());
+        }
+        let elements = int8_array(&bytes).expect("decodes");
+        assert_eq!(elements, [(5_i64 << 32) | 7, (-3_i64 << 32) | 1, i64::MAX]);
+        assert_eq!(int8_array(&[0; 12]).expect("empty"), Vec::<i64>::new());
+        assert!(int8_array(&bytes[..bytes.len() - 1]).is_err());
+        let mut null = bytes.clone();
+        null[20..24].copy_from_slice(&(-1_i32).to_be_bytes());
+        assert!(int8_array(&null).is_err());
+    }
+
+    #[test]
+    fn a_sketch_merges_bins_in_any_order_and_takes_subtractions() {
+        let mut sketch = Sketch::default();
+        for (bin, n) in [(5, 30), (-3, 10), (9, 10), (5, 50), (12, 4), (7, 0)] {
+            sketch.add(bin, n);
+        }
+        // A subtracted rollup: its bins' counts taken away again.
+        sketch.add_encoded((12_i64 << 32) | 4, -1);
+        sketch.add_encoded((-3_i64 << 32) | 10, -1);
+        sketch.add_encoded((-3_i64 << 32) | 10, 1);
+        let expected = quantiles(&[(-3, 10), (5, 80), (9, 10)], [0.0, 0.5, 0.95, 1.0]);
+        assert_eq!(sketch.quantiles([0.0, 0.5, 0.95, 1.0]), expected);
+        assert_eq!(Sketch::default().quantiles([0.5]), [None]);
+        // A bin no response time gives is counted at the nearest end: bounded memory.
+        let mut wild = Sketch::default();
+        wild.add(i32::MIN, 1);
+        wild.add(i32::MAX, 1);
+        assert_eq!(wild.counts.len(), BINS.count());
+    }
+
+    #[test]
+    fn the_bins_cover_every_response_time() {
+        let bin = |ms: f64| (ms.max(0.001).ln() / GAMMA.ln()).ceil() as i32;
+        assert!(BINS.contains(&bin(0.0)) && BINS.contains(&bin(f64::MAX)));
+    }
+
+    #[test]
+    fn the_raw_edge_is_at_most_half_an_hour() {
+        let now = datetime!(2026-11-30 10:20 UTC);
+        for minutes in 0..24 * 60 {
+            let start = datetime!(2026-11-29 09:00 UTC) + time::Duration::minutes(minutes);
+            let segments = plan(start, now, None);
+            let raw: time::Duration = segments
+                .iter()
+                .filter(|s| s.source == Source::Raw)
+                .map(|s| s.until - s.from)
+                .sum();
+            let inside_the_hour = start > floor_to(now, HOUR);
+            assert!(
+                raw <= time::Duration::minutes(30) || inside_the_hour,
+                "{start}: {segments:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_window_inside_one_hour_is_raw() {
         let now = datetime!(2026-11-30 10:20 UTC);
         let start = datetime!(2026-11-30 10:05 UTC);
@@ -583,7 +779,26 @@ mod tests {
     fn a_day_is_two_days_less_the_hours_before_it_when_that_is_fewer() {
         let now = datetime!(2026-11-30 10:20 UTC);
         let start = now - time::Duration::hours(24);
-        // 11 hours before 11:00 yesterday against 13 after it: subtract.
+        // 10:20: the hour from 10:00 less its first 20 minutes; 10 hours before 10:00
+        // yesterday against 14 after it: subtract them.
+        assert_eq!(
+            plan(start, now, None),
+            vec![
+                minus(Source::Raw, datetime!(2026-11-29 10:00 UTC), start),
+                seg(
+                    Source::Daily,
+                    datetime!(2026-11-29 00:00 UTC),
+                    datetime!(2026-12-01 00:00 UTC)
+                ),
+                minus(
+                    Source::Hourly,
+                    datetime!(2026-11-29 00:00 UTC),
+                    datetime!(2026-11-29 10:00 UTC)
+                ),
+            ]
+        );
+        // 10:40: the 20 minutes to 11:00 added.
+        let start = datetime!(2026-11-29 10:40 UTC);
         assert_eq!(
             plan(start, now, None),
             vec![
@@ -627,7 +842,7 @@ mod tests {
         assert_eq!(
             plan(start, now, None),
             vec![
-                seg(Source::Raw, start, datetime!(2026-10-31 11:00 UTC)),
+                minus(Source::Raw, datetime!(2026-10-31 10:00 UTC), start),
                 seg(
                     Source::Daily,
                     datetime!(2026-10-31 00:00 UTC),
@@ -636,7 +851,7 @@ mod tests {
                 minus(
                     Source::Hourly,
                     datetime!(2026-10-31 00:00 UTC),
-                    datetime!(2026-10-31 11:00 UTC)
+                    datetime!(2026-10-31 10:00 UTC)
                 ),
             ]
         );

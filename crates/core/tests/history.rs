@@ -16,13 +16,21 @@ use time::{Date, OffsetDateTime};
 /// `SELECT` of the columns kafka_offset_id, website_id, timestamp_utc, is_up,
 /// response_time_ms, error_kind.
 async fn store(pool: &PgPool, values: &str) -> u64 {
+    store_from(pool, Some("here"), values).await
+}
+
+/// [`store`] from `location`.
+async fn store_from(pool: &PgPool, location: Option<&str>, values: &str) -> u64 {
+    let location = location.map_or("NULL".to_owned(), |l| format!("'{l}'"));
     let sql = format!(
         "WITH source AS (
              INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
                  website_id, timestamp_utc, request_info, check_id, is_up, response_time_ms,
                  error_kind, location)
-             SELECT 't', 0, v.o, v.w, v.ts, '{{}}', gen_random_uuid(), v.up, v.rt, v.ek, 'here'
+             SELECT 't', 0, v.o, v.w, v.ts, '{{}}', gen_random_uuid(), v.up, v.rt, v.ek,
+                    {location}
              FROM ({values}) AS v(o, w, ts, up, rt, ek)
+             ON CONFLICT DO NOTHING
              RETURNING *),
          {}
          SELECT count(*) FROM source",
@@ -78,28 +86,8 @@ fn today() -> Date {
 async fn migrating_a_million_unpartitioned_rows_moves_every_one_with_its_rollups() {
     const ROWS: i64 = 1_000_000;
     let db = TestDb::empty().await;
-    // The schema as it was before partitions: the migrations up to that one, applied from
-    // a folder of their own (same versions and checksums as the embedded ones).
-    let old = tempfile_dir("sitemon-old-migrations");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
-    for entry in std::fs::read_dir(&root).expect("migrations/") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        if name.as_str() < "20261130" {
-            std::fs::copy(&path, old.join(&name)).expect("copy");
-        }
-    }
-    sqlx::migrate::Migrator::new(old.as_path())
-        .await
-        .expect("old migrations")
-        .run(&db.pool)
-        .await
-        .expect("the old schema");
-    std::fs::remove_dir_all(&old).ok();
+    // The schema as it was before partitions.
+    migrate_below(&db.pool, "20261130").await;
     add_sites(&db.pool, 200).await;
     // A million checks of 200 sites over the last 20 days, some failed, some without a
     // response time.
@@ -163,6 +151,31 @@ async fn migrating_a_million_unpartitioned_rows_moves_every_one_with_its_rollups
     let again: String = scalar(&db.pool, fingerprint).await;
     assert_eq!(again, before);
     db.drop_database().await;
+}
+
+/// Applies the migrations whose names sort before `below` (the schema as it was then),
+/// from a folder of their own (same versions and checksums as the embedded ones).
+async fn migrate_below(pool: &PgPool, below: &str) {
+    let old = tempfile_dir("sitemon-old-migrations");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    for entry in std::fs::read_dir(&root).expect("migrations/") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < below {
+            std::fs::copy(&path, old.join(&name)).expect("copy");
+        }
+    }
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .expect("old migrations")
+        .run(pool)
+        .await
+        .expect("the old schema");
+    std::fs::remove_dir_all(&old).ok();
 }
 
 fn tempfile_dir(prefix: &str) -> PathBuf {
@@ -341,7 +354,7 @@ fn assert_within_2pct(what: &str, got: Option<f64>, exact: f64) {
 #[tokio::test]
 async fn status_and_history_agree_with_the_raw_rows() {
     let db = TestDb::migrated().await;
-    add_sites(&db.pool, 2).await;
+    add_sites(&db.pool, 3).await;
     let now = OffsetDateTime::now_utc();
     history::ensure_partitions(
         &db.pool,
@@ -350,7 +363,10 @@ async fn status_and_history_agree_with_the_raw_rows() {
     .await
     .expect("partitions");
     // Site 1: 10,000 checks over 9 days with response times spread over four decades
-    // (0.5 ms to 5 s); one in 50 failed, by kind. Site 2: a few checks.
+    // (0.5 ms to 5 s); one in 50 failed, by kind. Site 2: a few checks. Site 3: a check a
+    // minute for 25 hours, its response time doubling every 2 hours as time goes: a
+    // percentile then moves with any minute counted wrongly at the window's start (ten
+    // minutes counted twice instead of never move the median by 9 %).
     store(
         &db.pool,
         "SELECT i, 1, now() - make_interval(secs => i * 77.7),
@@ -360,49 +376,81 @@ async fn status_and_history_agree_with_the_raw_rows() {
          FROM generate_series(0, 9999) AS i
          UNION ALL
          SELECT 100000 + i, 2, now() - make_interval(mins => i), true, 42.0, NULL
-         FROM generate_series(0, 9) AS i",
+         FROM generate_series(0, 9) AS i
+         UNION ALL
+         SELECT 200000 + i, 3, now() - make_interval(secs => i * 60), true,
+                10 * exp((90000 - i * 60) / 7200.0), NULL
+         FROM generate_series(0, 1499) AS i",
     )
     .await;
     assert_rollups_match(&db.pool).await;
 
-    for window_days in [1u64, 3, 8] {
-        let window = Duration::from_secs(window_days * 86_400);
+    // Windows 20 minutes apart: whatever the minute now, one starts in the first half of
+    // its hour (that hour's rollup less its raw rows before the start) and one in the
+    // second (the raw rows to the next hour added).
+    let mut raw_signs = std::collections::BTreeSet::new();
+    for (window_days, minutes) in [(1u64, 0u64), (1, 20), (1, 40), (3, 0), (8, 0)] {
+        let window = Duration::from_secs(window_days * 86_400 + minutes * 60);
         let (statuses, segments) = report::site_statuses(&db.pool, window)
             .await
             .expect("status");
-        let start = OffsetDateTime::now_utc() - window;
-        let mut values: Vec<f64> = sqlx::query_scalar(
-            "SELECT response_time_ms FROM website_status
-             WHERE website_id = 1 AND timestamp_utc >= $1 AND response_time_ms IS NOT NULL",
-        )
-        .bind(start)
-        .fetch_all(&db.pool)
-        .await
-        .expect("raw");
-        let (checks, up): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE is_up) FROM website_status
-             WHERE website_id = 1 AND timestamp_utc >= $1",
-        )
-        .bind(start)
-        .fetch_one(&db.pool)
-        .await
-        .expect("raw counts");
-        let site = &statuses[0];
-        // The raw rows were read a moment after the report: a check can only be missing
-        // from them if it was older than the window's start then, which no check is
-        // within a second of.
-        assert_eq!(site.checks, checks, "{window_days} d: {segments:?}");
-        let uptime = site.uptime_pct.expect("uptime");
-        assert!((uptime - 100.0 * up as f64 / checks as f64).abs() < 1e-9);
-        for (q, got) in [(0.5, site.p50_ms), (0.95, site.p95_ms), (0.99, site.p99_ms)] {
-            assert_within_2pct(&format!("{window_days} d p{q}"), got, exact(&mut values, q));
+        for segment in segments.iter().filter(|s| s.source == report::Source::Raw) {
+            raw_signs.insert(segment.subtract);
         }
+        let start = OffsetDateTime::now_utc() - window;
+        for site in [&statuses[0], &statuses[2]] {
+            let mut values: Vec<f64> = sqlx::query_scalar(
+                "SELECT response_time_ms FROM website_status
+                 WHERE website_id = $1 AND timestamp_utc >= $2 AND response_time_ms IS NOT NULL",
+            )
+            .bind(site.id)
+            .bind(start)
+            .fetch_all(&db.pool)
+            .await
+            .expect("raw");
+            let (checks, up): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE is_up) FROM website_status
+                 WHERE website_id = $1 AND timestamp_utc >= $2",
+            )
+            .bind(site.id)
+            .bind(start)
+            .fetch_one(&db.pool)
+            .await
+            .expect("raw counts");
+            // The raw rows were read a moment after the report: a check can only be
+            // missing from them if it fell in the milliseconds between the two starts
+            // (checks are a minute or more apart: about one chance in 10,000).
+            let what = format!("site {}, {window_days} d {minutes} min", site.id);
+            assert_eq!(site.checks, checks, "{what}: {segments:?}");
+            let uptime = site.uptime_pct.expect("uptime");
+            assert!((uptime - 100.0 * up as f64 / checks as f64).abs() < 1e-9);
+            for (q, got) in [(0.5, site.p50_ms), (0.95, site.p95_ms), (0.99, site.p99_ms)] {
+                assert_within_2pct(&format!("{what} p{q}"), got, exact(&mut values, q));
+            }
+        }
+        let site = &statuses[0];
         if window_days == 8 {
             let sources: Vec<report::Source> = segments.iter().map(|s| s.source).collect();
             assert!(sources.contains(&report::Source::Daily), "{segments:?}");
         }
         assert_eq!(statuses[1].checks, 10);
+        // The latest check: site 1's newest row (i = 0: down, a timeout).
+        let newest: OffsetDateTime = scalar(
+            &db.pool,
+            "SELECT max(timestamp_utc) FROM website_status WHERE website_id = 1",
+        )
+        .await;
+        assert_eq!(site.last_checked_at, Some(newest));
+        assert_eq!(
+            (site.up, site.last_error_kind.as_deref()),
+            (Some(false), Some("timeout"))
+        );
     }
+    assert_eq!(
+        raw_signs.into_iter().collect::<Vec<_>>(),
+        [false, true],
+        "raw rows both added and taken away"
+    );
 
     // History: hourly buckets over 2 days, and daily ones over 9, against the raw rows of
     // each bucket.
@@ -466,5 +514,198 @@ async fn status_and_history_agree_with_the_raw_rows() {
     .await
     .expect_err("no site 99");
     assert_eq!(unknown.to_string(), "no site has id 99");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn two_migrates_at_once_move_every_row_once_and_both_succeed() {
+    const ROWS: i64 = 500_000;
+    let db = TestDb::empty().await;
+    migrate_below(&db.pool, "20261130").await;
+    add_sites(&db.pool, 100).await;
+    sqlx::query(
+        "INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
+             website_id, timestamp_utc, request_info, check_id, is_up, response_time_ms)
+         SELECT 'old', 0, i, 1 + i % 100, now() - make_interval(secs => (i * 3.1) % 86400),
+                '{}', gen_random_uuid(), true, i % 997
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(ROWS)
+    .execute(&db.pool)
+    .await
+    .expect("old rows");
+    // Two `migrate`s (a sync starting while an operator migrates), each with its own pool.
+    let other = PgPool::connect(&db.url).await.expect("a second pool");
+    let (a, b) = tokio::join!(
+        sitemon_core::db::migrate(&db.pool),
+        sitemon_core::db::migrate(&other)
+    );
+    a.expect("the first migrate");
+    b.expect("the second migrate");
+    let moved: i64 = scalar(&db.pool, "SELECT count(*) FROM website_status").await;
+    assert_eq!(moved, ROWS);
+    let old_left: bool = scalar(
+        &db.pool,
+        "SELECT to_regclass('website_status_unpartitioned') IS NOT NULL",
+    )
+    .await;
+    assert!(!old_left, "the old table is dropped");
+    assert_rollups_match(&db.pool).await;
+    other.close().await;
+    db.drop_database().await;
+}
+
+/// Site `site`'s latest check as `status` shows it: time, up, error kind.
+async fn latest_status(
+    pool: &PgPool,
+    site: i32,
+) -> (Option<OffsetDateTime>, Option<bool>, Option<String>) {
+    let (statuses, _) = report::site_statuses(pool, Duration::from_secs(3600))
+        .await
+        .expect("status");
+    let status = statuses
+        .into_iter()
+        .find(|s| s.id == site)
+        .expect("the site");
+    (status.last_checked_at, status.up, status.last_error_kind)
+}
+
+#[tokio::test]
+async fn the_latest_check_only_moves_forward_and_rebuild_recomputes_it() {
+    let db = TestDb::migrated().await;
+    add_sites(&db.pool, 2).await;
+    // Fixed times, so that storing the same rows again is a redelivery.
+    let base =
+        OffsetDateTime::now_utc().replace_nanosecond(0).expect("ns") - Duration::from_secs(600);
+    let at = |minutes_before: i64| {
+        let t = base - time::Duration::minutes(minutes_before);
+        format!(
+            "'{}'::timestamptz",
+            t.format(&time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339")
+        )
+    };
+    // One statement with site 1's checks from "eu" out of order: the newest (down) wins.
+    let first = format!(
+        "VALUES (1, 1, {}, true, 10.0::float8, NULL::text), (2, 1, {}, false, NULL, 'timeout'),
+                (3, 1, {}, true, 12.0, NULL)",
+        at(5),
+        at(1),
+        at(3)
+    );
+    assert_eq!(store_from(&db.pool, Some("eu"), &first).await, 3);
+    // Another location, older; and a site without a location.
+    let us = format!("VALUES (10, 1, {}, true, 11.0::float8, NULL::text)", at(2));
+    store_from(&db.pool, Some("us"), &us).await;
+    let nowhere = format!("VALUES (20, 2, {}, true, 7.0::float8, NULL::text)", at(4));
+    store_from(&db.pool, None, &nowhere).await;
+    assert_rollups_match(&db.pool).await;
+    let timeout = Some("timeout".to_owned());
+    let eu_newest = (
+        Some(base - time::Duration::minutes(1)),
+        Some(false),
+        timeout.clone(),
+    );
+    assert_eq!(latest_status(&db.pool, 1).await, eu_newest);
+    assert_eq!(
+        latest_status(&db.pool, 2).await,
+        (Some(base - time::Duration::minutes(4)), Some(true), None)
+    );
+
+    // A late event (older than the latest) is counted, and does not move the latest back.
+    let late = format!("VALUES (4, 1, {}, true, 9.0::float8, NULL::text)", at(30));
+    assert_eq!(store_from(&db.pool, Some("eu"), &late).await, 1);
+    assert_rollups_match(&db.pool).await;
+    assert_eq!(latest_status(&db.pool, 1).await, eu_newest);
+    // Redelivered rows store nothing and change nothing.
+    assert_eq!(store_from(&db.pool, Some("eu"), &first).await, 0);
+    assert_rollups_match(&db.pool).await;
+    assert_eq!(latest_status(&db.pool, 1).await, eu_newest);
+    // A newer check from another location is the site's latest.
+    let newer = format!("VALUES (11, 1, {}, true, 13.0::float8, NULL::text)", at(0));
+    store_from(&db.pool, Some("us"), &newer).await;
+    assert_rollups_match(&db.pool).await;
+    assert_eq!(
+        latest_status(&db.pool, 1).await,
+        (Some(base), Some(true), None)
+    );
+
+    // Rebuild: a latest check changed by hand, one lost, and the newest raw row of "eu"
+    // deleted by hand: all recomputed from the raw rows.
+    sqlx::raw_sql(
+        "UPDATE website_latest SET is_up = NOT is_up WHERE location = 'us';
+         DELETE FROM website_latest WHERE website_id = 2;
+         DELETE FROM website_status WHERE location = 'eu' AND kafka_offset_id = 2",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("changed by hand");
+    history::rebuild_rollups(&db.pool, None, |_, _| {})
+        .await
+        .expect("rebuilds");
+    assert_rollups_match(&db.pool).await;
+    let eu: (OffsetDateTime, bool) = sqlx::query_as(
+        "SELECT timestamp_utc, is_up FROM website_latest WHERE website_id = 1 AND location = 'eu'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("eu's latest");
+    assert_eq!(eu, (base - time::Duration::minutes(3), true));
+
+    // A removed site takes its latest checks with it.
+    sitemon_core::db::delete_site(&db.pool, 1)
+        .await
+        .expect("removed");
+    let left: i64 = scalar(&db.pool, "SELECT count(*) FROM website_latest").await;
+    assert_eq!(left, 1);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_migration_fills_the_latest_checks_from_the_stored_history() {
+    let db = TestDb::empty().await;
+    // The schema before `website_latest`, with history and its rollups.
+    migrate_below(&db.pool, "20261130000045").await;
+    history::ensure_partitions(
+        &db.pool,
+        (0..4).map(|d| (OffsetDateTime::now_utc() - time::Duration::days(d)).date()),
+    )
+    .await
+    .expect("partitions");
+    add_sites(&db.pool, 3).await;
+    // Sites 1 and 2 checked from two locations (and site 2 also without one) over three
+    // days, the newest rows of each not the last inserted; site 3 never.
+    sqlx::query(
+        "INSERT INTO website_status (kafka_topic, kafka_partition_id, kafka_offset_id,
+             website_id, timestamp_utc, request_info, check_id, is_up, status_code,
+             response_time_ms, error_kind, location)
+         SELECT 't', 0, i, 1 + i % 2, now() - make_interval(mins => (i * 37) % 4000),
+                jsonb_build_object('tls_cert_not_after', '2027-01-0' || (1 + i % 9) || 'T00:00:00Z'),
+                gen_random_uuid(), i % 7 <> 0, CASE WHEN i % 7 <> 0 THEN 200 END,
+                10 + i % 50, CASE WHEN i % 7 = 0 THEN 'dns' END,
+                (ARRAY['eu', 'us', NULL])[1 + i % 3]
+         FROM generate_series(1, 3000) AS i",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("history");
+    for (table, grain) in [
+        ("website_status_hourly", "hour"),
+        ("website_status_daily", "day"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (website_id, bucket_start, location, checks, up, degraded,
+                 errors, rt_count, rt_sum, rt_min, rt_max, rt_sketch)
+             {}",
+            history::rollup_select("website_status", grain)
+        ))
+        .execute(&db.pool)
+        .await
+        .expect("rollups");
+    }
+    sitemon_core::db::migrate(&db.pool).await.expect("migrates");
+    let entries: i64 = scalar(&db.pool, "SELECT count(*) FROM website_latest").await;
+    assert_eq!(entries, 6, "two sites, three locations each");
+    assert_rollups_match(&db.pool).await;
     db.drop_database().await;
 }

@@ -21,7 +21,9 @@ use sitemon_testkit::{admin_pool, kafka_config, services, unique_name, url_with_
 
 const PARTITIONS: i32 = 6;
 const SITES: i32 = 1_000;
-const PRODUCE_BATCH: usize = 2_000;
+/// Events per produce request: under the broker's 1 MiB message limit (2,000 events of today's
+/// size are more).
+const PRODUCE_BATCH: usize = 500;
 
 #[tokio::main]
 async fn main() {

@@ -11,9 +11,9 @@
 //!    the batch it is read and written again.
 //! 2. One `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING` for the rows: a replayed
 //!    offset (primary key) or a retried produce (same `check_id`) stores nothing. The same
-//!    statement adds exactly the rows it inserted to the hourly and daily rollups
-//!    ([`sitemon_core::history::rollup_ctes`]), so rollups and rows commit or roll back
-//!    together, and a duplicate or a reject never counts. When some
+//!    statement adds exactly the rows it inserted to the hourly and daily rollups and the
+//!    latest checks ([`sitemon_core::history::rollup_ctes`]), so rollups and rows commit or
+//!    roll back together, and a duplicate or a reject never counts. When some
 //!    row was left out, one more statement finds those whose `check_id` is stored nowhere:
 //!    their key holds another check, so they are kept as rejects (`key_collision`) instead
 //!    of being counted as duplicates.
@@ -184,11 +184,11 @@ async fn insert_rows(
                          $12::text[], $13::text[], $14::bool[])
                   AS t(i, p, o, w, ts, info, id, up, sc, rt, ek, loc, dg)
              ON CONFLICT DO NOTHING
-             RETURNING website_id, timestamp_utc, location, is_up, response_time_ms, error_kind,
-                       degraded
+             RETURNING {}
          ),
          {}
          SELECT count(*) FROM source",
+        sitemon_core::history::STORED_COLUMNS,
         sitemon_core::history::rollup_ctes("source")
     );
     let inserted: i64 = bounded_db(

@@ -85,11 +85,56 @@ pub async fn assert_exactly_once(pool: &PgPool, topic: &str, events: i64, reject
 
 /// Asserts that the hourly and daily rollups equal a `GROUP BY` over the stored rows:
 /// every count, minimum, maximum, error count and latency sketch equal, and the sums of
-/// response times equal up to floating-point rounding (they were added in another order).
+/// response times equal up to floating-point rounding (they were added in another order);
+/// and that `website_latest` holds the newest stored row of each site and location
+/// ([`assert_latest_match`]).
 ///
 /// # Panics
 /// On the first rollup table that differs, with a row that shows how.
 pub async fn assert_rollups_match(pool: &PgPool) {
+    assert_rollups_only_match(pool).await;
+    assert_latest_match(pool).await;
+}
+
+/// Asserts that `website_latest` has one row per site and location that has stored rows,
+/// none for others, at the time of the newest of them, with the columns of a stored row
+/// of that time (of any one, when several checks share it).
+///
+/// # Panics
+/// When it differs, with up to three rows that show how.
+pub async fn assert_latest_match(pool: &PgPool) {
+    let sql = "
+        WITH newest AS (
+            SELECT website_id, coalesce(location, '') AS location,
+                   max(timestamp_utc) AS timestamp_utc
+            FROM website_status GROUP BY 1, 2
+        )
+        SELECT format('newest stored %s, latest %s', row_to_json(n), row_to_json(l))
+        FROM newest n
+        FULL JOIN website_latest l USING (website_id, location)
+        WHERE n.timestamp_utc IS DISTINCT FROM l.timestamp_utc
+           OR NOT EXISTS (
+               SELECT 1 FROM website_status s
+               WHERE s.website_id = l.website_id AND coalesce(s.location, '') = l.location
+                 AND s.timestamp_utc = l.timestamp_utc
+                 AND s.is_up IS NOT DISTINCT FROM l.is_up AND s.degraded = l.degraded
+                 AND s.status_code IS NOT DISTINCT FROM l.status_code
+                 AND s.error_kind IS NOT DISTINCT FROM l.error_kind
+                 AND (s.request_info ->> 'tls_cert_not_after')
+                     IS NOT DISTINCT FROM l.tls_cert_not_after)
+        LIMIT 3";
+    let differences: Vec<String> = sqlx::query_scalar(sql)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("comparing website_latest with the rows: {e}"));
+    assert!(
+        differences.is_empty(),
+        "website_latest differs from the newest stored rows: {differences:#?}"
+    );
+}
+
+/// The rollups part of [`assert_rollups_match`].
+async fn assert_rollups_only_match(pool: &PgPool) {
     for (table, grain) in [
         ("website_status_hourly", "hour"),
         ("website_status_daily", "day"),
