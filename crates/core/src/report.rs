@@ -194,6 +194,27 @@ pub async fn site_statuses(
     pool: &PgPool,
     window: Duration,
 ) -> Result<(Vec<SiteStatus>, Vec<Segment>)> {
+    statuses_of(pool, window, None).await
+}
+
+/// [`site_statuses`] of the sites `ids` alone (a site page, a badge): the same numbers, read
+/// from their rows only. An id of no site gives nothing.
+///
+/// # Errors
+/// As [`site_statuses`].
+pub async fn site_statuses_of(
+    pool: &PgPool,
+    window: Duration,
+    ids: &[i32],
+) -> Result<(Vec<SiteStatus>, Vec<Segment>)> {
+    statuses_of(pool, window, Some(ids)).await
+}
+
+async fn statuses_of(
+    pool: &PgPool,
+    window: Duration,
+    ids: Option<&[i32]>,
+) -> Result<(Vec<SiteStatus>, Vec<Segment>)> {
     let now = OffsetDateTime::now_utc();
     let start = now - window;
     let horizon = crate::history::raw_horizon(pool).await?;
@@ -214,6 +235,7 @@ pub async fn site_statuses(
             .bind(h1)
             .bind(s0)
             .bind(s1)
+            .bind(ids)
             .fetch(&mut *tx);
         while let Some((site, sign, checks, up, degraded, sketch)) = rows.try_next().await? {
             let window = windows.entry(site).or_default();
@@ -229,7 +251,8 @@ pub async fn site_statuses(
     let latest_and_edge = async {
         let mut tx = report_transaction(pool).await?;
         // Every site with its latest check; the window's numbers are filled in below.
-        let statuses: Vec<SiteStatus> = sqlx::query_as(LATEST).fetch_all(&mut *tx).await?;
+        let statuses: Vec<SiteStatus> =
+            sqlx::query_as(LATEST).bind(ids).fetch_all(&mut *tx).await?;
         // The edge of the start's hour: raw rows, binned by PostgreSQL's own
         // `sitemon_sketch_bin`.
         let mut edge = Vec::new();
@@ -238,6 +261,7 @@ pub async fn site_statuses(
             let mut rows = sqlx::query_as::<_, (i32, i64, i64, i64, Vec<i32>)>(RAW_EDGE)
                 .bind(segment.from)
                 .bind(segment.until)
+                .bind(ids)
                 .fetch(&mut *tx);
             while let Some((site, checks, up, degraded, bins)) = rows.try_next().await? {
                 edge.push((site, sign, checks, up, degraded, bins));
@@ -350,20 +374,25 @@ const LATEST: &str = "
     FROM websites w
     LEFT JOIN (SELECT DISTINCT ON (website_id) *
                FROM website_latest
+               WHERE $1::int[] IS NULL OR website_id = ANY($1)
                ORDER BY website_id, timestamp_utc DESC) latest ON latest.website_id = w.id
+    WHERE $1::int[] IS NULL OR w.id = ANY($1)
     ORDER BY w.id";
 
 /// The rollup rows of a window: whole days ($1..$2) and hours ($3..$4) added, hours
-/// ($5..$6) subtracted, with their sign.
+/// ($5..$6) subtracted, with their sign; of the sites $7 (NULL: all).
 const ROLLED: &str = "
     SELECT website_id, 1::bigint, checks, up, degraded, rt_sketch FROM website_status_daily
     WHERE bucket_start >= $1 AND bucket_start < $2
+      AND ($7::int[] IS NULL OR website_id = ANY($7))
     UNION ALL
     SELECT website_id, 1, checks, up, degraded, rt_sketch FROM website_status_hourly
     WHERE bucket_start >= $3 AND bucket_start < $4
+      AND ($7::int[] IS NULL OR website_id = ANY($7))
     UNION ALL
     SELECT website_id, -1, checks, up, degraded, rt_sketch FROM website_status_hourly
-    WHERE bucket_start >= $5 AND bucket_start < $6";
+    WHERE bucket_start >= $5 AND bucket_start < $6
+      AND ($7::int[] IS NULL OR website_id = ANY($7))";
 
 /// The raw rows of a stretch $1..$2 of the start's hour, counted per site, with the latency
 /// bin of each that has a response time. Per site, not per site and bin: a site has a few
@@ -375,6 +404,7 @@ const RAW_EDGE: &str = "
                         FILTER (WHERE response_time_ms IS NOT NULL), '{}')
     FROM website_status
     WHERE timestamp_utc >= $1 AND timestamp_utc < $2
+      AND ($3::int[] IS NULL OR website_id = ANY($3))
     GROUP BY 1";
 
 /// γ of the latency sketches (see the migration `20261130000001`).

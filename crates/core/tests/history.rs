@@ -394,6 +394,20 @@ async fn status_and_history_agree_with_the_raw_rows() {
         let (statuses, segments) = report::site_statuses(&db.pool, window)
             .await
             .expect("status");
+        // One site's form gives that site's numbers alone, the same (a site page, a badge).
+        let ids = [statuses[2].id, statuses[0].id, 99_999];
+        let (some, _) = report::site_statuses_of(&db.pool, window, &ids)
+            .await
+            .expect("status of some");
+        assert_eq!(
+            some.iter().map(|s| (s.id, s.checks)).collect::<Vec<_>>(),
+            [&statuses[0], &statuses[2]]
+                .map(|s| (s.id, s.checks))
+                .to_vec(),
+            "the sites asked for, by id, an unknown id giving nothing"
+        );
+        assert_eq!(some[0].p95_ms, statuses[0].p95_ms);
+        assert_eq!(some[1].last_checked_at, statuses[2].last_checked_at);
         for segment in segments.iter().filter(|s| s.source == report::Source::Raw) {
             raw_signs.insert(segment.subtract);
         }

@@ -66,7 +66,7 @@ pub(crate) async fn sites(
     Query(query): Query<WindowQuery>,
 ) -> Result<Response, AppError> {
     let window = query.window()?;
-    let sites = view::statuses(&state.pool, window, state.urls)
+    let sites = view::statuses(&state.pool, window, state.urls, None)
         .await
         .map_err(core)?;
     Ok(Json(Sites {
@@ -95,7 +95,7 @@ pub(crate) async fn site(
 ) -> Result<Response, AppError> {
     let id = site_id(&id, JSON)?;
     let window = query.window()?;
-    let site = view::statuses(&state.pool, window, state.urls)
+    let site = view::statuses(&state.pool, window, state.urls, Some(&[id]))
         .await
         .map_err(core)?
         .into_iter()

@@ -62,7 +62,7 @@ async fn status_of(
     let Ok(id) = id.parse::<i32>() else {
         return Ok(None);
     };
-    let (statuses, _) = report::site_statuses(&state.pool, window).await?;
+    let (statuses, _) = report::site_statuses_of(&state.pool, window, &[id]).await?;
     Ok(statuses.into_iter().find(|s| s.id == id))
 }
 

@@ -299,7 +299,7 @@ pub(crate) async fn site(
     };
     let ids = [id];
     let (statuses, history, days, checks, incidents) = tokio::try_join!(
-        report::site_statuses(pool, window),
+        report::site_statuses_of(pool, window, &ids),
         report::site_history(pool, id, window, every),
         dashboard::daily_uptime(pool, &ids, BAR_DAYS, now),
         dashboard::recent_checks(pool, id, 50),

@@ -90,13 +90,17 @@ pub(crate) async fn names(pool: &PgPool) -> Result<HashMap<i32, String>, sitemon
         .collect())
 }
 
-/// Every site's status over `window`, URLs as `urls` shows them.
+/// The status over `window` of every site, or of the sites `ids`, URLs as `urls` shows them.
 pub(crate) async fn statuses(
     pool: &PgPool,
     window: Duration,
     urls: Urls,
+    ids: Option<&[i32]>,
 ) -> Result<Vec<SiteJson>, sitemon_core::Error> {
-    let (statuses, _) = report::site_statuses(pool, window).await?;
+    let (statuses, _) = match ids {
+        Some(ids) => report::site_statuses_of(pool, window, ids).await?,
+        None => report::site_statuses(pool, window).await?,
+    };
     let names = names(pool).await?;
     Ok(statuses
         .into_iter()
