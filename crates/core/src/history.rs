@@ -322,6 +322,9 @@ pub fn rollup_ctes(source: &str) -> String {
                  FROM {grain}_totals t
                  LEFT JOIN {grain}_kinds k USING (website_id, bucket_start, location)
                  LEFT JOIN {grain}_bins b USING (website_id, bucket_start, location)
+                 -- In key order: two writers (or a rebuild) upserting the same rows lock
+                 -- them in the same order, so they wait for each other, never deadlock.
+                 ORDER BY t.website_id, t.bucket_start, t.location
                  ON CONFLICT (website_id, bucket_start, location) DO UPDATE SET
                      checks = r.checks + EXCLUDED.checks,
                      up = r.up + EXCLUDED.up,

@@ -10,6 +10,9 @@ use sitemon_core::{DatabaseConfig, KafkaConfig};
 /// and its metrics (`sitemon_sync_*`).
 pub const CONSUMER: &str = "sync";
 
+/// The sync's writers by default: two batches stored at once (see BENCHMARKS.md, "Sync").
+pub const DEFAULT_WRITERS: usize = 2;
+
 /// What [`crate::run`] needs: the exactly-once consumer's settings, and the history's.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -29,11 +32,14 @@ pub struct SyncConfig {
 
 impl SyncConfig {
     /// The defaults: [`ConsumerConfig::new`]'s (batches of 5,000 or 200 ms, fetches of at
-    /// least 64 KiB or 250 ms, the whole history, leases rebalanced every 2 s), raw rows kept
+    /// least 64 KiB or 250 ms, the whole history, leases rebalanced every 2 s) but
+    /// [`DEFAULT_WRITERS`] writers, raw rows kept
     /// forever and rollups 400 days, day partitions kept every hour.
     pub fn new(database: DatabaseConfig, kafka: KafkaConfig) -> Self {
+        let mut consumer = ConsumerConfig::new(CONSUMER, database, kafka);
+        consumer.writers = DEFAULT_WRITERS;
         Self {
-            consumer: ConsumerConfig::new(CONSUMER, database, kafka),
+            consumer,
             retention: None,
             rollup_retention: sitemon_core::history::DEFAULT_ROLLUP_RETENTION,
             maintain_every: sitemon_core::history::MAINTAIN_EVERY,

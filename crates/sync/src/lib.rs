@@ -69,15 +69,15 @@ use std::time::Duration;
 use sitemon_core::consume::bounded_db;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CONSUMER, SyncConfig, lease_group};
+pub use config::{CONSUMER, DEFAULT_WRITERS, SyncConfig, lease_group};
 pub use error::{Error, Result};
 pub use sitemon_core::consume::{
     CHANNEL_CHUNKS, DEFAULT_FETCH_MAX_WAIT, DEFAULT_FETCH_MIN_BYTES, StartFrom,
 };
 
-/// The pooled connections: the writer's, plus one for starting new partitions, plus one for
+/// The pooled connections besides one per writer: one for starting new partitions, one for
 /// the history's upkeep. The lease connection is not pooled.
-const POOL_SIZE: u32 = 3;
+const POOL_SPARE: u32 = 2;
 
 /// Consumes the topic into the database until `shutdown` is cancelled; then stores the
 /// batch in hand and returns `Ok`.
@@ -92,7 +92,8 @@ const POOL_SIZE: u32 = 3;
 /// ([`Error::is_auth_failure`], at once) or has no schema ([`Error::NotMigrated`]), no broker
 /// answers or one refuses the login, or the topic does not exist ([`Error::UnknownTopic`]).
 pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> {
-    let pool = sitemon_core::db::connect(&config.consumer.database, POOL_SIZE).await?;
+    let writers = u32::try_from(config.consumer.writers.max(1)).unwrap_or(16);
+    let pool = sitemon_core::db::connect(&config.consumer.database, writers + POOL_SPARE).await?;
     let migrated: bool = bounded_db(
         "looking for the schema",
         Duration::from_secs(30),

@@ -29,6 +29,11 @@ pub(crate) struct SyncOptions {
     #[arg(long, env = "SITEMON_SYNC_BATCH_WAIT", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     batch_wait: u64,
+    /// Batches stored at once, each in its own transaction on its own connection (the
+    /// partitions are divided among them, so each partition's batches stay in order).
+    #[arg(long, env = "SITEMON_SYNC_WRITERS", default_value_t = sitemon_sync::DEFAULT_WRITERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    writers: u32,
     /// The least bytes (as stored, compressed) a fetch from a partition waits for, up to
     /// --fetch-max-wait-ms: larger fetches fewer times. 1 answers as soon as any event
     /// arrives (the lowest latency, one fetch for about every batch produced).
@@ -84,6 +89,7 @@ impl SyncOptions {
         let mut config = SyncConfig::new(database, kafka);
         config.consumer.batch_size = self.batch_size as usize;
         config.consumer.batch_wait = Duration::from_millis(self.batch_wait);
+        config.consumer.writers = self.writers as usize;
         config.consumer.fetch_min_bytes = self.fetch_min_bytes as usize;
         config.consumer.fetch_max_wait = Duration::from_millis(self.fetch_max_wait_ms);
         config.retention = self.retention;

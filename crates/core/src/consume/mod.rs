@@ -198,6 +198,11 @@ pub struct ConsumerConfig {
     /// How long the first message of a batch may wait for more: the latency a quiet topic
     /// sees.
     pub batch_wait: Duration,
+    /// Batches stored at once, each in a transaction of its own on its own connection: the
+    /// partitions are divided among the writers (`partition % writers`), so a partition's
+    /// batches stay in order. Two keep a second PostgreSQL core busy while one transaction
+    /// waits; the memory bound grows with it ([`CHANNEL_CHUNKS`] chunks per writer).
+    pub writers: usize,
     /// The least a fetch waits for, in bytes (as stored on the broker, compressed): the
     /// broker holds a fetch until this much is there or `fetch_max_wait` has passed.
     /// Default 64 KiB, more than a partition gets in `fetch_max_wait` below about 2,000
@@ -226,9 +231,9 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// The defaults: batches of 5,000 or 200 ms, fetches of at least 64 KiB or 250 ms, the
-    /// whole history, progress every 5 s, new partitions looked for every 10 s, leases
-    /// rebalanced every 2 s, metrics in a registry of their own.
+    /// The defaults: batches of 5,000 or 200 ms, one writer, fetches of at least 64 KiB or
+    /// 250 ms, the whole history, progress every 5 s, new partitions looked for every 10 s,
+    /// leases rebalanced every 2 s, metrics in a registry of their own.
     pub fn new(name: &str, database: DatabaseConfig, kafka: KafkaConfig) -> Self {
         Self {
             name: name.to_owned(),
@@ -236,6 +241,7 @@ impl ConsumerConfig {
             kafka,
             batch_size: 5_000,
             batch_wait: Duration::from_millis(200),
+            writers: 1,
             fetch_min_bytes: DEFAULT_FETCH_MIN_BYTES,
             fetch_max_wait: DEFAULT_FETCH_MAX_WAIT,
             start: StartFrom::Earliest,
@@ -254,7 +260,7 @@ pub fn lease_group(name: &str, topic: &str) -> String {
 }
 
 /// Consumes the topic into `sink` until `shutdown` is cancelled; then stores the batch in
-/// hand and returns `Ok`. `pool` is the consumer's (the writer's connection and one to start
+/// hand and returns `Ok`. `pool` is the consumer's (a connection per writer and one to start
 /// partitions; the lease connection is its own).
 ///
 /// Once started, nothing makes it give up: a broker or database restart, a dropped

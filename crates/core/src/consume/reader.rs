@@ -44,7 +44,8 @@ pub(crate) struct Readers<S: Sink> {
     pub(crate) consumer: String,
     pub(crate) topic: String,
     pub(crate) sink: Arc<S>,
-    pub(crate) chunks: mpsc::Sender<ToWriter<S::Item>>,
+    /// The writers' channels: a partition's chunks go to writer `partition % writers`.
+    pub(crate) chunks: Vec<mpsc::Sender<ToWriter<S::Item>>>,
     pub(crate) stats: Arc<Stats>,
     /// The last reader started: each reader's chunks carry its number, so that the writer
     /// can tell a restarted reader's chunks from its predecessor's.
@@ -436,11 +437,12 @@ impl<S: Sink> Reader<S> {
         }
     }
 
-    /// Hands a chunk to the writer, waiting while the writer is behind.
+    /// Hands a chunk to the partition's writer, waiting while the writer is behind.
     async fn send(&mut self, chunk: Chunk<S::Item>) -> Result<()> {
         let (next, fingerprint) = (chunk.next, chunk.fingerprint);
-        self.shared
-            .chunks
+        let writers = self.shared.chunks.len().max(1);
+        let writer = usize::try_from(self.partition).unwrap_or(0) % writers;
+        self.shared.chunks[writer]
             .send(ToWriter::Chunk(chunk, self.generation))
             .await
             .map_err(|_| Error::Task("the writer stopped".into()))?;

@@ -65,24 +65,32 @@ pub(crate) async fn run<S: Sink>(
         })?;
     tracing::info!(group, "joined the lease group");
 
-    let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
+    // Writers side by side, each with the partitions `p % writers == its index` and a
+    // transaction of its own: one task, which ends with the first writer's error (the others'
+    // transactions in progress are dropped, so rolled back) or when all have finished.
     let abandon = CancellationToken::new();
     let restarts = Arc::new(Restarts::default());
-    let writer = Writer {
-        pool: pool.clone(),
-        consumer: config.name.clone(),
-        topic: topic.clone(),
-        sink: Arc::clone(sink),
-        batch_size: config.batch_size,
-        batch_wait: config.batch_wait,
-        stats: Arc::clone(stats),
-        lease: lease.holder(),
-        restarts: Arc::clone(&restarts),
-    };
-    let writer = tokio::spawn({
+    let mut senders = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..config.writers.max(1) {
+        let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
+        senders.push(sender);
+        let writer = Writer {
+            pool: pool.clone(),
+            consumer: config.name.clone(),
+            topic: topic.clone(),
+            sink: Arc::clone(sink),
+            batch_size: config.batch_size,
+            batch_wait: config.batch_wait,
+            stats: Arc::clone(stats),
+            lease: lease.holder(),
+            restarts: Arc::clone(&restarts),
+        };
         let (finish, abandon) = (shutdown.clone(), abandon.clone());
-        async move { writer.run(receiver, finish, abandon).await }
-    });
+        writers.push(async move { writer.run(receiver, finish, abandon).await });
+    }
+    let writer =
+        tokio::spawn(async move { futures::future::try_join_all(writers).await.map(drop) });
     let mut session = Session {
         lease,
         readers: Readers {
@@ -91,7 +99,7 @@ pub(crate) async fn run<S: Sink>(
             consumer: config.name.clone(),
             topic,
             sink: Arc::clone(sink),
-            chunks: sender,
+            chunks: senders,
             stats: Arc::clone(stats),
             generations: Arc::default(),
             fetch_min_bytes: config.fetch_min_bytes,
@@ -308,16 +316,15 @@ impl<S: Sink> Session<S> {
         Ok(())
     }
 
-    /// Has the writer store the batch in hand, and waits until it has.
+    /// Has every writer store the batch in hand, and waits until they have.
     async fn flush(&mut self) -> Result<()> {
-        let (done, stored) = oneshot::channel();
-        let sent = self
-            .readers
-            .chunks
-            .send(ToWriter::Flush(done))
-            .await
-            .is_ok();
-        if sent && stored.await.is_ok() {
+        let mut flushed = true;
+        for chunks in &self.readers.chunks {
+            let (done, stored) = oneshot::channel();
+            let sent = chunks.send(ToWriter::Flush(done)).await.is_ok();
+            flushed &= sent && stored.await.is_ok();
+        }
+        if flushed {
             return Ok(());
         }
         // The writer ended: its error is the session's.
