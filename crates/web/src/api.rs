@@ -14,29 +14,12 @@ use time::OffsetDateTime;
 
 use crate::AppState;
 use crate::error::{AppError, Format};
-use crate::view::{self, BAR_DAYS, MAX_BUCKETS, SiteJson, duration_param};
+use crate::view::{self, BAR_DAYS, MAX_BUCKETS, SiteJson, duration_param, mask_incident, site_id};
 
 const JSON: Format = Format::Json;
 
 fn core(error: sitemon_core::Error) -> AppError {
     AppError::from_core(error, JSON)
-}
-
-/// A site id from the path: a number, or 404.
-pub(crate) fn site_id(text: &str, format: Format) -> Result<i32, AppError> {
-    text.parse::<i32>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            AppError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no site has id {:?}",
-                    text.chars().take(40).collect::<String>()
-                ),
-                format,
-            )
-        })
 }
 
 /// `?window=`.
@@ -228,17 +211,6 @@ pub(crate) async fn incidents(
         .map(|incident| mask_incident(incident, state.urls))
         .collect();
     Ok(Json(serde_json::json!({ "incidents": incidents })).into_response())
-}
-
-/// An incident with its URL masked, in its error too.
-pub(crate) fn mask_incident(mut incident: IncidentView, urls: crate::mask::Urls) -> IncidentView {
-    let url = std::mem::take(&mut incident.url);
-    incident.first_error = incident
-        .first_error
-        .as_deref()
-        .map(|e| urls.in_text(e, &url));
-    incident.url = urls.show(&url);
-    incident
 }
 
 /// `GET /healthz`: 200 `ok` when PostgreSQL answers, 503 otherwise. Open to all: it says

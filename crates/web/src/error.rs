@@ -121,7 +121,7 @@ impl IntoResponse for AppError {
                 .into_response(),
             Format::Html => (
                 self.status,
-                crate::pages::error_page(self.status, &self.message),
+                crate::frame::error_page(self.status, &self.message),
             )
                 .into_response(),
         };

@@ -46,6 +46,7 @@ mod api;
 mod auth;
 mod badges;
 mod error;
+mod frame;
 mod mask;
 mod metrics;
 mod pages;

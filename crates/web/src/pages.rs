@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 use sitemon_core::dashboard::{self, RecentCheck};
 use sitemon_core::incidents::IncidentFilter;
@@ -14,16 +14,14 @@ use sitemon_core::report::{self, SiteStatus};
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::api::{mask_incident, site_id};
 use crate::error::{AppError, Format};
+use crate::frame::{error_page, layout};
 use crate::svg::{millis, percent, response_chart, uptime_bars, uptime_class};
-use crate::view::{self, BAR_DAYS, OverviewRow, State as SiteState};
+use crate::view::{self, BAR_DAYS, OverviewRow, State as SiteState, mask_incident, site_id};
 
 const HTML: Format = Format::Html;
 /// Rows of the overview per page.
 pub(crate) const PER_PAGE: usize = 100;
-/// Seconds between two refreshes of a page (by the script; without it, by hand).
-const REFRESH_SECS: u32 = 10;
 
 const CSS: &str = include_str!("../assets/sitemon.css");
 const SCRIPT: &str = include_str!("../assets/sitemon.js");
@@ -33,56 +31,12 @@ fn core(error: sitemon_core::Error) -> AppError {
     AppError::from_core(error, HTML)
 }
 
-/// The frame of every page.
-fn layout(title: &str, logout: bool, body: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · sitemon" }
-                link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/sitemon.css";
-                script src="/assets/sitemon.js" defer {}
-            }
-            body {
-                header.top {
-                    a.brand href="/" { span.dot {} "sitemon" }
-                    @if logout {
-                        form.logout method="post" action="/logout" {
-                            button type="submit" { "Log out" }
-                        }
-                    }
-                }
-                main #main data-refresh=(REFRESH_SECS) { (body) }
-                footer { "sitemon " (sitemon_core::VERSION) " · refreshed every " (REFRESH_SECS) " s" }
-            }
-        }
-    }
-}
-
 fn page(title: &str, state: &AppState, body: Markup) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
         layout(title, state.token.is_some(), body),
     )
         .into_response()
-}
-
-/// The page of a failed request.
-pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
-    layout(
-        status.canonical_reason().unwrap_or("Error"),
-        false,
-        html! {
-            section.error {
-                h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
-                p { (message) }
-                p { a href="/" { "Back to the overview" } }
-            }
-        },
-    )
 }
 
 /// `?q=&page=`.

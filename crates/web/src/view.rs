@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use serde::Serialize;
 use sitemon_core::dashboard::{self, DayUptime};
 use sitemon_core::db::PgPool;
+use sitemon_core::incidents::IncidentView;
 use sitemon_core::report::{self, SiteStatus};
 use time::OffsetDateTime;
 
@@ -182,4 +184,32 @@ pub(crate) async fn overview(
         row.days = days.remove(&row.day.id).unwrap_or_default();
     }
     Ok((rows, matching))
+}
+
+/// A site id from the path: a number, or 404.
+pub(crate) fn site_id(text: &str, format: Format) -> Result<i32, AppError> {
+    text.parse::<i32>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no site has id {:?}",
+                    text.chars().take(40).collect::<String>()
+                ),
+                format,
+            )
+        })
+}
+
+/// An incident with its URL masked, in its error too.
+pub(crate) fn mask_incident(mut incident: IncidentView, urls: crate::mask::Urls) -> IncidentView {
+    let url = std::mem::take(&mut incident.url);
+    incident.first_error = incident
+        .first_error
+        .as_deref()
+        .map(|e| urls.in_text(e, &url));
+    incident.url = urls.show(&url);
+    incident
 }
