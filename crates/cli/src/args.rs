@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use sitemon_core::config::{DEFAULT_TOPIC, KafkaSettings};
+use sitemon_core::consume::StartFrom;
 use sitemon_core::db::PgPool;
 use sitemon_core::{DatabaseConfig, KafkaConfig, Secret};
 
@@ -275,5 +276,23 @@ mod tests {
                 "\"soon\" is not a duration such as 90s, 30m, 24h or 7d".to_owned()
             ))
         );
+    }
+}
+
+/// Where a consumer (`sync --start`, `alert --alert-start`) starts reading a partition it has
+/// no stored offset for: `earliest` (everything still in the topic) or `latest` (only events
+/// published from now on).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Start {
+    Earliest,
+    Latest,
+}
+
+impl From<Start> for StartFrom {
+    fn from(start: Start) -> Self {
+        match start {
+            Start::Earliest => Self::Earliest,
+            Start::Latest => Self::Latest,
+        }
     }
 }

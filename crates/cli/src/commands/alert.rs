@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use sitemon_alert::{AlertConfig, Policy};
-use sitemon_core::consume::StartFrom;
 
-use crate::args::{ServiceArgs, reminder};
+use crate::args::{ServiceArgs, Start, reminder};
 
 /// Arguments of `sitemon alert`.
 #[derive(Debug, Args)]
@@ -55,13 +54,6 @@ pub(crate) struct AlertOptions {
     delivery_claim_for: Duration,
 }
 
-/// `--alert-start`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Start {
-    Earliest,
-    Latest,
-}
-
 impl AlertOptions {
     /// The alert service's configuration with these settings.
     pub(crate) fn config(
@@ -78,10 +70,7 @@ impl AlertOptions {
             cert_expiry_days: self.cert_expiry_days,
         };
         config.delivery.claim_for = self.delivery_claim_for;
-        config.consumer.start = match self.alert_start {
-            Start::Earliest => StartFrom::Earliest,
-            Start::Latest => StartFrom::Latest,
-        };
+        config.consumer.start = self.alert_start.into();
         config
     }
 }

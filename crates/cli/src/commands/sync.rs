@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
-use sitemon_sync::{StartFrom, SyncConfig};
+use clap::Args;
+use sitemon_sync::SyncConfig;
 
-use crate::args::ServiceArgs;
+use crate::args::{ServiceArgs, Start};
 
 /// Arguments of `sitemon sync`.
 #[derive(Debug, Args)]
@@ -72,13 +72,6 @@ fn retention(text: &str) -> Result<Duration, crate::args::InvalidValue> {
     Ok(window)
 }
 
-/// `--start`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Start {
-    Earliest,
-    Latest,
-}
-
 impl SyncOptions {
     /// The sync's configuration with these settings.
     pub(crate) fn config(
@@ -94,10 +87,7 @@ impl SyncOptions {
         config.consumer.fetch_max_wait = Duration::from_millis(self.fetch_max_wait_ms);
         config.retention = self.retention;
         config.rollup_retention = self.rollup_retention;
-        config.consumer.start = match self.start {
-            Start::Earliest => StartFrom::Earliest,
-            Start::Latest => StartFrom::Latest,
-        };
+        config.consumer.start = self.start.into();
         config
     }
 }
