@@ -5,14 +5,19 @@
 //! `migrations/20261130000001_history_partitions.sql`. This module keeps them:
 //! - [`ensure_partitions`] creates the day partitions ahead of time (the sync, every
 //!   [`MAINTAIN_EVERY`], and `migrate`); rows that landed in the default partition for a day
-//!   that gets its partition move into it.
+//!   that gets its partition move into it. [`Partitions`] creates the partitions a batch
+//!   needs before it is written (a sync catching up on last week, a backfill), for any day
+//!   within the raw retention, so the default partition stays small.
 //! - [`drop_expired`] drops whole day partitions older than a retention (a metadata
-//!   operation: no `DELETE`), and rollups older than theirs.
+//!   operation: no `DELETE`), the default partition's rows of whole days past it, and
+//!   rollups older than theirs. Retention never cuts a day in the middle.
 //! - [`rollup_ctes`] is the SQL that adds stored rows to the rollups; the sync runs it in
 //!   the transaction that stores them, so a crash can never leave the two apart.
 //! - [`rebuild_rollups`] recomputes the rollups from the raw rows; [`move_unpartitioned`]
 //!   moves a table of the old layout into the partitions.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::postgres::PgPool;
@@ -106,6 +111,103 @@ pub async fn ensure_partitions(
         }
     }
     Ok(created)
+}
+
+/// The day partitions a writer knows to exist, so that it can create the ones a batch needs
+/// before it writes the batch, with no catalog query for a batch whose days are known.
+///
+/// A batch's rows whose day has no partition would land in the default partition and stay
+/// there: the partitions ahead ([`days_around`]) cover only yesterday to [`DAYS_AHEAD`] days
+/// ahead, but a sync that was stopped for a week catches up from Kafka, and a backfill
+/// writes older days. [`Partitions::ensure`] creates those days' partitions first, through
+/// [`ensure_partitions`] (one transaction a day, under the same advisory lock as every other
+/// creation), for days within the window [`Partitions::window`] allows: from the start of
+/// the raw retention (or, without one, of the rollups' retention) to [`DAYS_AHEAD`] days
+/// ahead. Rows outside it still land in the default partition: they are past the retention
+/// (and go with its next pass) or dated far in the future.
+#[derive(Debug)]
+pub struct Partitions {
+    raw_retention: Option<Duration>,
+    rollup_retention: Duration,
+    known: Mutex<BTreeSet<Date>>,
+}
+
+impl Partitions {
+    /// For a writer that keeps raw rows for `raw_retention` (`None`: for ever) and rollups
+    /// for `rollup_retention`.
+    pub fn new(raw_retention: Option<Duration>, rollup_retention: Duration) -> Self {
+        Self {
+            raw_retention,
+            rollup_retention,
+            known: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The first and last day whose partition [`Partitions::ensure`] creates at `now`.
+    pub fn window(&self, now: OffsetDateTime) -> (Date, Date) {
+        let now = now.to_offset(time::UtcOffset::UTC);
+        let keep = self.raw_retention.unwrap_or(self.rollup_retention);
+        let keep = time::Duration::try_from(keep).unwrap_or(time::Duration::MAX);
+        // A day is kept while it ends after the cutoff (as `drop_expired` decides).
+        let first = now
+            .checked_sub(keep)
+            .map_or(Date::MIN, |cutoff| cutoff.date());
+        let last = now
+            .date()
+            .checked_add(time::Duration::days(DAYS_AHEAD))
+            .unwrap_or(Date::MAX);
+        (first, last)
+    }
+
+    /// Makes sure each of `days` within [`Partitions::window`] at `now` has its partition.
+    ///
+    /// # Errors
+    /// [`Error::Database`](crate::Error::Database),
+    /// [`Error::Timeout`](crate::Error::Timeout): the batch should not be written yet (its
+    /// rows would land in the default partition); the days created before the failure stay.
+    pub async fn ensure(
+        &self,
+        pool: &PgPool,
+        now: OffsetDateTime,
+        days: impl IntoIterator<Item = Date>,
+    ) -> Result<()> {
+        let (first, last) = self.window(now);
+        let missing: BTreeSet<Date> = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            days.into_iter()
+                .filter(|d| (first..=last).contains(d) && !known.contains(d))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Another worker or the upkeep may have made them: learn what exists first.
+        let existing = partition_days(pool).await?;
+        self.learn(existing.iter().copied());
+        let missing: Vec<Date> = missing
+            .into_iter()
+            .filter(|d| existing.binary_search(d).is_err())
+            .collect();
+        if !missing.is_empty() {
+            ensure_partitions(pool, missing.iter().copied()).await?;
+            self.learn(missing);
+        }
+        Ok(())
+    }
+
+    /// Remembers that `days` have their partitions.
+    pub fn learn(&self, days: impl IntoIterator<Item = Date>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.extend(days);
+    }
+
+    /// Forgets `days`, whose partitions were dropped.
+    pub fn forget(&self, days: &[Date]) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for day in days {
+            known.remove(day);
+        }
+    }
 }
 
 async fn create_partition(pool: &PgPool, day: Date) -> Result<bool> {
@@ -207,8 +309,8 @@ pub struct Expired {
 }
 
 /// Drops every day partition that ends `raw` or more before `now` (whole partitions, never
-/// a `DELETE`; `None` keeps everything) and the default partition's rows older than that,
-/// and deletes rollups whose bucket ends `rollups` or more before `now`.
+/// a `DELETE`; `None` keeps everything) and the default partition's rows of the days that
+/// ended by then (whole days too), and deletes rollups whose bucket ends `rollups` or more before `now`.
 ///
 /// # Errors
 /// [`Error::Database`](crate::Error::Database),
@@ -244,12 +346,15 @@ pub async fn drop_expired(
             expired.partitions.push(day);
         }
         // Strays of days without a partition: the default partition holds only those, so
-        // this DELETE is small.
+        // this DELETE is small. Whole days only, as for the partitions: a day is kept whole
+        // or dropped whole, so that a later `rollup rebuild` never recomputes a day from
+        // the part of its rows that a cut in the middle left.
+        let first_kept_day = midnight(cutoff.to_offset(time::UtcOffset::UTC).date());
         let strays = bounded(
             "deleting expired rows of the default partition",
             STATEMENT_TIMEOUT,
             sqlx::query("DELETE FROM website_status_default WHERE timestamp_utc < $1")
-                .bind(cutoff)
+                .bind(first_kept_day)
                 .execute(pool),
         )
         .await?;
@@ -458,7 +563,10 @@ pub struct Progress {
 /// Recomputes the rollups and the latest checks of every day from `since` (UTC, whole days;
 /// `None`: from the first day with raw rows) that has raw rows (a partition, or rows in the
 /// default partition), from the raw rows. Days whose raw rows retention dropped keep their
-/// rollups, and a site whose raw rows all expired its latest check.
+/// rollups, and a site whose raw rows all expired its latest check: a day before the raw
+/// horizon (the first day with a partition) is never rebuilt, even when the default
+/// partition holds rows of it (an event past the retention that arrived late), since those
+/// are not all of its rows.
 ///
 /// Each day is one transaction that holds the rollup tables and `website_latest` against
 /// concurrent writers (a sync waits for it, then adds its rows to the rebuilt rollups), so
@@ -475,8 +583,9 @@ pub async fn rebuild_rollups(
     mut progress: impl FnMut(Date, Progress),
 ) -> Result<Vec<Date>> {
     let mut days = partition_days(pool).await?;
-    // Days without a partition whose rows sat in the default partition (a broken clock's
-    // future, a past older than the partitions).
+    // Days without a partition whose rows sat in the default partition: a broken clock's
+    // future, or a day before any partition existed. Strays of a day before the first
+    // partition are left: retention dropped that day's other rows.
     let strays: Vec<OffsetDateTime> = bounded(
         "finding the days of the default partition",
         STATEMENT_TIMEOUT,
@@ -486,7 +595,13 @@ pub async fn rebuild_rollups(
         .fetch_all(pool),
     )
     .await?;
-    days.extend(strays.iter().map(|d| d.date()));
+    let horizon = days.first().copied();
+    days.extend(
+        strays
+            .iter()
+            .map(|d| d.date())
+            .filter(|d| horizon.is_none_or(|h| *d >= h)),
+    );
     days.sort_unstable();
     days.dedup();
     let since_day = since.map(|s| s.to_offset(time::UtcOffset::UTC).date());

@@ -723,3 +723,122 @@ async fn the_migration_fills_the_latest_checks_from_the_stored_history() {
     assert_rollups_match(&db.pool).await;
     db.drop_database().await;
 }
+
+/// Checks per day in the daily rollups.
+async fn daily_checks(pool: &PgPool) -> Vec<(OffsetDateTime, i64)> {
+    sqlx::query_as(
+        "SELECT bucket_start, sum(checks)::bigint FROM website_status_daily
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("daily checks")
+}
+
+#[tokio::test]
+async fn the_rollups_of_every_day_survive_a_retention_followed_by_a_rebuild() {
+    let db = TestDb::migrated().await;
+    add_sites(&db.pool, 1).await;
+    let now = OffsetDateTime::now_utc();
+    // A check every 10 minutes for 5 days: the days before yesterday have no partition of
+    // their own from `migrate`, so a plain store (as before partitions were made on demand)
+    // puts them in the default partition.
+    let stored = store(
+        &db.pool,
+        "SELECT i, 1, now() - make_interval(mins => i * 10), true, 10.0::float8, NULL::text
+         FROM generate_series(0, 5 * 144 - 1) AS i",
+    )
+    .await;
+    assert_eq!(stored, 5 * 144);
+    let before = daily_checks(&db.pool).await;
+    assert!(before.len() >= 5, "{before:?}");
+
+    // Retention of two days, applied in the middle of a day (whatever the hour now is, the
+    // cutoff falls inside the day two days back).
+    let retention = Duration::from_secs(2 * 86_400);
+    history::drop_expired(
+        &db.pool,
+        now,
+        Some(retention),
+        history::DEFAULT_ROLLUP_RETENTION,
+    )
+    .await
+    .expect("retention");
+    // Whole days only: nothing of the day the cutoff falls in was deleted.
+    let cutoff_day = (now - time::Duration::days(2)).date();
+    let left_of_cutoff_day: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM website_status
+         WHERE timestamp_utc >= $1 AND timestamp_utc < $1 + interval '1 day'",
+    )
+    .bind(cutoff_day.midnight().assume_utc())
+    .fetch_one(&db.pool)
+    .await
+    .expect("rows of the cutoff's day");
+    let rolled_up_cutoff_day = before
+        .iter()
+        .find(|(day, _)| day.date() == cutoff_day)
+        .map(|(_, checks)| *checks)
+        .expect("the cutoff's day has rollups");
+    assert_eq!(left_of_cutoff_day, rolled_up_cutoff_day);
+
+    // A late event of a day past the retention: stored (in the default partition) and
+    // counted in its day's rollups, whose other rows retention dropped.
+    store(
+        &db.pool,
+        "VALUES (100000, 1, now() - interval '4 days', true, 10.0::float8, NULL::text)",
+    )
+    .await;
+    let late_day = (now - time::Duration::days(4)).date();
+    let mut expected = before.clone();
+    for (day, checks) in &mut expected {
+        if day.date() == late_day {
+            *checks += 1;
+        }
+    }
+    assert_eq!(daily_checks(&db.pool).await, expected);
+
+    history::rebuild_rollups(&db.pool, None, |_, _| {})
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        daily_checks(&db.pool).await,
+        expected,
+        "a rebuild after retention kept every day's rollups"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn partitions_are_made_on_demand_within_the_retention_only() {
+    let db = TestDb::migrated().await;
+    add_sites(&db.pool, 1).await;
+    let now = OffsetDateTime::now_utc();
+    let partitions = history::Partitions::new(
+        Some(Duration::from_secs(30 * 86_400)),
+        history::DEFAULT_ROLLUP_RETENTION,
+    );
+    let week_ago = (now - time::Duration::days(7)).date();
+    let too_old = (now - time::Duration::days(31)).date();
+    let too_far = (now + time::Duration::days(history::DAYS_AHEAD + 1)).date();
+    // A row of a week ago that landed in the default partition before its day had one.
+    store(
+        &db.pool,
+        "VALUES (1, 1, now() - interval '7 days', true, 10.0::float8, NULL::text)",
+    )
+    .await;
+    partitions
+        .ensure(&db.pool, now, [week_ago, too_old, too_far])
+        .await
+        .expect("ensure");
+    let days = history::partition_days(&db.pool).await.expect("days");
+    assert!(days.contains(&week_ago), "{days:?}");
+    assert!(!days.contains(&too_old), "{days:?}");
+    assert!(!days.contains(&too_far), "{days:?}");
+    assert_eq!(
+        placement(&db.pool).await,
+        [(history::partition_name(week_ago), 1)],
+        "the stray moved into its day's new partition"
+    );
+    assert_rollups_match(&db.pool).await;
+    db.drop_database().await;
+}

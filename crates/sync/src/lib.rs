@@ -104,11 +104,22 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
     if !migrated {
         return Err(Error::NotMigrated);
     }
+    let partitions = Arc::new(sitemon_core::history::Partitions::new(
+        config.retention,
+        config.rollup_retention,
+    ));
     let sink = sink::Rows {
         stats: stats::Stats::new(),
+        pool: pool.clone(),
+        partitions: partitions.clone(),
     };
     sink.stats.register(&config.consumer.metrics);
-    let maintainer = tokio::spawn(maintain(pool.clone(), config.clone(), shutdown.clone()));
+    let maintainer = tokio::spawn(maintain(
+        pool.clone(),
+        config.clone(),
+        partitions,
+        shutdown.clone(),
+    ));
     let result =
         sitemon_core::consume::run(&config.consumer, &pool, Arc::new(sink), shutdown).await;
     maintainer.abort();
@@ -121,21 +132,33 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
 /// ([`sitemon_core::history`]). Every worker does it; the database serializes them, and a
 /// failure is logged and tried again next time (the default partition catches any event
 /// whose day has no partition yet).
-async fn maintain(pool: sqlx::PgPool, config: SyncConfig, shutdown: CancellationToken) {
+async fn maintain(
+    pool: sqlx::PgPool,
+    config: SyncConfig,
+    partitions: Arc<sitemon_core::history::Partitions>,
+    shutdown: CancellationToken,
+) {
     use sitemon_core::history;
     loop {
         let now = time::OffsetDateTime::now_utc();
-        if let Err(e) = history::ensure_partitions(&pool, history::days_around(now)).await {
-            tracing::warn!("cannot create the partitions ahead: {e}; trying again later");
+        // From the catalog every time (a partition dropped by hand is made again), then
+        // known to the sink.
+        match history::ensure_partitions(&pool, history::days_around(now)).await {
+            Ok(_) => partitions.learn(history::days_around(now)),
+            Err(e) => {
+                tracing::warn!("cannot create the partitions ahead: {e}; trying again later");
+            }
         }
         match history::drop_expired(&pool, now, config.retention, config.rollup_retention).await {
-            Ok(expired) if expired.rollups > 0 => {
-                tracing::info!(
-                    rows = expired.rollups,
-                    "deleted rollups past their retention"
-                );
+            Ok(expired) => {
+                partitions.forget(&expired.partitions);
+                if expired.rollups > 0 {
+                    tracing::info!(
+                        rows = expired.rollups,
+                        "deleted rollups past their retention"
+                    );
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!("cannot apply the retention: {e}; trying again later"),
         }
         tokio::select! {

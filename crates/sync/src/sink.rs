@@ -19,9 +19,12 @@
 //!    of being counted as duplicates.
 //! 3. One such `INSERT` for the rejects.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sitemon_core::consume::{Entry, Message, Result, Sink, bounded_db};
+use sitemon_core::history::Partitions;
 
 use crate::decode::{
     Decoded, Reject, RejectKind, StatusRow, decode, key_collision_reason, unknown_site_reason,
@@ -35,6 +38,10 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(crate) struct Rows {
     pub(crate) stats: Stats,
+    /// The pool the partitions a batch needs are created through, before the batch's own
+    /// transaction writes into them.
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) partitions: Arc<Partitions>,
 }
 
 /// What one committed batch stored.
@@ -68,6 +75,19 @@ impl Sink for Rows {
             .collect();
         site_ids.sort_unstable();
         site_ids.dedup();
+        // Every day of the batch within the retention has its partition before a row goes
+        // in: otherwise a catching-up sync's or a backfill's rows stay in the default
+        // partition for good.
+        let days: BTreeSet<time::Date> = batch
+            .iter()
+            .filter_map(|e| match &e.item {
+                Decoded::Row(row) => Some(row.checked_at.to_offset(time::UtcOffset::UTC).date()),
+                Decoded::Reject(_) => None,
+            })
+            .collect();
+        self.partitions
+            .ensure(&self.pool, time::OffsetDateTime::now_utc(), days)
+            .await?;
         let present: Vec<i32> = if site_ids.is_empty() {
             Vec::new()
         } else {

@@ -624,3 +624,52 @@ async fn a_running_sync_keeps_partitions_ahead_and_drops_days_past_the_retention
     assert_eq!(days, 3, "the rollups outlive the raw retention");
     fixture.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_days_older_than_the_partitions_ahead_get_partitions_of_their_own() {
+    use sitemon_core::history;
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let now = time::OffsetDateTime::now_utc();
+    // A sync that was stopped for a week catches up: events of 3 to 6 days ago (within the
+    // retention), one of 40 days ago (past it), and one of now.
+    let mut events: Vec<CheckEvent> = (3..=6)
+        .map(|days| {
+            let mut e = event(site, days);
+            e.checked_at = now - time::Duration::days(i64::from(days));
+            e
+        })
+        .collect();
+    let mut expired = event(site, 40);
+    expired.checked_at = now - time::Duration::days(40);
+    events.push(expired);
+    events.push(event(site, 1));
+    fixture.produce_events(&events).await;
+
+    let mut config = fixture.config();
+    config.retention = Some(std::time::Duration::from_secs(30 * 86_400));
+    let sync = fixture.start(config);
+    fixture.wait_for_stored(events.len() as i64).await;
+    sync.stop().await;
+
+    let days = history::partition_days(&fixture.db.pool)
+        .await
+        .expect("days");
+    for back in 3..=6 {
+        let day = (now - time::Duration::days(back)).date();
+        assert!(days.contains(&day), "no partition for {day}: {days:?}");
+    }
+    // Only the event past the retention is in the default partition (its next pass drops
+    // it); every other row sits in its day's partition.
+    let strays: Vec<time::OffsetDateTime> =
+        sqlx::query_scalar("SELECT timestamp_utc FROM website_status_default")
+            .fetch_all(&fixture.db.pool)
+            .await
+            .expect("strays");
+    assert_eq!(strays.len(), 1, "{strays:?}");
+    assert!(strays[0] < now - time::Duration::days(39), "{strays:?}");
+    fixture
+        .assert_stored_exactly_once(events.len() as i64, 0)
+        .await;
+    fixture.finish().await;
+}
