@@ -439,15 +439,20 @@ async fn sitemon_run_notifies_a_certificate_expiring_in_three_days_once() {
     assert_eq!(incidents, 0, "an expiring certificate is no outage");
 }
 
-/// A hostile receiver: `sitemon run` with two webhook channels, one answering `429` with
-/// `Retry-After: 18446744073709551615` (2^64 − 1 seconds, which overflowed a `Duration` sum
-/// and panicked the alert service, taking the checker and the sync with it), the other `503`
-/// with a Retry-After of 3,000 years. The process goes on checking and storing; both
+/// A hostile receiver: `sitemon run` with two webhook channels, one answering `500` twice, then
+/// `429` with `Retry-After: 18446744073709551615` (2^64 − 1 seconds: added to the age of a
+/// notification older than a second, it overflowed a `Duration` and panicked the alert
+/// service, taking the checker and the sync with it), the other `503` with a Retry-After of
+/// 3,000 years (given up at once: the notification was lost). The process goes on checking and storing; both
 /// notifications stay pending until the give-up time (24 h), their channels throttled as
 /// long, and are delivered once that time comes (simulated by moving it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sitemon_run_outlives_a_retry_after_of_2_pow_64_minus_1() {
     let (db, topic, _, throttling, logs) = setup(1, 0).await;
+    // Two 500s first (back-off 1 s, then 2 s, ±25 %): the notification is older than a
+    // second when the 429 comes.
+    throttling.next_answer(500, None);
+    throttling.next_answer(500, None);
     throttling.next_answer(429, Some(u64::MAX));
     let unavailable = Receiver::ok().await;
     unavailable.next_answer(503, Some(99_999_999_999));
@@ -481,7 +486,7 @@ async fn sitemon_run_outlives_a_retry_after_of_2_pow_64_minus_1() {
         .expect("sitemon run starts");
     let tail = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + PATIENCE;
-    while throttling.received().is_empty() || unavailable.received().is_empty() {
+    while throttling.received().len() < 3 || unavailable.received().is_empty() {
         assert!(
             child.try_wait().expect("status").is_none(),
             "sitemon run ended\n{}",
@@ -503,7 +508,15 @@ async fn sitemon_run_outlives_a_retry_after_of_2_pow_64_minus_1() {
         .expect("count")
     };
     let deadline = Instant::now() + PATIENCE;
-    while answered().await < 2 {
+    let hostile_answers = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM alert_outbox WHERE last_answer LIKE 'HTTP 429%' OR last_answer LIKE 'HTTP 503%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+    };
+    while answered().await < 2 || hostile_answers().await < 2 {
         assert!(
             child.try_wait().expect("status").is_none(),
             "sitemon run ended after the hostile answers\n{}",
@@ -545,7 +558,8 @@ async fn sitemon_run_outlives_a_retry_after_of_2_pow_64_minus_1() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     let day = 24.0 * 3600.0;
     for (channel, state, attempts, retry_at, throttle) in &rows {
-        assert_eq!((state.as_str(), *attempts), ("pending", 1), "{rows:?}");
+        let tried = if channel == "hook" { 3 } else { 1 };
+        assert_eq!((state.as_str(), *attempts), ("pending", tried), "{rows:?}");
         assert!(
             (day - 120.0..=day + 1.0).contains(retry_at),
             "{channel}: tried again {retry_at} s after it was written, not at the give-up time"
@@ -576,15 +590,20 @@ async fn sitemon_run_outlives_a_retry_after_of_2_pow_64_minus_1() {
         assert!(Instant::now() < deadline, "not delivered\n{}", tail());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for (receiver, hostile) in [(&throttling, 429), (&unavailable, 503)] {
+    for (receiver, answers) in [
+        (&throttling, &[500, 500, 429, 200][..]),
+        (&unavailable, &[503, 200]),
+    ] {
         let received = receiver.received();
         assert_eq!(
             received.iter().map(|r| r.status).collect::<Vec<_>>(),
-            [hostile, 200]
+            answers
         );
-        assert_eq!(
-            received[0].header("idempotency-key"),
-            received[1].header("idempotency-key")
+        assert!(
+            received
+                .iter()
+                .all(|r| r.header("idempotency-key") == received[0].header("idempotency-key")),
+            "the same notification each time"
         );
     }
     support::terminate(&child);
