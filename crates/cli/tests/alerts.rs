@@ -178,7 +178,7 @@ async fn channels_are_added_listed_masked_tested_and_removed() {
     assert!(
         requests[0]
             .to_ascii_lowercase()
-            .contains("x-sitemon-signature: sha256="),
+            .contains("x-sitemon-signature: t="),
         "{}",
         requests[0]
     );
