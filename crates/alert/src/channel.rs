@@ -13,6 +13,7 @@ use lettre::message::{Mailbox, Message};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use sitemon_core::Secret;
+use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::http::{self, REQUEST_TIMEOUT};
@@ -22,8 +23,9 @@ use crate::notification::{Kind, Notification, rfc3339};
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// The header that carries a webhook notification's stable id.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-/// The header that carries the HMAC-SHA256 of a webhook's body, as `sha256=<hex>`, when the
-/// channel has a secret.
+/// The header that carries a webhook's signature when the channel has a secret:
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (as Stripe and Slack sign), so
+/// that a receiver can refuse an old request replayed ([`signature`]).
 pub const SIGNATURE_HEADER: &str = "x-sitemon-signature";
 /// The sender of notification emails when the channel names none.
 pub const DEFAULT_FROM: &str = "sitemon <sitemon@localhost>";
@@ -55,9 +57,10 @@ pub enum ChannelSettings {
     Email {
         /// The recipient.
         to: String,
-        /// `smtp://host:port` (plain, for a trusted local relay), `smtp://…?tls=required`
-        /// (STARTTLS) or `smtps://…` (implicit TLS), with `user:password@` when the server
-        /// wants a login (a secret).
+        /// `smtp://host:port` (plain, for a trusted local relay, no login),
+        /// `smtp://…?tls=opportunistic` (STARTTLS when offered, no login),
+        /// `smtp://…?tls=required` (STARTTLS) or `smtps://…` (implicit TLS); the last two
+        /// only may carry `user:password@` (a secret).
         smtp: Secret,
         /// The sender, `Name <address>`.
         from: String,
@@ -182,37 +185,20 @@ impl ChannelSettings {
                 "--smtp is not a URL such as smtps://user:password@smtp.example.com",
             ));
         };
-        let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        if parsed.host_str().is_none_or(str::is_empty) {
             return Err(invalid(name, "--smtp has no host"));
-        };
-        let tls = parsed
-            .query_pairs()
-            .find(|(k, _)| k == "tls")
-            .map(|(_, v)| v.into_owned());
-        match (parsed.scheme(), tls.as_deref()) {
-            ("smtps", None) | ("smtp", Some("required" | "opportunistic")) => {}
-            ("smtp", None) => {
-                let loopback = host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-                    || host
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if parsed.password().is_some() && !loopback {
-                    return Err(invalid(
-                        name,
-                        "--smtp would send its password in clear text: use smtps:// or smtp://…?tls=required",
-                    ));
-                }
-            }
+        }
+        match (parsed.scheme(), smtp_tls(&parsed).as_deref()) {
+            ("smtps", None) | ("smtp", Some("required" | "opportunistic") | None) => {}
             _ => {
                 return Err(invalid(
                     name,
                     "--smtp must be smtps://… (implicit TLS), smtp://…?tls=required (STARTTLS) or smtp://… (plain, a local relay)",
                 ));
             }
+        }
+        if smtp_login_in_clear(&parsed) {
+            return Err(invalid(name, SMTP_LOGIN_IN_CLEAR));
         }
         if AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp).is_err() {
             return Err(invalid(name, "--smtp is not an SMTP URL lettre can use"));
@@ -292,6 +278,28 @@ impl ChannelSettings {
     }
 }
 
+/// Why an SMTP URL with a login is refused, at `channel add` and again at send time.
+const SMTP_LOGIN_IN_CLEAR: &str = "--smtp would send its password in clear text (plain SMTP, or STARTTLS that the server or anyone on the way can skip): use smtps:// or smtp://…?tls=required";
+
+/// The `tls` parameter of an SMTP URL, as lettre reads it (the first one).
+fn smtp_tls(url: &url::Url) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Whether an SMTP URL has a login (user or password) that could go over plain text: a
+/// login goes only over implicit TLS (`smtps://`) or required STARTTLS (`?tls=required`).
+/// `tls=opportunistic` falls back to plain text when the server (or a man in the middle)
+/// offers no STARTTLS, and lettre then sends AUTH in clear.
+fn smtp_login_in_clear(url: &url::Url) -> bool {
+    let login = !url.username().is_empty() || url.password().is_some();
+    let tls = smtp_tls(url);
+    let encrypted =
+        url.scheme() == "smtps" || (url.scheme() == "smtp" && tls.as_deref() == Some("required"));
+    login && !encrypted
+}
+
 fn invalid(name: &str, reason: &str) -> Error {
     Error::InvalidChannel {
         name: name.chars().take(64).collect(),
@@ -343,7 +351,8 @@ impl Sender for ChannelSettings {
                 let body = serde_json::to_vec(notification).unwrap_or_default();
                 let mut headers = vec![(IDEMPOTENCY_HEADER, notification.id.to_string())];
                 if let Some(secret) = secret {
-                    headers.push((SIGNATURE_HEADER, signature(secret, &body)));
+                    let now = OffsetDateTime::now_utc().unix_timestamp();
+                    headers.push((SIGNATURE_HEADER, signature(secret, now, &body)));
                 }
                 http::post_json(url.expose(), &headers, body).await
             }
@@ -360,12 +369,19 @@ impl Sender for ChannelSettings {
     }
 }
 
-/// `sha256=<hex>`: the HMAC-SHA256 of `body` keyed by the channel's secret.
-pub fn signature(secret: &Secret, body: &[u8]) -> String {
+/// `t=<timestamp>,v1=<hex>`: the HMAC-SHA256, keyed by the channel's secret, of the
+/// timestamp (Unix seconds, when the request is sent), a `.` and the body's exact bytes. A
+/// receiver recomputes it, compares in constant time and refuses a timestamp too far from
+/// its clock (the README shows how), so a captured request cannot be replayed later.
+pub fn signature(secret: &Secret, timestamp: i64, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose().as_bytes());
-    let tag = ring::hmac::sign(&key, body);
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(timestamp.to_string().as_bytes());
+    context.update(b".");
+    context.update(body);
+    let tag = context.sign();
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("t={timestamp},v1={hex}")
 }
 
 /// The Events API v2 event for a notification: the incident id is the `dedup_key`, so a
@@ -426,6 +442,13 @@ async fn send_email(to: &str, smtp: &Secret, from: &str, notification: &Notifica
             answer: "the message could not be built".to_owned(),
         };
     };
+    // A channel stored before logins needed TLS: refused here, before any connection, so
+    // that AUTH never goes in clear (also for `sitemon channel test`).
+    if url::Url::parse(smtp.expose()).is_ok_and(|u| smtp_login_in_clear(&u)) {
+        return Outcome::Rejected {
+            answer: format!("refused to send: {SMTP_LOGIN_IN_CLEAR}; add the channel again"),
+        };
+    }
     let Ok(builder) = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp.expose()) else {
         return Outcome::Rejected {
             answer: "the channel's SMTP URL is not usable".to_owned(),
@@ -535,9 +558,66 @@ mod tests {
             assert!(!error.contains('\n'), "{error}");
             assert!(error.starts_with("channel \""), "{error}");
         }
-        // Plain SMTP with a password is fine on loopback (a local relay, the tests).
-        ChannelSettings::email("d", "ops@example.com", "smtp://me:pw@127.0.0.1:2525", None)
-            .expect("loopback");
+        // Without a login, plain and opportunistic SMTP stay (a local relay).
+        for smtp in [
+            "smtp://127.0.0.1:2525",
+            "smtp://relay.example.com?tls=opportunistic",
+            "smtp://me:pw@smtp.example.com:587?tls=required",
+            "smtps://me:pw@smtp.example.com",
+        ] {
+            ChannelSettings::email("d", "ops@example.com", smtp, None).expect(smtp);
+        }
+    }
+
+    #[test]
+    fn a_login_is_refused_unless_tls_is_implicit_or_required() {
+        for smtp in [
+            format!("smtp://me:{TOKEN}@smtp.example.com?tls=opportunistic"),
+            format!("smtp://me:{TOKEN}@smtp.example.com"),
+            format!("smtp://me:{TOKEN}@127.0.0.1:2525"),
+            format!("smtp://me:{TOKEN}@[::1]:2525?tls=opportunistic"),
+            "smtp://me@smtp.example.com?tls=opportunistic".to_owned(),
+            format!("smtp://me:{TOKEN}@smtp.example.com?tls=opportunistic&tls=required"),
+        ] {
+            let error = ChannelSettings::email("d", "ops@example.com", &smtp, None)
+                .expect_err(&smtp)
+                .to_string();
+            assert!(error.contains("clear text"), "{error}");
+            assert!(
+                !error.contains("SECRET") && !error.contains('\n'),
+                "{error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_login_over_opportunistic_tls_is_refused_at_send_time_before_connecting() {
+        // A channel stored before the rule: its server would be asked nothing at all (the
+        // port is one the test holds open and never accepts on).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stored = serde_json::json!({
+            "kind": "email",
+            "to": "ops@example.com",
+            "from": DEFAULT_FROM,
+            "smtp": format!("smtp://me:{TOKEN}@127.0.0.1:{port}?tls=opportunistic"),
+        });
+        let channel = ChannelSettings::from_stored("d", stored).expect("readable");
+        let notification: Notification = serde_json::from_value(serde_json::json!({
+            "id": "0193f1c2-0000-7000-8000-000000000001", "kind": "test", "incident_id": null,
+            "site": null, "at": "2026-11-30T12:00:20Z", "opened_at": null, "resolved_at": null,
+            "locations": [], "error": null, "reminder": null, "cert_not_after": null,
+            "text": "TEST: sitemon",
+        }))
+        .expect("a notification");
+        let outcome = channel.send(&notification).await;
+        let Outcome::Rejected { answer } = &outcome else {
+            panic!("not refused: {outcome:?}");
+        };
+        assert!(answer.contains("clear text"), "{answer}");
+        assert!(!answer.contains("SECRET"), "{answer}");
+        listener.set_nonblocking(true).expect("nonblocking");
+        assert!(listener.accept().is_err(), "no connection was made");
     }
 
     #[test]
@@ -549,12 +629,12 @@ mod tests {
     }
 
     #[test]
-    fn the_signature_is_hmac_sha256_of_the_body() {
-        // RFC 4231, test case 2.
+    fn the_signature_is_hmac_sha256_of_the_timestamp_a_dot_and_the_body() {
+        // Python: hmac.new(b"Jefe", b"1700000000.what do ya want for nothing?", "sha256").
         let secret = Secret::new("Jefe");
         assert_eq!(
-            signature(&secret, b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            signature(&secret, 1_700_000_000, b"what do ya want for nothing?"),
+            "t=1700000000,v1=1cdd0650c8be1cb0974b1788d458b1e781206cfef59b85faafc582d2e182c57e"
         );
     }
 }

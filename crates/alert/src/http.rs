@@ -47,8 +47,9 @@ fn client() -> &'static HttpsClient {
 }
 
 /// POSTs `body` (JSON) to `url` with `headers`, and reads the answer: 2xx delivered; 429,
-/// 408 and 5xx (and no answer at all) retried, with the answer's `Retry-After` seconds;
-/// any other status rejected. Neither the URL nor the body appears in the outcome.
+/// 408 and 5xx (and no answer at all) retried, with the answer's `Retry-After` (capped by
+/// [`retry_after`]; a 429 always carries one, zero when the receiver named none); any other
+/// status rejected. Neither the URL nor the body appears in the outcome.
 pub(crate) async fn post_json(
     url: &str,
     headers: &[(&'static str, String)],
@@ -100,7 +101,13 @@ pub(crate) async fn post_json(
             let answer = format!("HTTP {}{}", status.as_u16(), excerpt(&text));
             match status.as_u16() {
                 200..=299 => Outcome::Delivered { answer },
-                408 | 429 | 500..=599 => Outcome::Retry {
+                // A 429 is the receiver throttling the channel even without a
+                // Retry-After: `Some(ZERO)` says so, and the back-off sets the wait.
+                429 => Outcome::Retry {
+                    answer,
+                    retry_after: Some(retry_after.unwrap_or(Duration::ZERO)),
+                },
+                408 | 500..=599 => Outcome::Retry {
                     answer,
                     retry_after,
                 },
@@ -110,15 +117,28 @@ pub(crate) async fn post_json(
     }
 }
 
+/// The longest `Retry-After` kept from an answer: 7 days. Longer values (up to
+/// 18446744073709551615 s, or an HTTP-date in year 9999) are cut to it here, and the
+/// delivery loop cuts what is left to the notification's give-up time; no sum of durations
+/// taken from a receiver can overflow.
+pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A `Retry-After` value: delay-seconds, or an HTTP-date (how long from `now` until then; a
-/// date in the past is no wait). RFC 9110, section 10.2.3.
+/// date in the past is no wait), at most [`RETRY_AFTER_CAP`]. RFC 9110, section 10.2.3:
+/// delay-seconds is digits only, so `-5`, `+5`, `1.5` and garbage are no value at all.
 pub(crate) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still "a very long time".
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(RETRY_AFTER_CAP));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(RETRY_AFTER_CAP),
+    )
 }
 
 /// The start of an answer's body, on one line.
@@ -170,5 +190,34 @@ mod tests {
         );
         assert_eq!(retry_after("soon", SystemTime::now()), None);
         assert_eq!(retry_after("-5", SystemTime::now()), None);
+    }
+
+    #[test]
+    fn retry_after_from_a_hostile_receiver_is_capped_or_ignored() {
+        let now = SystemTime::now();
+        for huge in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(retry_after(huge, now), Some(RETRY_AFTER_CAP), "{huge}");
+        }
+        for garbage in [
+            "-1",
+            "-18446744073709551615",
+            "+5",
+            "1.5",
+            "5 s",
+            "",
+            " ",
+            "0x10",
+            "Sun, 06 Nov 1994 08:49:37",
+            "\u{0}",
+            "9999-12-31T23:59:59Z",
+        ] {
+            assert_eq!(retry_after(garbage, now), None, "{garbage:?}");
+        }
+        assert_eq!(retry_after("0", now), Some(Duration::ZERO));
     }
 }

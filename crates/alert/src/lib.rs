@@ -17,8 +17,10 @@
 //! - [`notification`]: the [`Notification`] each outbox row holds, and its stable id.
 //! - [`channel`]: the channels ([`ChannelSettings`]): webhook, Slack, PagerDuty, email;
 //!   their validation, masking and sending.
-//! - [`delivery`]: the delivery loop: claims due rows, sends, records each attempt, backs
-//!   off with jitter, honours `Retry-After`, gives up after 24 h.
+//! - [`delivery`]: the delivery loop: each channel on its own task, one request at a time;
+//!   claims due rows, sends, records each attempt, backs off with jitter, honours
+//!   `Retry-After` (capped at the give-up time; a 429 throttles the channel), gives up
+//!   after 24 h.
 //! - [`service`]: [`service::run`]: the processor inside the exactly-once consumer, and the
 //!   delivery loop beside it.
 //! - [`admin`]: what the CLI does: channels, maintenance windows, per-site settings, the

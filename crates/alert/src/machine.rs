@@ -304,7 +304,12 @@ impl SiteState {
                 }
                 if !policy.reminder_every.is_zero() {
                     let since = open.last_reminder_at.unwrap_or(open.opened_at);
-                    if check.at >= since + policy.reminder_every {
+                    // The times are the events' own (any producer's): a sum past year 9999
+                    // is "never due", not a panic.
+                    let due = time::Duration::try_from(policy.reminder_every)
+                        .ok()
+                        .and_then(|every| since.checked_add(every));
+                    if due.is_some_and(|due| check.at >= due) {
                         open.reminders += 1;
                         open.last_reminder_at = Some(check.at);
                         decisions.push(Decision::Reminder {
@@ -538,6 +543,20 @@ mod tests {
         };
         assert_eq!(open.reminders, 2);
         assert_eq!(feed.run("eu", "uu"), ["location-up", "resolved"]);
+    }
+
+    #[test]
+    fn an_incident_dated_at_the_end_of_time_is_no_panic() {
+        let mut feed = Feed::new(Policy {
+            reminder_every: Duration::from_secs(3600),
+            ..Policy::default()
+        });
+        // An event from a producer with a wild clock: 9999-12-31 23:59, the last minute the
+        // time crate can hold; an hour later cannot be written.
+        feed.clock = datetime!(9999-12-31 23:58 UTC);
+        assert_eq!(feed.run("eu", "ddd"), ["location-down", "opened"]);
+        // The next check asks whether a reminder is due an hour after the opening.
+        assert!(feed.run("eu", "d").is_empty());
     }
 
     #[test]

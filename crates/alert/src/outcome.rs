@@ -15,7 +15,11 @@ pub enum Outcome {
     Retry {
         /// What it answered, or why there was no answer.
         answer: String,
-        /// The receiver's `Retry-After`, if it gave one.
+        /// `Some` when the receiver throttles the channel (a 429, or any answer with a
+        /// `Retry-After`): the wait it asked for (capped; zero when it named none). The
+        /// delivery loop then holds every notification of the channel until that wait (or
+        /// the back-off, if longer) has passed: throttling is the channel's state, not one
+        /// notification's.
         retry_after: Option<Duration>,
     },
     /// Never (another 4xx, a refused address): trying again would not help.

@@ -90,13 +90,37 @@ async fn two_incidents(db: &TestDb) -> Vec<Uuid> {
     incidents
 }
 
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
+/// Checks `X-Sitemon-Signature: t=<unix seconds>,v1=<hex>` as a receiver does: the HMAC-SHA256
+/// of `<t>.<body>` under `secret`, compared in constant time (`ring::hmac::verify`), and `t`
+/// within 5 minutes of now. Returns `t`.
+fn verify_signature(secret: &str, header: &str, body: &[u8]) -> Result<i64, String> {
+    let mut timestamp = None;
+    let mut tag = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+            Some(("v1", hex)) => tag = Some(hex),
+            _ => return Err(format!("unexpected part {part:?} in {header:?}")),
+        }
+    }
+    let (Some(timestamp), Some(hex)) = (timestamp, tag) else {
+        return Err(format!("no t= or v1= in {header:?}"));
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if (now - timestamp).abs() > 300 {
+        return Err(format!("t={timestamp} is more than 5 minutes from {now}"));
+    }
+    let tag: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("v1 is not hex: {e}"))?;
+    let mut signed = format!("{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    ring::hmac::sign(&key, body)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ring::hmac::verify(&key, &signed, &tag)
+        .map_err(|_| "the signature does not match".to_owned())?;
+    Ok(timestamp)
 }
 
 #[tokio::test]
@@ -213,10 +237,15 @@ async fn a_receiver_refusing_then_failing_then_back_gets_every_notification_once
     for request in &hooks {
         let body = request.json();
         assert_eq!(body["id"], request.header("idempotency-key").expect("key"));
-        assert_eq!(
-            request.header("x-sitemon-signature"),
-            Some(format!("sha256={}", hmac_hex(SECRET, &request.body)).as_str())
-        );
+        let header = request
+            .header("x-sitemon-signature")
+            .expect("a signed webhook");
+        verify_signature(SECRET, header, &request.body).expect("a valid signature");
+        // The signature covers the timestamp: another t, or another secret, does not verify.
+        let (t, v1) = header.split_once(',').expect("t=…,v1=…");
+        let moved = t.trim_start_matches("t=").parse::<i64>().expect("t") + 1;
+        assert!(verify_signature(SECRET, &format!("t={moved},{v1}"), &request.body).is_err());
+        assert!(verify_signature("another secret", header, &request.body).is_err());
         assert!(
             incidents
                 .iter()
@@ -650,5 +679,240 @@ async fn a_loop_killed_with_a_request_in_flight_leaves_it_to_be_sent_again_with_
         "the same notification, byte for byte"
     );
     receiver.close();
+    db.drop_database().await;
+}
+
+/// `next_attempt_at` and `throttled_until` of a channel's rows, as seconds from now.
+async fn waits(pool: &PgPool, channel: &str) -> (Vec<f64>, Option<f64>) {
+    let rows: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM alert_outbox
+         WHERE channel = $1 ORDER BY id",
+    )
+    .bind(channel)
+    .fetch_all(pool)
+    .await
+    .expect("outbox");
+    let throttle: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM throttled_until - now())::float8 FROM alert_channels
+         WHERE name = $1",
+    )
+    .bind(channel)
+    .fetch_one(pool)
+    .await
+    .expect("channel");
+    (rows, throttle)
+}
+
+#[tokio::test]
+async fn a_retry_after_of_2_pow_64_minus_1_waits_until_the_give_up_time_without_a_panic() {
+    let db = TestDb::migrated().await;
+    // A 500 first, so that the notification is more than a second old when the 429 comes:
+    // the old code added 2^64 - 1 s to that age and panicked.
+    let throttling = Receiver::ok().await;
+    throttling.next_answer(500, None);
+    throttling.next_answer(429, Some(u64::MAX));
+    let unavailable = Receiver::ok().await;
+    unavailable.next_answer(503, Some(99_999_999_999));
+    for (name, receiver) in [("throttling", &throttling), ("unavailable", &unavailable)] {
+        let settings = ChannelSettings::webhook(name, &receiver.url("/hook"), None).expect("valid");
+        admin::add_channel(&db.pool, name, &settings)
+            .await
+            .expect("added");
+    }
+    let site = site(&db.pool, 0, SiteAlerts::default()).await;
+    let processor = Processor::new(Policy::default());
+    apply(
+        &db.pool,
+        &processor,
+        &pattern(site, "eu", an_hour_ago(), "ddd"),
+    )
+    .await;
+    // The retry after the 500 comes 1.1 to 1.9 s later.
+    let config = DeliveryConfig {
+        backoff: Backoff::new(Duration::from_millis(1500), Duration::from_secs(2)),
+        ..fast()
+    };
+    let running = start(&db.pool, config);
+    wait_until(
+        "both hostile answers recorded",
+        Duration::from_secs(30),
+        || async {
+            deliveries(&db.pool).await.iter().all(|r| {
+                r.last_answer
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with("HTTP 429") || a.starts_with("HTTP 503"))
+            }) || running.task.is_finished()
+        },
+    )
+    .await;
+    // The loop is alive (the old code panicked adding the wait to the row's age), and stops
+    // cleanly.
+    assert!(!running.task.is_finished(), "the delivery loop ended");
+    running.stop().await;
+    let day = 24.0 * 3600.0;
+    for name in ["throttling", "unavailable"] {
+        let row = deliveries(&db.pool)
+            .await
+            .into_iter()
+            .find(|r| r.channel == name)
+            .expect("row");
+        // Not lost: still pending, to be tried again at the give-up time (24 h after it was
+        // written), and its channel throttled as long.
+        let tried = if name == "throttling" { 2 } else { 1 };
+        assert_eq!(
+            (row.state.as_str(), row.attempts),
+            ("pending", tried),
+            "{row:?}"
+        );
+        let (rows, throttle) = waits(&db.pool, name).await;
+        assert!(
+            rows[0] > day - 120.0 && rows[0] <= day,
+            "{name}: retried in {} s, not at the give-up time",
+            rows[0]
+        );
+        let throttle = throttle.expect("the channel is throttled");
+        assert!(
+            throttle > day - 120.0 && throttle <= day,
+            "{name}: {throttle} s"
+        );
+    }
+    throttling.close();
+    unavailable.close();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_blackholed_receiver_holds_its_own_channel_only() {
+    let db = TestDb::migrated().await;
+    // Takes every request and never answers: each attempt lasts the 10 s request timeout.
+    let hole = Receiver::ok().await;
+    hole.answer_with(receiver::HANG);
+    let good = Receiver::ok().await;
+    for (name, receiver) in [("hole", &hole), ("good", &good)] {
+        let settings = ChannelSettings::webhook(name, &receiver.url("/hook"), None).expect("valid");
+        admin::add_channel(&db.pool, name, &settings)
+            .await
+            .expect("added");
+    }
+    let processor = Processor::new(Policy::default());
+    let first = site(&db.pool, 0, SiteAlerts::default()).await;
+    apply(
+        &db.pool,
+        &processor,
+        &pattern(first, "eu", an_hour_ago(), "ddd"),
+    )
+    .await;
+    let running = start(&db.pool, fast());
+    wait_until(
+        "the first notification at both receivers",
+        Duration::from_secs(30),
+        || async { hole.received().len() == 1 && good.received().len() == 1 },
+    )
+    .await;
+
+    // While the hole's request hangs, two more sites go down: the healthy channel gets
+    // their notifications while the hole's first attempt is still unanswered.
+    for n in 1..=2 {
+        let more = site(&db.pool, n, SiteAlerts::default()).await;
+        apply(
+            &db.pool,
+            &processor,
+            &pattern(more, "eu", an_hour_ago(), "ddd"),
+        )
+        .await;
+    }
+    wait_until(
+        "the healthy channel's later notifications",
+        Duration::from_secs(60),
+        || async { good.received().len() == 3 },
+    )
+    .await;
+    let rows = deliveries(&db.pool).await;
+    let in_flight: Vec<_> = rows
+        .iter()
+        .filter(|r| r.channel == "hole" && r.attempts == 1 && r.last_answer.is_none())
+        .collect();
+    assert_eq!(
+        in_flight.len(),
+        1,
+        "the hole's first request is still in flight (not yet released by its timeout) when \
+         the healthy channel is done: {rows:?}"
+    );
+    assert_eq!(
+        hole.received().len(),
+        1,
+        "one request at a time to the hole"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r.channel == "good")
+            .all(|r| r.state == "delivered"),
+        "{rows:?}"
+    );
+    running.stop().await;
+    hole.close();
+    good.close();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_throttled_channel_waits_its_retry_after_for_every_row_while_the_others_go_on() {
+    let db = TestDb::migrated().await;
+    let slow = Receiver::ok().await;
+    slow.next_answer(429, Some(4));
+    let good = Receiver::ok().await;
+    for (name, receiver) in [("slow", &slow), ("good", &good)] {
+        let settings = ChannelSettings::webhook(name, &receiver.url("/hook"), None).expect("valid");
+        admin::add_channel(&db.pool, name, &settings)
+            .await
+            .expect("added");
+    }
+    let processor = Processor::new(Policy::default());
+    for n in 0..3 {
+        let site = site(&db.pool, n, SiteAlerts::default()).await;
+        apply(
+            &db.pool,
+            &processor,
+            &pattern(site, "eu", an_hour_ago(), "ddd"),
+        )
+        .await;
+    }
+    let running = start(&db.pool, fast());
+    wait_until(
+        "every notification delivered",
+        Duration::from_secs(60),
+        || async {
+            deliveries(&db.pool)
+                .await
+                .iter()
+                .all(|r| r.state == "delivered")
+        },
+    )
+    .await;
+    running.stop().await;
+    let slow_requests = slow.received();
+    assert_eq!(
+        slow_requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [429, 200, 200, 200],
+        "one 429, then each notification once"
+    );
+    // No row of the throttled channel was tried before its Retry-After (the back-off alone
+    // would have waited 100 ms, and the other rows none at all).
+    for later in &slow_requests[1..] {
+        let gap = later.at - slow_requests[0].at;
+        assert!(
+            gap >= Duration::from_millis(3900),
+            "a request {gap:?} after the 429, not after Retry-After: 4"
+        );
+    }
+    // The other channel did not wait for it.
+    let good_requests = good.received();
+    assert_eq!(good_requests.len(), 3);
+    assert!(
+        good_requests.iter().all(|r| r.at < slow_requests[1].at),
+        "the healthy channel was held by the throttled one"
+    );
+    slow.close();
+    good.close();
     db.drop_database().await;
 }

@@ -438,3 +438,181 @@ async fn sitemon_run_notifies_a_certificate_expiring_in_three_days_once() {
         .expect("incidents");
     assert_eq!(incidents, 0, "an expiring certificate is no outage");
 }
+
+/// A hostile receiver: `sitemon run` with two webhook channels, one answering `500` twice, then
+/// `429` with `Retry-After: 18446744073709551615` (2^64 − 1 seconds: added to the age of a
+/// notification older than a second, it overflowed a `Duration` and panicked the alert
+/// service, taking the checker and the sync with it), the other `503` with a Retry-After of
+/// 3,000 years (given up at once: the notification was lost). The process goes on checking and storing; both
+/// notifications stay pending until the give-up time (24 h), their channels throttled as
+/// long, and are delivered once that time comes (simulated by moving it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sitemon_run_outlives_a_retry_after_of_2_pow_64_minus_1() {
+    let (db, topic, _, throttling, logs) = setup(1, 0).await;
+    // Two 500s first (back-off 1 s, then 2 s, ±25 %): the notification is older than a
+    // second when the 429 comes.
+    throttling.next_answer(500, None);
+    throttling.next_answer(500, None);
+    throttling.next_answer(429, Some(u64::MAX));
+    let unavailable = Receiver::ok().await;
+    unavailable.next_answer(503, Some(99_999_999_999));
+    let added = run(support::sitemon_with_database(&db.url).args([
+        "channel",
+        "add",
+        "busy",
+        "--webhook",
+        &unavailable.url("/hook"),
+    ]));
+    assert!(added.status.success(), "{}", support::stderr(&added));
+    // A site that is down (nothing listens on its port): one DOWN per channel.
+    let closed = sitemon_testkit::http::free_port();
+    let added = run(support::sitemon_with_database(&db.url).args([
+        "add-site",
+        &format!("http://{closed}/down"),
+        "--interval",
+        "1",
+    ]));
+    assert!(added.status.success(), "{}", support::stderr(&added));
+
+    let log = logs.join("run.log");
+    let mut child = support::sitemon(&db, &topic)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .args(["--alert-start", "earliest", "--failure-threshold", "1"])
+        .args(["--reminder-every", "0", "--cert-expiry-days", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("sitemon run starts");
+    let tail = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + PATIENCE;
+    while throttling.received().len() < 3 || unavailable.received().is_empty() {
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "sitemon run ended\n{}",
+            tail()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no notification within {PATIENCE:?}\n{}",
+            tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answered = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM alert_outbox WHERE last_answer IS NOT NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let hostile_answers = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM alert_outbox WHERE last_answer LIKE 'HTTP 429%' OR last_answer LIKE 'HTTP 503%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+    };
+    while answered().await < 2 || hostile_answers().await < 2 {
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "sitemon run ended after the hostile answers\n{}",
+            tail()
+        );
+        assert!(Instant::now() < deadline, "no answer recorded\n{}", tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Still alive and still checking: more rows arrive after the answers.
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM website_status")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count")
+    };
+    let after_answers = stored().await;
+    let deadline = Instant::now() + PATIENCE;
+    while stored().await < after_answers + 3 {
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "sitemon run ended\n{}",
+            tail()
+        );
+        assert!(Instant::now() < deadline, "the checks stopped\n{}", tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Not lost: pending, to be tried again at the give-up time, each channel throttled.
+    let rows: Vec<(String, String, i32, f64, Option<f64>)> = sqlx::query_as(
+        "SELECT o.channel, o.state, o.attempts,
+                extract(epoch FROM o.next_attempt_at - o.created_at)::float8,
+                extract(epoch FROM c.throttled_until - now())::float8
+         FROM alert_outbox o JOIN alert_channels c ON c.name = o.channel ORDER BY o.channel",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("outbox");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let day = 24.0 * 3600.0;
+    for (channel, state, attempts, retry_at, throttle) in &rows {
+        let tried = if channel == "hook" { 3 } else { 1 };
+        assert_eq!((state.as_str(), *attempts), ("pending", tried), "{rows:?}");
+        assert!(
+            (day - 120.0..=day + 1.0).contains(retry_at),
+            "{channel}: tried again {retry_at} s after it was written, not at the give-up time"
+        );
+        assert!(
+            throttle.is_some_and(|t| t > day - 300.0 && t <= day),
+            "{channel}: throttled for {throttle:?} s"
+        );
+    }
+
+    // The give-up time comes (moved, not waited for): each is sent again, with its id.
+    sqlx::query("UPDATE alert_outbox SET next_attempt_at = now()")
+        .execute(&db.pool)
+        .await
+        .expect("move the retry");
+    sqlx::query("UPDATE alert_channels SET throttled_until = NULL")
+        .execute(&db.pool)
+        .await
+        .expect("end the throttle");
+    let delivered = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM alert_outbox WHERE state = 'delivered'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count")
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while delivered().await < 2 {
+        assert!(Instant::now() < deadline, "not delivered\n{}", tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (receiver, answers) in [
+        (&throttling, &[500, 500, 429, 200][..]),
+        (&unavailable, &[503, 200]),
+    ] {
+        let received = receiver.received();
+        assert_eq!(
+            received.iter().map(|r| r.status).collect::<Vec<_>>(),
+            answers
+        );
+        assert!(
+            received
+                .iter()
+                .all(|r| r.header("idempotency-key") == received[0].header("idempotency-key")),
+            "the same notification each time"
+        );
+    }
+    support::terminate(&child);
+    let status = wait_with_timeout(&mut child, STOP_PATIENCE, "sitemon run after SIGTERM");
+    assert!(
+        status.success(),
+        "sitemon run stopped with {status}\n{}",
+        tail()
+    );
+    unavailable.close();
+    throttling.close();
+}

@@ -42,6 +42,15 @@ fn assert_fails(output: &Output, expected: &str) {
     assert_no_secret(output);
 }
 
+#[track_caller]
+fn assert_usage(output: &Output, expected: &str) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    assert_no_secret(output);
+}
+
 async fn channel_rows(db: &TestDb) -> Vec<(String, String)> {
     sqlx::query_as("SELECT name, kind FROM alert_channels ORDER BY name")
         .fetch_all(&db.pool)
@@ -169,7 +178,7 @@ async fn channels_are_added_listed_masked_tested_and_removed() {
     assert!(
         requests[0]
             .to_ascii_lowercase()
-            .contains("x-sitemon-signature: sha256="),
+            .contains("x-sitemon-signature: t="),
         "{}",
         requests[0]
     );
@@ -207,7 +216,8 @@ async fn bad_channel_settings_give_one_line_and_write_nothing() {
         &["channel", "add", "taken", "--pagerduty", "abc123"],
     ));
     let before = channel_rows(&db).await;
-    let cases: [(&[&str], &str); 8] = [
+    let opportunistic = format!("smtp://u:{TOKEN}@mail.example.com:587?tls=opportunistic");
+    let cases: [(&[&str], &str); 9] = [
         (
             &["bad name!", "--webhook", "https://x.example/"],
             "a name is 1 to 64",
@@ -239,6 +249,10 @@ async fn bad_channel_settings_give_one_line_and_write_nothing() {
             "clear text",
         ),
         (
+            &["m", "--email", "ops@example.com", "--smtp", &opportunistic],
+            "--smtp would send its password in clear text",
+        ),
+        (
             &[
                 "m",
                 "--email",
@@ -253,7 +267,13 @@ async fn bad_channel_settings_give_one_line_and_write_nothing() {
     for (args, expected) in cases {
         let mut all = vec!["channel", "add"];
         all.extend_from_slice(args);
-        assert_fails(&sitemon(&db, &all), expected);
+        let output = sitemon(&db, &all);
+        if expected == "exists already" {
+            assert_fails(&output, expected);
+        } else {
+            // Refused before any I/O: a usage error, exit 2, one line.
+            assert_usage(&output, expected);
+        }
     }
     // Usage errors (no kind, two kinds): exit 2, nothing written.
     let none = sitemon(&db, &["channel", "add", "x"]);

@@ -56,7 +56,8 @@ pub(crate) struct AddArgs {
     email: Option<String>,
     /// Email: smtps://USER:PASSWORD@HOST[:465] (implicit TLS),
     /// smtp://USER:PASSWORD@HOST:587?tls=required (STARTTLS) or smtp://HOST:PORT (plain, a
-    /// local relay). The password is a secret.
+    /// local relay, no login; `?tls=opportunistic` adds STARTTLS when offered). A login is
+    /// refused without smtps:// or tls=required. The password is a secret.
     #[arg(
         long,
         value_name = "URL",
@@ -103,8 +104,10 @@ pub(crate) async fn exec(command: ChannelCommand) -> anyhow::Result<()> {
     match command {
         ChannelCommand::Add(args) => {
             // Validate everything before touching the database.
-            admin::check_channel_name(&args.name)?;
-            let settings = settings(&args)?;
+            // A bad name or unusable settings (an SMTP login without TLS...) are a usage
+            // error: exit 2.
+            admin::check_channel_name(&args.name).map_err(crate::args::Usage::new)?;
+            let settings = settings(&args).map_err(crate::args::Usage::new)?;
             let pool = args.db.connect().await?;
             admin::add_channel(&pool, &args.name, &settings).await?;
             eprintln!(
