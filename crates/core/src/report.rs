@@ -100,7 +100,9 @@ fn ceil_to(at: OffsetDateTime, grain: i64) -> OffsetDateTime {
     if floor == at {
         at
     } else {
-        floor + time::Duration::seconds(grain)
+        floor
+            .checked_add(time::Duration::seconds(grain))
+            .unwrap_or(at)
     }
 }
 

@@ -129,7 +129,10 @@ pub(crate) fn response_chart(
                 previous = None;
                 continue;
             };
-            let middle = bucket.bucket_start + time::Duration::seconds(every_secs / 2);
+            let middle = bucket
+                .bucket_start
+                .checked_add(time::Duration::seconds(every_secs / 2))
+                .unwrap_or(bucket.bucket_start);
             let joined =
                 previous.is_some_and(|p| (bucket.bucket_start - p).whole_seconds() <= every_secs);
             let point = (x(middle), y(ms));

@@ -151,7 +151,7 @@ impl<S: Sink> Session<S> {
         poll_every: Duration,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let mut next_poll = Instant::now() + poll_every;
+        let mut next_poll = later(poll_every);
         let mut rebalances = Backoff::every(every).start();
         loop {
             tokio::select! {
@@ -179,7 +179,7 @@ impl<S: Sink> Session<S> {
                 }
             }
             if Instant::now() >= next_poll {
-                next_poll = Instant::now() + poll_every;
+                next_poll = later(poll_every);
                 self.poll_partitions().await;
             }
         }
@@ -382,4 +382,11 @@ fn writer_failure(result: Result<Result<()>, tokio::task::JoinError>) -> Error {
         Ok(Ok(())) => Error::Task("the writer stopped".into()),
         Err(e) => Error::Task(format!("the writer failed: {e}")),
     }
+}
+
+/// `now + wait`, or a century ahead when that overflows (a setting of `u64::MAX` seconds).
+fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }

@@ -144,7 +144,7 @@ impl<S: Sink> Writer<S> {
                     break;
                 }
                 if deadline.is_none() && !batch.is_empty() {
-                    deadline = Some(Instant::now() + self.batch_wait);
+                    deadline = Instant::now().checked_add(self.batch_wait);
                 }
                 let until = deadline.unwrap_or_else(Instant::now);
                 tokio::select! {
