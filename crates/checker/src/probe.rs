@@ -815,4 +815,51 @@ mod tests {
             assert!(error.message.contains(&address), "{}", error.message);
         }
     }
+
+    /// The deny list matches an IPv4-mapped IPv6 address as its IPv4 address, skips denied
+    /// addresses of a name and still tries the others.
+    #[tokio::test]
+    async fn denied_addresses_are_skipped_mapped_ones_too() {
+        let server = sitemon_testkit::http::TestServer::http().await;
+        let port = server.addr.port();
+        let deny = [crate::config::parse_cidr("127.0.0.2/32").expect("cidr")];
+        let mut prober = Prober::new(1 << 20, &[], &deny).expect("prober");
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("ip");
+        let live: IpAddr = "127.0.0.1".parse().expect("ip");
+        prober.resolver = Resolver::Fixed(
+            [
+                ("mixed.test".to_owned(), vec![mapped, live]),
+                ("mapped.test".to_owned(), vec![mapped]),
+            ]
+            .into(),
+        );
+        let check = |host: &str| {
+            let url = format!("http://{host}:{port}/ok?{host}");
+            let target = Target::parse(&url).expect("url");
+            let prober = prober.clone();
+            let request = Request::from_settings(&SiteSettings::new(&url)).expect("a GET");
+            async move {
+                prober
+                    .check(
+                        &target,
+                        &request,
+                        Searches::default(),
+                        Duration::from_secs(10),
+                    )
+                    .await
+            }
+        };
+
+        let outcome = check("mixed.test").await;
+        assert!(outcome.is_up(None), "{outcome:?}");
+        let error = check("mapped.test").await.error.expect("denied");
+        assert_eq!(error.kind, ErrorKind::Connect, "{}", error.message);
+        assert!(
+            error
+                .message
+                .contains("mapped.test resolves only to denied addresses (::ffff:127.0.0.2)"),
+            "{}",
+            error.message
+        );
+    }
 }
