@@ -1,8 +1,11 @@
 //! The checker's settings, with their defaults.
 
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// A network of [`CheckerConfig::deny_cidrs`].
+pub use ipnet::IpNet;
 pub use rustls::pki_types::CertificateDer;
 pub use rustls::pki_types::pem::PemObject;
 use sitemon_core::metrics::Registry;
@@ -76,6 +79,14 @@ pub struct CheckerConfig {
     /// CA certificates trusted for checked sites besides the Mozilla roots (for sites
     /// behind a private CA). Default none.
     pub extra_root_certs: Vec<CertificateDer<'static>>,
+    /// Networks the checks never connect to (`--deny-cidr`), for a checker whose sites are
+    /// registered by people it does not trust: every hop's resolved addresses (and a literal
+    /// IP host) are matched against them, a denied address is skipped, and a hop with no
+    /// other address fails as `connect` ("… resolves only to denied addresses …"). An
+    /// IPv4-mapped IPv6 address is matched as the IPv4 address it holds. Default none: a site
+    /// may make the checker reach any address (README, "What a site can make the checker
+    /// reach").
+    pub deny_cidrs: Vec<IpNet>,
     /// Whether this checker shares the sites with the other checkers of the same topic and
     /// location (default `true`): the sites are hashed into
     /// [`BUCKETS`](crate::buckets::BUCKETS) buckets leased through PostgreSQL advisory locks
@@ -114,6 +125,7 @@ impl CheckerConfig {
             partition_poll_every: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(30),
             extra_root_certs: Vec::new(),
+            deny_cidrs: Vec::new(),
             share_with_peers: true,
             rebalance_every: Duration::from_secs(2),
             metrics: Registry::new(),
@@ -180,6 +192,22 @@ impl CheckerConfig {
     pub(crate) fn timeout_for(&self, interval: Duration) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT.min(interval))
     }
+}
+
+/// A network of `--deny-cidr`: `ADDRESS/PREFIX` (`169.254.0.0/16`, `fd00::/8`), or one address
+/// alone (`/32` or `/128`); the host bits of a network are ignored (`10.1.2.3/8` is
+/// `10.0.0.0/8`).
+///
+/// # Errors
+/// A line naming the text and the expected form.
+pub fn parse_cidr(text: &str) -> std::result::Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("{text:?} is not a network: give ADDRESS/PREFIX (10.0.0.0/8) or an address")
+        })
 }
 
 /// Compression of produced batches.
@@ -306,6 +334,20 @@ mod tests {
             config.timeout_for(Duration::from_secs(2)),
             Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn cidrs_parse_as_networks_or_single_addresses() {
+        let net = |text| parse_cidr(text).map(|n| n.to_string());
+        assert_eq!(net("169.254.0.0/16").as_deref(), Ok("169.254.0.0/16"));
+        assert_eq!(net(" 10.1.2.3/8 ").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(net("127.0.0.2").as_deref(), Ok("127.0.0.2/32"));
+        assert_eq!(net("fd00::/8").as_deref(), Ok("fd00::/8"));
+        assert_eq!(net("::1").as_deref(), Ok("::1/128"));
+        for bad in ["", "10.0.0.0/33", "example.com", "10.0.0/8", "1.2.3.4/"] {
+            let message = parse_cidr(bad).expect_err(bad);
+            assert!(message.contains("ADDRESS/PREFIX"), "{message}");
+        }
     }
 
     #[test]

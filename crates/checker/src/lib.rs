@@ -112,13 +112,15 @@ const KAFKA_RETRY_DEADLINE: Duration = Duration::from_secs(10);
 /// `keeper`).
 pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<()> {
     config.validate()?;
-    let prober =
-        probe::Prober::new(config.max_body_bytes, &config.extra_root_certs).map_err(|reason| {
-            Error::Config {
-                setting: "extra_root_certs",
-                reason,
-            }
-        })?;
+    let prober = probe::Prober::new(
+        config.max_body_bytes,
+        &config.extra_root_certs,
+        &config.deny_cidrs,
+    )
+    .map_err(|reason| Error::Config {
+        setting: "extra_root_certs",
+        reason,
+    })?;
 
     let pool = sitemon_core::db::connect(&config.database, 2).await?;
     let listener = sites::listen(&pool, config.database.target()).await?;

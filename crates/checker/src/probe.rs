@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONNECTION, HOST, HeaderName, HeaderValue, LOCATION, USER_AGENT};
+use hyper::header::{
+    ACCEPT, AUTHORIZATION, CONNECTION, COOKIE, HOST, HeaderName, HeaderValue, LOCATION,
+    PROXY_AUTHORIZATION, USER_AGENT,
+};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use regex::Regex;
@@ -22,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::config::IpNet;
 use crate::error::chain;
-use crate::target::Target;
+use crate::target::{Chain, Credentials, Target, without_userinfo};
 use crate::tls_expiry::not_after;
 
 /// The most redirects a check follows; one more is a `too_many_redirects` failure.
@@ -34,7 +38,9 @@ pub(crate) const MAX_REDIRECTS: u32 = 5;
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub(crate) method: Method,
-    /// Sent after sitemon's own headers, replacing one of the same name (`User-Agent`).
+    /// Sent after sitemon's own headers, replacing one of the same name (`User-Agent`); the
+    /// [credential headers](is_credential) only where [`Chain`] trusts the hop, the others on
+    /// every hop.
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) body: Bytes,
     /// The statuses that count as up; `None` = any 2xx.
@@ -155,6 +161,8 @@ pub(crate) struct Prober {
     user_agent: HeaderValue,
     max_body_bytes: usize,
     resolver: Resolver,
+    /// `--deny-cidr`: addresses no check connects to.
+    deny: Arc<[IpNet]>,
 }
 
 /// Where a check's addresses come from.
@@ -200,16 +208,19 @@ impl std::fmt::Debug for Prober {
         f.debug_struct("Prober")
             .field("user_agent", &self.user_agent)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("deny", &self.deny)
             .finish_non_exhaustive()
     }
 }
 
 impl Prober {
     /// A prober trusting the Mozilla roots (plus `extra_roots`), with TLS session resumption
-    /// off so that every check pays, and measures, a full handshake.
+    /// off so that every check pays, and measures, a full handshake; it never connects to an
+    /// address in `deny`.
     pub(crate) fn new(
         max_body_bytes: usize,
         extra_roots: &[CertificateDer<'static>],
+        deny: &[IpNet],
     ) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -235,6 +246,7 @@ impl Prober {
             user_agent: HeaderValue::from_static(concat!("sitemon/", env!("CARGO_PKG_VERSION"))),
             max_body_bytes,
             resolver: Resolver::System,
+            deny: deny.into(),
         })
     }
 
@@ -261,7 +273,7 @@ impl Prober {
                 ErrorKind::Timeout,
                 format!(
                     "no complete response from {} within {:.3} s",
-                    outcome.final_url.as_deref().unwrap_or(&target.url),
+                    without_userinfo(outcome.final_url.as_deref().unwrap_or(&target.url)),
                     timeout.as_secs_f64()
                 ),
             )),
@@ -289,10 +301,23 @@ impl Prober {
         let mut target = first.clone();
         let mut method = request.method.clone();
         let mut body = request.body.clone();
+        let mut chain = Chain::new(first);
         loop {
             outcome.final_url = Some(target.url.clone());
+            let credentials = if chain.enter(&target) {
+                Trust::Site(first.credentials.as_ref())
+            } else {
+                Trust::Elsewhere
+            };
             let hop = self
-                .fetch(&target, request, &method, body.clone(), outcome)
+                .fetch(
+                    &target,
+                    request,
+                    &method,
+                    body.clone(),
+                    credentials,
+                    outcome,
+                )
                 .await?;
             let (location, status) = match hop {
                 Hop::Redirect(location, status) => (location, status),
@@ -327,28 +352,44 @@ impl Prober {
                     ErrorKind::TooManyRedirects,
                     format!(
                         "more than {MAX_REDIRECTS} redirects (the last to {location:?} from {})",
-                        target.url
+                        target.shown()
                     ),
                 ));
             }
             let next = target.redirect(&location).map_err(|reason| {
                 Failure::new(
                     ErrorKind::Http,
-                    format!("{} redirects to {location:?}: {reason}", target.url),
+                    format!("{} redirects to {location:?}: {reason}", target.shown()),
                 )
             })?;
+            // A 307 or 308 repeats the body: only to the site's own origin (see `Chain`).
+            // Sent without it the request would be another one, judged as if it were the
+            // site's; better to say so.
+            if !body.is_empty() && !chain.trusts(&next) {
+                return Err(Failure::new(
+                    ErrorKind::Http,
+                    format!(
+                        "{} answered {} to {}, another origin than the site's: the site's \
+                         body goes to its own origin only (register the new URL as the site)",
+                        target.shown(),
+                        status.as_u16(),
+                        next.shown()
+                    ),
+                ));
+            }
             outcome.redirects += 1;
             target = next;
         }
     }
 
-    /// One request over a fresh connection.
+    /// One request over a fresh connection, with the credentials `credentials` allows.
     async fn fetch(
         &self,
         target: &Target,
         request: &Request,
         method: &Method,
         body: Bytes,
+        credentials: Trust<'_>,
         outcome: &mut Outcome,
     ) -> Result<Hop, Failure> {
         let timings = &mut outcome.timings;
@@ -356,7 +397,7 @@ impl Prober {
         let phase = Instant::now();
         let addresses = self.resolver.resolve(&target.host, target.port).await;
         add(&mut timings.dns, phase.elapsed());
-        let addresses = addresses?;
+        let addresses = self.allowed(target, addresses?)?;
 
         let phase = Instant::now();
         let stream = connect(&addresses).await;
@@ -371,6 +412,7 @@ impl Prober {
             request,
             method,
             body,
+            credentials,
         };
         if !target.https {
             return self.exchange(stream, exchange, &mut outcome.timings).await;
@@ -425,6 +467,7 @@ impl Prober {
             request,
             method,
             body,
+            credentials,
         } = exchange;
         let http_error = |e: hyper::Error| {
             Failure::new(
@@ -445,11 +488,23 @@ impl Prober {
             .header(ACCEPT, "*/*")
             .header(CONNECTION, "close")
             .body(Full::new(body))
-            .map_err(|e| Failure::new(ErrorKind::InvalidUrl, format!("{}: {e}", target.url)))?;
+            .map_err(|e| Failure::new(ErrorKind::InvalidUrl, format!("{}: {e}", target.shown())))?;
+        let trusted = matches!(credentials, Trust::Site(_));
         for (name, value) in &request.headers {
-            http_request
-                .headers_mut()
-                .insert(name.clone(), value.clone());
+            if trusted || !is_credential(name) {
+                http_request
+                    .headers_mut()
+                    .insert(name.clone(), value.clone());
+            }
+        }
+        // The URL's userinfo, unless the site's own `Authorization` header says otherwise.
+        if let Trust::Site(Some(basic)) = credentials {
+            if !http_request.headers().contains_key(AUTHORIZATION) {
+                if let Ok(mut value) = HeaderValue::from_str(basic.header_value()) {
+                    value.set_sensitive(true);
+                    http_request.headers_mut().insert(AUTHORIZATION, value);
+                }
+            }
         }
         let phase = Instant::now();
         let response = sender.send_request(http_request).await;
@@ -465,6 +520,36 @@ impl Prober {
             response,
             connection,
         }))
+    }
+
+    /// The addresses of `target` outside the deny list, in their order; none left is a
+    /// `connect` failure before any connection.
+    fn allowed(
+        &self,
+        target: &Target,
+        addresses: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, Failure> {
+        if self.deny.is_empty() {
+            return Ok(addresses);
+        }
+        let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addresses.into_iter().partition(|address| {
+                let ip = address.ip().to_canonical();
+                !self.deny.iter().any(|net| net.contains(&ip))
+            });
+        if allowed.is_empty() {
+            let denied: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
+            return Err(Failure::new(
+                ErrorKind::Connect,
+                format!(
+                    "{} resolves only to denied addresses ({}): the checker's --deny-cidr \
+                     keeps it away from them",
+                    target.host,
+                    denied.join(", ")
+                ),
+            ));
+        }
+        Ok(allowed)
     }
 
     /// Reads up to `max_body_bytes`; what lies beyond is not read (not an error).
@@ -514,6 +599,18 @@ struct Exchange<'a> {
     /// The request's method; a redirect may have turned a POST into a GET.
     method: &'a Method,
     body: Bytes,
+    credentials: Trust<'a>,
+}
+
+/// What of the site's credentials one request carries, as [`Chain`] decides.
+#[derive(Debug, Clone, Copy)]
+enum Trust<'a> {
+    /// The site's origin, the chain never having left it: the credential headers, and the
+    /// URL's userinfo (if any) as Basic auth unless the site has its own `Authorization`.
+    Site(Option<&'a Credentials>),
+    /// Another origin, or any hop after the chain left the site's: no credential header and
+    /// no userinfo.
+    Elsewhere,
 }
 
 /// The verifier of sites with `tls_verify` off: any certificate for any name is accepted,
@@ -584,6 +681,12 @@ impl Failure {
     fn new(kind: ErrorKind, message: String) -> Self {
         Self { kind, message }
     }
+}
+
+/// The site headers that carry credentials: sent only where [`Chain`] trusts the hop, as curl,
+/// browsers and Go's client drop them on a redirect to another origin.
+fn is_credential(name: &HeaderName) -> bool {
+    name == AUTHORIZATION || name == PROXY_AUTHORIZATION || name == COOKIE
 }
 
 fn is_redirect(status: StatusCode) -> bool {
@@ -676,7 +779,7 @@ mod tests {
         // 127.0.0.1 alone.
         let dead: [IpAddr; 2] = ["::1".parse().expect("ip"), "127.0.0.2".parse().expect("ip")];
         let live: IpAddr = "127.0.0.1".parse().expect("ip");
-        let mut prober = Prober::new(1 << 20, &[]).expect("prober");
+        let mut prober = Prober::new(1 << 20, &[], &[]).expect("prober");
         prober.resolver = Resolver::Fixed(
             [
                 ("dead-first.test".to_owned(), vec![dead[0], dead[1], live]),
@@ -711,5 +814,52 @@ mod tests {
         for address in [format!("[::1]:{port}"), format!("127.0.0.2:{port}")] {
             assert!(error.message.contains(&address), "{}", error.message);
         }
+    }
+
+    /// The deny list matches an IPv4-mapped IPv6 address as its IPv4 address, skips denied
+    /// addresses of a name and still tries the others.
+    #[tokio::test]
+    async fn denied_addresses_are_skipped_mapped_ones_too() {
+        let server = sitemon_testkit::http::TestServer::http().await;
+        let port = server.addr.port();
+        let deny = [crate::config::parse_cidr("127.0.0.2/32").expect("cidr")];
+        let mut prober = Prober::new(1 << 20, &[], &deny).expect("prober");
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("ip");
+        let live: IpAddr = "127.0.0.1".parse().expect("ip");
+        prober.resolver = Resolver::Fixed(
+            [
+                ("mixed.test".to_owned(), vec![mapped, live]),
+                ("mapped.test".to_owned(), vec![mapped]),
+            ]
+            .into(),
+        );
+        let check = |host: &str| {
+            let url = format!("http://{host}:{port}/ok?{host}");
+            let target = Target::parse(&url).expect("url");
+            let prober = prober.clone();
+            let request = Request::from_settings(&SiteSettings::new(&url)).expect("a GET");
+            async move {
+                prober
+                    .check(
+                        &target,
+                        &request,
+                        Searches::default(),
+                        Duration::from_secs(10),
+                    )
+                    .await
+            }
+        };
+
+        let outcome = check("mixed.test").await;
+        assert!(outcome.is_up(None), "{outcome:?}");
+        let error = check("mapped.test").await.error.expect("denied");
+        assert_eq!(error.kind, ErrorKind::Connect, "{}", error.message);
+        assert!(
+            error
+                .message
+                .contains("mapped.test resolves only to denied addresses (::ffff:127.0.0.2)"),
+            "{}",
+            error.message
+        );
     }
 }

@@ -190,11 +190,19 @@ async fn follows_sites_added_and_removed_while_running_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_are_usage_errors_before_any_connection() {
     let db = TestDb::migrated().await;
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--compression", "brotli"], "--compression"),
         (&["--location", ""], "invalid --location"),
         (&["--concurrency", "0"], "--concurrency"),
         (&["--timeout", "0"], "--timeout"),
+        (
+            &["--deny-cidr", "10.0.0.0/33"],
+            "\"10.0.0.0/33\" is not a network",
+        ),
+        (
+            &["--deny-cidr", "127.0.0.0/8,metadata.invalid"],
+            "\"metadata.invalid\" is not a network",
+        ),
     ];
     for (args, expected) in cases {
         let mut command = sitemon(&db, "t");
@@ -210,7 +218,11 @@ async fn bad_flags_are_usage_errors_before_any_connection() {
     }
 
     let mut command = sitemon(&db, "t");
-    command.env("KAFKA_BROKERS", "127.0.0.1:1").arg("check");
+    // An empty deny list from the environment is none, not a usage error.
+    command
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("SITEMON_DENY_CIDRS", "")
+        .arg("check");
     let output = run(&mut command);
     let stderr = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

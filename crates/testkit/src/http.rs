@@ -16,6 +16,7 @@
 //! | `/post-only` | 200 with [`BODY`] to a POST, 405 to anything else |
 //! | `/redirect-307` | 307 to `/post-only?after-307` (the same request again) |
 //! | `/see-other` | 303 to `/ok?after-303` (a GET) |
+//! | `/hop/STATUS?LOCATION` | that redirect status (301, 302, 303, 307, 308) to the query, as it is |
 //! | anything else | 404, empty |
 //!
 //! A request's body (by its `Content-Length`) is read and remembered with its head.
@@ -23,8 +24,9 @@
 //! A query does not change the answer: `/ok?first` and `/ok?second` are two sites that
 //! answer alike.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +45,9 @@ pub const PAUSE: Duration = Duration::from_millis(400);
 /// The body of `/maintenance`.
 pub const MAINTENANCE_BODY: &str = "<html>down for maintenance</html>";
 
+/// Where the servers listen unless told otherwise.
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 /// The most of a request head the server reads before it hangs up.
 const MAX_HEAD: usize = 64 << 10;
 
@@ -54,12 +59,20 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The head of every request so far, in arrival order.
     requests: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
 }
 
 impl TestServer {
     /// Plain HTTP.
     pub async fn http() -> Self {
-        Self::start(None).await
+        Self::start(LOCALHOST, None).await
+    }
+
+    /// Plain HTTP on another loopback address (`127.0.0.2`: another origin than `127.0.0.1`
+    /// at the same port).
+    pub async fn http_on(ip: IpAddr) -> Self {
+        Self::start(ip, None).await
     }
 
     /// HTTPS with the certificate chain and key in these PEM files.
@@ -78,19 +91,22 @@ impl TestServer {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .expect("the certificate and key make a server configuration");
-        Self::start(Some(TlsAcceptor::from(Arc::new(config)))).await
+        Self::start(LOCALHOST, Some(TlsAcceptor::from(Arc::new(config)))).await
     }
 
-    async fn start(tls: Option<TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn start(ip: IpAddr, tls: Option<TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let connections: Arc<AtomicUsize> = Arc::default();
         let log = Arc::clone(&requests);
+        let accepted = Arc::clone(&connections);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let log = Arc::clone(&log);
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -105,7 +121,16 @@ impl TestServer {
                 });
             }
         });
-        Self { addr, requests }
+        Self {
+            addr,
+            requests,
+            connections,
+        }
+    }
+
+    /// How many connections it accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -211,6 +236,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Arc<Mutex<
             "",
         ),
         "/see-other" => response("303 See Other", "Location: /ok?after-303\r\n", ""),
+        hop if hop.starts_with("/hop/") => {
+            let status = hop.trim_start_matches("/hop/");
+            let location = path.split_once('?').map_or("", |(_, query)| query);
+            response(
+                &format!("{status} Redirect"),
+                &format!("Location: {location}\r\n"),
+                "",
+            )
+        }
         "/garbage" => {
             // No status line: a server that does not speak HTTP.
             let _ = stream

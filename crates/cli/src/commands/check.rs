@@ -75,6 +75,18 @@ pub(crate) struct CheckOptions {
     /// (for sites behind a private CA).
     #[arg(long, env = "SITEMON_SITES_CA_FILE")]
     sites_ca_file: Option<PathBuf>,
+    /// Networks no check connects to, on any hop of any site: CIDRs (169.254.0.0/16,
+    /// fd00::/8) or single addresses, the flag repeated or comma-separated. For a checker
+    /// whose sites come from people it does not trust (README, "What a site can make the
+    /// checker reach"). A hop whose addresses are all denied fails as `connect`. Empty
+    /// entries (`SITEMON_DENY_CIDRS=`) are none.
+    #[arg(
+        long = "deny-cidr",
+        env = "SITEMON_DENY_CIDRS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    deny_cidr: Vec<String>,
 }
 
 impl CheckOptions {
@@ -99,6 +111,13 @@ impl CheckOptions {
         config.linger = Duration::from_millis(self.linger_ms);
         config.progress_every = self.progress_interval;
         config.flush_timeout = self.flush_timeout;
+        config.deny_cidrs = self
+            .deny_cidr
+            .iter()
+            .filter(|text| !text.trim().is_empty())
+            .map(|text| sitemon_checker::config::parse_cidr(text))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| Usage::new(format!("invalid --deny-cidr: {reason}")))?;
         if let Some(path) = &self.sites_ca_file {
             config.extra_root_certs = read_certificates(path)?;
         }
