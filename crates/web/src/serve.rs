@@ -210,7 +210,7 @@ mod tests {
         let text = std::str::from_utf8(super::BUSY).expect("ASCII");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
         assert!(
-            head.contains(&format!("content-length: {}\r\n", body.len())),
+            format!("{head}\r\n").contains(&format!("content-length: {}\r\n", body.len())),
             "{text}"
         );
     }
