@@ -58,7 +58,8 @@ pub(crate) enum Command {
     /// events, incidents, and notifications to every channel, exactly once per change.
     Alert(commands::alert::AlertArgs),
     /// Migrate, then check and sync in one process (still through Kafka): sitemon, small.
-    Run(commands::run::RunArgs),
+    // Boxed: the largest of the arguments by far (every part's settings).
+    Run(Box<commands::run::RunArgs>),
     /// Serve the dashboard, the JSON API and the badges (read-only), until SIGINT/SIGTERM.
     Serve(commands::serve::ServeArgs),
     /// Add, list, remove or test the channels alert notifications go to.
@@ -89,7 +90,7 @@ impl Command {
             Self::Check(args) => commands::check::exec(args).await,
             Self::Sync(args) => commands::sync::exec(args).await,
             Self::Alert(args) => commands::alert::exec(args).await,
-            Self::Run(args) => commands::run::exec(args).await,
+            Self::Run(args) => commands::run::exec(*args).await,
             Self::Serve(args) => commands::serve::exec(args).await,
             Self::Channel(command) => commands::channel::exec(command).await,
             Self::Maintenance(command) => commands::maintenance::exec(command).await,
