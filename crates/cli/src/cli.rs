@@ -58,6 +58,7 @@ pub(crate) enum Command {
     /// events, incidents, and notifications to every channel, exactly once per change.
     Alert(commands::alert::AlertArgs),
     /// Migrate, then check and sync in one process (still through Kafka): sitemon, small.
+    // Boxed: the largest of the arguments by far (every part's settings).
     Run(Box<commands::run::RunArgs>),
     /// Serve the dashboard, the JSON API and the badges (read-only), until SIGINT/SIGTERM.
     Serve(commands::serve::ServeArgs),

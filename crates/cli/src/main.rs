@@ -3,6 +3,7 @@
 mod args;
 mod cli;
 mod commands;
+mod nofile;
 mod output;
 mod shutdown;
 
@@ -16,6 +17,8 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     cli.global.init_logging();
+    let nofile = nofile::raise();
+    tracing::debug!("open-file limit: {nofile:?}");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return report(&anyhow::Error::new(e).context("cannot start the async runtime")),

@@ -29,7 +29,7 @@ fn get(addr: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
     let request =
-        format!("GET {path} HTTP/1.1\r\nHost: sitemon\r\nConnection: close\r\n{headers}\r\n");
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;

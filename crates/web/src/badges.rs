@@ -1,6 +1,10 @@
 //! `/badge/{id}/status.svg`, `/badge/{id}/uptime/{24h|7d|30d}.svg`,
 //! `/badge/{id}/response/{24h|7d|30d}.svg`: flat two-part SVG badges. An unknown site gets
 //! a grey "unknown" badge with a 404.
+//!
+//! A badge anyone may fetch (no token set, or `--public-badges`) may be cached anywhere
+//! (`public, max-age=60`); one that needed the token only by the browser that fetched it
+//! (`private, max-age=60`): a shared cache must not hand it to someone without the token.
 
 use std::time::Duration;
 
@@ -13,10 +17,21 @@ use crate::AppState;
 use crate::svg::{GREEN, GREY, RED, YELLOW, badge, millis, percent};
 use crate::view::State as SiteState;
 
-/// How long a badge may be cached: a minute, like the checks it sums up.
-const CACHE: &str = "public, max-age=60";
+/// How long a badge may be cached, by anyone: a minute, like the checks it sums up.
+const PUBLIC: &str = "public, max-age=60";
+/// The same, by the browser that fetched it only: the badge needed the token.
+const PRIVATE: &str = "private, max-age=60";
 
-fn svg(status: StatusCode, label: &str, value: &str, color: &str) -> Response {
+/// How a successful badge may be cached.
+fn cache(state: &AppState) -> &'static str {
+    if state.token.is_some() && !state.public_badges {
+        PRIVATE
+    } else {
+        PUBLIC
+    }
+}
+
+fn svg(cache: &'static str, status: StatusCode, label: &str, value: &str, color: &str) -> Response {
     (
         status,
         [
@@ -24,7 +39,7 @@ fn svg(status: StatusCode, label: &str, value: &str, color: &str) -> Response {
             (
                 header::CACHE_CONTROL,
                 if status.is_success() {
-                    CACHE
+                    cache
                 } else {
                     "no-cache"
                 },
@@ -36,11 +51,17 @@ fn svg(status: StatusCode, label: &str, value: &str, color: &str) -> Response {
 }
 
 fn unknown(label: &str) -> Response {
-    svg(StatusCode::NOT_FOUND, label, "unknown", GREY)
+    svg(PUBLIC, StatusCode::NOT_FOUND, label, "unknown", GREY)
 }
 
 fn unavailable(label: &str) -> Response {
-    svg(StatusCode::SERVICE_UNAVAILABLE, label, "unavailable", GREY)
+    svg(
+        PUBLIC,
+        StatusCode::SERVICE_UNAVAILABLE,
+        label,
+        "unavailable",
+        GREY,
+    )
 }
 
 /// `24h.svg` → (the label's window, its length).
@@ -77,7 +98,7 @@ pub(crate) async fn status(State(state): State<AppState>, Path(id): Path<String>
                 SiteState::Down => ("down", RED),
                 SiteState::Unknown => ("no data", GREY),
             };
-            svg(StatusCode::OK, label, word, color)
+            svg(cache(&state), StatusCode::OK, label, word, color)
         }
         Ok(None) => unknown(label),
         Err(e) => {
@@ -106,9 +127,9 @@ pub(crate) async fn uptime(
                 } else {
                     RED
                 };
-                svg(StatusCode::OK, &label, &percent(u), color)
+                svg(cache(&state), StatusCode::OK, &label, &percent(u), color)
             }
-            None => svg(StatusCode::OK, &label, "no data", GREY),
+            None => svg(cache(&state), StatusCode::OK, &label, "no data", GREY),
         },
         Ok(None) => unknown(&label),
         Err(e) => {
@@ -129,8 +150,8 @@ pub(crate) async fn response(
     let label = format!("p95 {name}");
     match status_of(&state, &id, length).await {
         Ok(Some(status)) => match status.p95_ms {
-            Some(ms) => svg(StatusCode::OK, &label, &millis(ms), GREEN),
-            None => svg(StatusCode::OK, &label, "no data", GREY),
+            Some(ms) => svg(cache(&state), StatusCode::OK, &label, &millis(ms), GREEN),
+            None => svg(cache(&state), StatusCode::OK, &label, "no data", GREY),
         },
         Ok(None) => unknown(&label),
         Err(e) => {

@@ -16,12 +16,19 @@
 //! - `mask`: URLs with their credentials and query values masked.
 //! - `metrics`: the server's own Prometheus metrics, and `/metrics`.
 //! - `error`: this crate's [`Error`] and the answer of a failed request.
+//! - `serve`: the accept loop: hyper with a read timeout, the cap on connections, the
+//!   bound on a request body.
 //!
 //! # Safety
 //! Everything shown is escaped (maud escapes by default); URLs are masked unless
 //! [`WebConfig::show_full_urls`]; with a token every page and API call needs it; without
-//! one, [`start`] refuses a non-loopback address unless [`WebConfig::public`]. Every query
-//! runs under the pool's `statement_timeout`: a slow database gives a 503 with a message.
+//! one, [`start`] refuses a non-loopback address unless [`WebConfig::public`], and answers
+//! only requests whose `Host` is a loopback name or address (or one of
+//! [`WebConfig::allowed_hosts`]): a page on another site cannot read it through DNS
+//! rebinding. Every query runs under the pool's `statement_timeout`: a slow database gives
+//! a 503 with a message. A request must arrive within [`WebConfig::read_timeout`], and at
+//! most [`WebConfig::max_connections`] are served at once (more are closed at once), so
+//! idle or trickling clients cannot take the process's file descriptors.
 //!
 //! # Example
 //! ```no_run
@@ -50,6 +57,7 @@ mod frame;
 mod mask;
 mod metrics;
 mod pages;
+mod serve;
 mod svg;
 mod view;
 
@@ -76,6 +84,10 @@ use crate::mask::Urls;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The default bound on one statement.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default bound on a request's arrival, and on an idle keep-alive connection.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default cap on connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -93,13 +105,25 @@ pub struct WebConfig {
     /// The longest one statement may run (PostgreSQL's `statement_timeout`); past it the
     /// request gets a 503.
     pub query_timeout: Duration,
+    /// The longest a request's head, and apart its body, may take to arrive; the longest an
+    /// idle keep-alive connection stays open (hyper waits for the next request's head with
+    /// the same clock). A slow or silent client is closed, so it holds no descriptor.
+    pub read_timeout: Duration,
+    /// How many connections are served at once; beyond it a new connection gets a short
+    /// 503 and is closed at once, so that the process keeps descriptors for its own sockets
+    /// (the checker's, the sync's under `sitemon run --listen`).
+    pub max_connections: usize,
+    /// `Host` names (without port) served besides loopback ones when the server has no
+    /// token and is not [`WebConfig::public`], e.g. a reverse proxy's name.
+    pub allowed_hosts: Vec<String>,
     /// Where the server registers its metrics, served at `/metrics` with everything else
     /// registered there (the checker's and the sync's too under `sitemon run --listen`).
     pub metrics: Registry,
 }
 
 impl WebConfig {
-    /// Defaults for `listen`: no token, URLs masked, 10 s per statement.
+    /// Defaults for `listen`: no token, URLs masked, 10 s per statement, 10 s to read a
+    /// request, 256 connections.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -108,6 +132,9 @@ impl WebConfig {
             public_badges: false,
             show_full_urls: false,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            allowed_hosts: Vec::new(),
             metrics: Registry::new(),
         }
     }
@@ -116,7 +143,8 @@ impl WebConfig {
     ///
     /// # Errors
     /// [`Error::Unprotected`] for a non-loopback address without a token or `public`;
-    /// [`Error::Config`] for an empty token or a query timeout outside 100 ms to 10 min.
+    /// [`Error::Config`] for an empty token, a query or read timeout outside 100 ms to
+    /// 10 min, or `max_connections` outside 1 to 65536.
     pub fn validate(&self) -> Result<()> {
         if let Some(token) = &self.token {
             if token.expose().trim().is_empty() {
@@ -132,6 +160,18 @@ impl WebConfig {
             return Err(Error::Config {
                 setting: "--query-timeout",
                 reason: "from 100ms to 10m".to_owned(),
+            });
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.read_timeout) {
+            return Err(Error::Config {
+                setting: "--read-timeout",
+                reason: "from 100ms to 10m".to_owned(),
+            });
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(Error::Config {
+                setting: "--max-connections",
+                reason: "from 1 to 65536".to_owned(),
             });
         }
         Ok(())
@@ -182,8 +222,9 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<metrics::WebMetrics>,
 }
 
-/// The routes, the guards and the layers.
-fn router(state: AppState) -> Router {
+/// The routes, the guards and the layers; `hosts`: the `Host` check of a tokenless
+/// loopback server.
+fn router(state: AppState, read_timeout: Duration, hosts: Option<auth::AllowedHosts>) -> Router {
     let guarded = |routes: Router<AppState>, kind: Guarded| {
         routes.route_layer(axum::middleware::from_fn_with_state(
             (state.clone(), kind),
@@ -212,7 +253,7 @@ fn router(state: AppState) -> Router {
         .route("/assets/sitemon.js", get(pages::script))
         .route("/assets/favicon.svg", get(pages::favicon))
         .route("/favicon.ico", get(pages::favicon));
-    Router::new()
+    let app = Router::new()
         .merge(guarded(pages, Guarded::Page))
         .merge(guarded(api, Guarded::Api))
         .merge(guarded(badges, Guarded::Badge))
@@ -223,7 +264,19 @@ fn router(state: AppState) -> Router {
             metrics::record,
         ))
         .fallback(pages::not_found)
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            read_timeout,
+            serve::bounded_body,
+        ));
+    // Before anything else reads the request: a refused Host gets no page, no body read.
+    let app = match hosts {
+        Some(hosts) => app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            auth::check_host,
+        )),
+        None => app,
+    };
+    app.layer(axum::middleware::map_response(security_headers))
         .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
 }
@@ -250,7 +303,8 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
 }
 
 /// Starts serving: checks the configuration, binds, and runs the server in a task of its
-/// own until `shutdown` (in-flight requests finish). Returns the address bound (useful
+/// own until `shutdown` (no new connection; idle ones close; in-flight requests finish,
+/// for at most the query timeout and the read timeout). Returns the address bound (useful
 /// with port 0) and the task.
 ///
 /// # Errors
@@ -271,6 +325,16 @@ pub async fn start(
     let bound = listener.local_addr().unwrap_or(config.listen);
     let metrics = Arc::new(metrics::WebMetrics::default());
     metrics.register(&config.metrics);
+    // No token and not public: loopback only (validated), so the Host is checked.
+    let hosts = (config.token.is_none() && !config.public).then(|| auth::AllowedHosts {
+        listen: bound,
+        extra: config.allowed_hosts.clone(),
+    });
+    let limits = serve::Limits {
+        read_timeout: config.read_timeout,
+        max_connections: config.max_connections,
+        drain: config.query_timeout + config.read_timeout,
+    };
     let state = AppState {
         pool,
         token: config.token.map(|t| Arc::new(Token::new(t))),
@@ -279,17 +343,12 @@ pub async fn start(
             show_full: config.show_full_urls,
         },
         registry: config.metrics,
-        metrics,
+        metrics: Arc::clone(&metrics),
     };
-    let app = router(state);
+    let app = router(state, config.read_timeout, hosts);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(|source| Error::Listen {
-                addr: bound,
-                source,
-            })
+        serve::serve(listener, app, limits, metrics, shutdown).await;
+        Ok(())
     });
     tracing::info!("dashboard at http://{bound}/");
     Ok((bound, server))

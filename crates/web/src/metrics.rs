@@ -32,6 +32,8 @@ struct Route {
 pub(crate) struct WebMetrics {
     requests: Family<RouteStatus, Counter>,
     seconds: Family<Route, Histogram, fn() -> Histogram>,
+    /// Connections closed at once because `max_connections` were open.
+    pub(crate) refused: Counter,
 }
 
 impl Default for WebMetrics {
@@ -43,6 +45,7 @@ impl Default for WebMetrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
             }),
+            refused: Counter::default(),
         }
     }
 }
@@ -59,6 +62,11 @@ impl WebMetrics {
                 "sitemon_web_request_seconds",
                 "Time to answer a dashboard request, by route",
                 self.seconds.clone(),
+            );
+            r.register(
+                "sitemon_web_connections_refused",
+                "Connections the dashboard closed at once because --max-connections were open",
+                self.refused.clone(),
             );
         });
     }

@@ -40,6 +40,23 @@ pub(crate) struct WebOptions {
     /// The longest one database statement may run; a slower one gives a 503 (100ms to 10m).
     #[arg(long, env = "SITEMON_QUERY_TIMEOUT", default_value = "10s", value_parser = period)]
     query_timeout: Duration,
+    /// The longest a request's head, and apart its body, may take to arrive, and the
+    /// longest an idle keep-alive connection stays open (100ms to 10m).
+    #[arg(long, env = "SITEMON_READ_TIMEOUT", default_value = "10s", value_parser = period)]
+    read_timeout: Duration,
+    /// How many dashboard connections are served at once; more are answered 503 and
+    /// closed at once, so the process keeps file descriptors for its checks (1 to 65536;
+    /// lowered to half the open-file limit if above it).
+    #[arg(long, env = "SITEMON_MAX_CONNECTIONS", default_value_t = sitemon_web::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// A `Host` name (no port) answered besides loopback ones when there is no token, e.g.
+    /// a reverse proxy's; repeat it or separate names with commas.
+    #[arg(
+        long = "allowed-host",
+        env = "SITEMON_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
 }
 
 impl WebOptions {
@@ -69,10 +86,35 @@ impl WebOptions {
             public_badges: self.public_badges,
             show_full_urls: self.show_full_urls,
             query_timeout: self.query_timeout,
+            read_timeout: self.read_timeout,
+            max_connections: capped(self.max_connections, crate::nofile::current()),
+            allowed_hosts: self
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
             metrics,
         };
         config.validate().map_err(Usage::new)?;
         Ok(config)
+    }
+}
+
+/// `max_connections`, at most half the open-file limit `nofile`: the rest stays for the
+/// checks, the brokers and the database.
+fn capped(max_connections: usize, nofile: Option<u64>) -> usize {
+    let Some(half) = nofile.map(|n| usize::try_from(n / 2).unwrap_or(usize::MAX)) else {
+        return max_connections;
+    };
+    if max_connections > half && half >= 1 {
+        tracing::warn!(
+            "--max-connections {max_connections} is above half the open-file limit ({}): serving {half} at once",
+            half.saturating_mul(2)
+        );
+        half
+    } else {
+        max_connections
     }
 }
 
@@ -102,4 +144,14 @@ pub(crate) async fn exec(args: ServeArgs) -> anyhow::Result<()> {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cap_stays_below_half_the_open_file_limit() {
+        assert_eq!(super::capped(256, Some(20_000)), 256);
+        assert_eq!(super::capped(256, Some(300)), 150);
+        assert_eq!(super::capped(256, None), 256);
+    }
 }
