@@ -8,7 +8,8 @@
 //! and every incident and outbox id is derived from the events).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sitemon_core::CheckEvent;
 use sqlx::PgConnection;
@@ -28,7 +29,13 @@ pub const OUTBOX_CHANNEL: &str = "sitemon_alert_outbox";
 pub struct Processor {
     /// The service's defaults; each site's `websites` columns override them.
     defaults: Policy,
+    /// When an event dated in the future was last logged: at most one line a minute, so a
+    /// checker with a wrong clock cannot flood the log.
+    future_logged: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How often events dated in the future are logged at most.
+const FUTURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What one call of [`Processor::apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +44,9 @@ pub struct Applied {
     pub events: usize,
     /// Events of sites that no longer exist, left out.
     pub unknown_sites: usize,
+    /// Events dated more than [`sitemon_core::event::MAX_FUTURE_SKEW`] ahead of this
+    /// service's clock, left out: they change no state.
+    pub future: usize,
     /// Locations that went down or came back up.
     pub location_changes: usize,
     /// Incidents opened.
@@ -122,7 +132,10 @@ struct WindowRow {
 impl Processor {
     /// A processor with these defaults.
     pub fn new(defaults: Policy) -> Self {
-        Self { defaults }
+        Self {
+            defaults,
+            future_logged: Arc::default(),
+        }
     }
 
     /// The defaults it applies to sites without overrides.
@@ -137,7 +150,10 @@ impl Processor {
     ///
     /// Events of a site that no longer exists are left out (counted in
     /// [`Applied::unknown_sites`]). Events at or before a location's last applied check are
-    /// replays and change nothing.
+    /// replays and change nothing. Events dated too far in the future
+    /// ([`CheckEvent::is_too_far_ahead`]) are left out too (counted in [`Applied::future`],
+    /// logged at most once a minute): taken, one would pin its location's state until real
+    /// time caught up, every real check after it looking like a replay.
     ///
     /// # Errors
     /// [`crate::Error::Database`] or a timeout; the caller should roll back.
@@ -146,11 +162,19 @@ impl Processor {
             events: events.len(),
             ..Applied::default()
         };
+        let now = OffsetDateTime::now_utc();
+        let (future, present): (Vec<&CheckEvent>, Vec<&CheckEvent>) =
+            events.iter().partition(|e| e.is_too_far_ahead(now));
+        applied.future = future.len();
+        if let Some(first) = future.first() {
+            self.log_future(first, future.len(), now);
+        }
+        let events = present;
         if events.is_empty() {
             return Ok(applied);
         }
         let mut by_site: BTreeMap<i32, Vec<&CheckEvent>> = BTreeMap::new();
-        for event in events {
+        for event in events.iter().copied() {
             by_site.entry(event.website_id).or_default().push(event);
         }
         let site_ids: Vec<i32> = by_site.keys().copied().collect();
@@ -316,6 +340,26 @@ impl Processor {
         }
         writer.save_locations().await?;
         Ok(applied)
+    }
+}
+
+impl Processor {
+    /// Logs events dated in the future, at most once every [`FUTURE_LOG_EVERY`].
+    fn log_future(&self, first: &CheckEvent, count: usize, now: OffsetDateTime) {
+        let mut last = match self.future_logged.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if last.is_some_and(|at| at.elapsed() < FUTURE_LOG_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(
+            site = first.website_id,
+            events = count,
+            "left out {count} check events: {}",
+            first.too_far_ahead_reason(now)
+        );
     }
 }
 

@@ -379,3 +379,48 @@ async fn events_of_a_removed_site_are_left_out_and_the_rest_applied() {
     assert_eq!(kinds(&db.pool, site).await, pairs(&[("down", "ops")]));
     db.drop_database().await;
 }
+
+/// Down events dated an hour ahead (a checker with a wrong clock) open nothing and leave no
+/// state; the real events after them are applied as if they had never come.
+#[tokio::test]
+async fn events_dated_in_the_future_open_nothing_and_block_nothing() {
+    let db = TestDb::migrated().await;
+    webhooks(&db.pool, HOOK, &["ops"]).await;
+    let site = site(&db.pool, 1, no_overrides()).await;
+    let processor = processor();
+    let ahead = an_hour_ago() + time::Duration::hours(2);
+    let future = pattern(site, "eu", ahead, "dddd");
+    let applied = apply(&db.pool, &processor, &future).await;
+    assert_eq!((applied.future, applied.opened), (4, 0), "{applied:?}");
+    assert_eq!(outbox(&db.pool).await, [], "a future event notified");
+    let states: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alert_location_state WHERE website_id = $1")
+            .bind(site)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(states, 0, "a future event changed the state");
+
+    // The real checks: the third failure opens the incident, the second success resolves it.
+    let real = pattern(site, "eu", an_hour_ago(), "ddduu");
+    let mut mixed = real.clone();
+    mixed.extend(pattern(site, "eu", ahead, "u"));
+    let applied = apply(&db.pool, &processor, &mixed).await;
+    assert_eq!(
+        (applied.future, applied.opened, applied.resolved),
+        (1, 1, 1),
+        "{applied:?}"
+    );
+    assert_eq!(
+        kinds(&db.pool, site).await,
+        pairs(&[("down", "ops"), ("resolved", "ops")])
+    );
+    let opened: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM alert_incidents WHERE website_id = $1")
+            .bind(site)
+            .fetch_all(&db.pool)
+            .await
+            .expect("incidents");
+    assert_eq!(opened, [real[2].check_id]);
+    db.drop_database().await;
+}

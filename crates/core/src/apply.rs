@@ -5,6 +5,10 @@
 //! plans, and carries the plan out in the same transaction, so the plan printed is the one
 //! applied. A file's site is matched to a stored one by its `name` when it has one and a
 //! stored site has it, otherwise by its URL.
+//!
+//! The plan prints what the file wrote (`${NAME}`), never a variable's value: a setting
+//! written with a variable, and a header that carries credentials ([`SECRET_HEADERS`]),
+//! print as changed without their values.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,9 +18,13 @@ use sqlx::postgres::PgPool;
 
 use crate::db::{SITE_COLUMNS, insert_site_in, update_site_in};
 use crate::error::{Error, Result};
-use crate::site::{NewSite, Site, SiteSettings};
+use crate::site::{Site, SiteSettings};
 use crate::sites_file::{Entry, split_at as split};
 use crate::statement::bounded;
+
+/// Headers whose values are credentials: the plan says that they changed, never their values,
+/// even when the file writes them without a variable.
+pub const SECRET_HEADERS: [&str; 3] = ["Authorization", "Proxy-Authorization", "Cookie"];
 
 /// How long one statement of `apply` may take.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,10 +34,8 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Change {
     /// A site of the file that is not stored.
     Add {
-        /// The site.
-        site: NewSite,
-        /// Where the file has it.
-        at: String,
+        /// The file's entry: the site, what the file wrote and where.
+        entry: Entry,
     },
     /// A stored site whose settings differ from the file's.
     Update {
@@ -37,12 +43,11 @@ pub enum Change {
         id: i32,
         /// The URL it had.
         url: String,
-        /// The settings that change: key, old value, new value (`null` = not set).
+        /// The settings that change: key, old value, new value (`null` = not set), the
+        /// values expanded (print them with [`Plan`]'s `Display`, which does not show them).
         fields: Vec<(String, Value, Value)>,
-        /// The site as the file has it.
-        site: NewSite,
-        /// Where the file has it.
-        at: String,
+        /// The file's entry: the site, what the file wrote and where.
+        entry: Entry,
     },
     /// A stored site the file does not have (with `--prune` only).
     Remove {
@@ -88,21 +93,22 @@ impl Plan {
 
 impl std::fmt::Display for Plan {
     /// One line per site: `+` add, `~` change with the fields that change, `-` remove; then
-    /// `=` the count of unchanged sites.
+    /// `=` the count of unchanged sites. A site of the file prints as the file wrote it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for change in &self.changes {
             match change {
-                Change::Add { site, .. } => {
-                    write!(f, "+ {}", site.url())?;
-                    if let Some(name) = &site.settings().name {
+                Change::Add { entry } => {
+                    write!(f, "+ {}", entry.written.url)?;
+                    if let Some(name) = &entry.written.name {
                         write!(f, " (name {name})")?;
                     }
                     writeln!(f)?;
                 }
                 Change::Update {
-                    id, url, fields, ..
+                    id, fields, entry, ..
                 } => {
-                    writeln!(f, "~ {url} (site {id}): {}", describe(fields))?;
+                    let url = &entry.written.url;
+                    writeln!(f, "~ {url} (site {id}): {}", describe_entry(fields, entry))?;
                 }
                 Change::Remove { id, url, history } => writeln!(
                     f,
@@ -122,18 +128,87 @@ impl std::fmt::Display for Plan {
     }
 }
 
-/// Changed settings as people read them: `interval 5 -> 60, method "GET" -> "HEAD"`.
+/// Changed settings as people read them: `interval 5 -> 60, method "GET" -> "HEAD"`; a
+/// header is its own item (`header X-Env "a" -> "b"`), and one of [`SECRET_HEADERS`] says
+/// only that it was added, removed or changed.
 pub fn describe(fields: &[(String, Value, Value)]) -> String {
+    describe_with(fields, None)
+}
+
+/// [`describe`] for a change a sites file makes: a setting the file writes with a variable
+/// prints as changed, with what the file wrote (`${NAME}`) and never the old or new value;
+/// anything else is printed with the entry's variables redacted.
+fn describe_entry(fields: &[(String, Value, Value)], entry: &Entry) -> String {
+    entry.redact(&describe_with(fields, Some(entry)))
+}
+
+/// Whether a header's value is a credential the plan never prints.
+fn is_secret_header(name: &str) -> bool {
+    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+fn describe_with(fields: &[(String, Value, Value)], entry: Option<&Entry>) -> String {
     let show = |value: &Value| match value {
         Value::Null => "(none)".to_owned(),
         Value::String(text) => format!("{text:?}"),
         other => other.to_string(),
     };
-    fields
-        .iter()
-        .map(|(key, old, new)| format!("{key} {} -> {}", show(old), show(new)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut items = Vec::new();
+    for (key, old, new) in fields {
+        // What the file wrote for this setting, when it differs from the expanded value.
+        let templated = |written: Option<&str>, expanded: &Value| match (written, expanded) {
+            (Some(written), Value::String(value)) if written != value => Some(written.to_owned()),
+            _ => None,
+        };
+        match key.as_str() {
+            "headers" => {
+                let empty = serde_json::Map::new();
+                let old = old.as_object().unwrap_or(&empty);
+                let new = new.as_object().unwrap_or(&empty);
+                let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+                names.sort();
+                names.dedup();
+                for name in names {
+                    let (before, after) = (old.get(name), new.get(name));
+                    if before == after {
+                        continue;
+                    }
+                    let written = after.and_then(|after| {
+                        templated(
+                            entry.and_then(|e| e.written.headers.get(name).map(String::as_str)),
+                            after,
+                        )
+                    });
+                    let hidden = is_secret_header(name) || written.is_some();
+                    items.push(match (before, after) {
+                        (None, Some(_)) if hidden => match written {
+                            Some(written) => format!("header {name} added {written:?}"),
+                            None => format!("header {name} added"),
+                        },
+                        (None, Some(after)) => format!("header {name} added {}", show(after)),
+                        (Some(_), None) => format!("header {name} removed"),
+                        (Some(_), Some(_)) if hidden => format!("header {name} changed"),
+                        (Some(before), Some(after)) => {
+                            format!("header {name} {} -> {}", show(before), show(after))
+                        }
+                        (None, None) => continue,
+                    });
+                }
+            }
+            "url" | "body" => {
+                let written = entry.and_then(|e| match key.as_str() {
+                    "url" => Some(e.written.url.as_str()),
+                    _ => e.written.body.as_deref(),
+                });
+                match templated(written, new) {
+                    Some(written) => items.push(format!("{key} changed, now {written:?}")),
+                    None => items.push(format!("{key} {} -> {}", show(old), show(new))),
+                }
+            }
+            _ => items.push(format!("{key} {} -> {}", show(old), show(new))),
+        }
+    }
+    items.join(", ")
 }
 
 /// Decides what makes `stored` what `wanted` says. `history` gives the number of stored
@@ -167,8 +242,7 @@ pub fn plan(
             .or_else(|| by_url.get(settings.url.as_str()));
         let Some(current) = found else {
             plan.changes.push(Change::Add {
-                site: entry.site.clone(),
-                at: entry.at.clone(),
+                entry: entry.clone(),
             });
             continue;
         };
@@ -180,7 +254,8 @@ pub fn plan(
                 column,
                 reason: format!(
                     "this entry and the one at {first} both name stored site {} ({})",
-                    current.id, current.settings.url
+                    current.id,
+                    entry.redact(&current.settings.url)
                 ),
             });
         }
@@ -192,8 +267,7 @@ pub fn plan(
                 id: current.id,
                 url: current.settings.url.clone(),
                 fields,
-                site: entry.site.clone(),
-                at: entry.at.clone(),
+                entry: entry.clone(),
             });
         }
     }
@@ -243,14 +317,15 @@ fn in_order(stored: &[Site], plan: &Plan) -> Result<()> {
         }
     }
     let updates = plan.changes.iter().filter_map(|c| match c {
-        Change::Update { id, site, at, .. } => Some((*id, site, at)),
+        Change::Update { id, entry, .. } => Some((*id, entry)),
         _ => None,
     });
     let adds = plan.changes.iter().filter_map(|c| match c {
-        Change::Add { site, at } => Some((0, site, at)),
+        Change::Add { entry } => Some((0, entry)),
         _ => None,
     });
-    for (id, site, at) in updates.chain(adds) {
+    for (id, entry) in updates.chain(adds) {
+        let (site, at) = (&entry.site, &entry.at);
         for key in owned.remove(&id).unwrap_or_default() {
             taken.remove(&key);
         }
@@ -262,10 +337,11 @@ fn in_order(stored: &[Site], plan: &Plan) -> Result<()> {
                     line,
                     column,
                     reason: format!(
-                        "site {}: the {what} {value:?} is still stored site {other}'s when this \
+                        "site {}: the {what} {:?} is still stored site {other}'s when this \
                          site takes it (two sites swapping it, or a site the file does not \
                          have); make the change in two applies",
-                        site.url()
+                        entry.written.url,
+                        entry.redact(&value)
                     ),
                 });
             }
@@ -333,13 +409,13 @@ pub async fn apply(pool: &PgPool, wanted: &[Entry], prune: bool, dry_run: bool) 
         .await?;
     }
     for change in &plan.changes {
-        if let Change::Update { id, site, .. } = change {
-            update_site_in(&mut tx, *id, site).await?;
+        if let Change::Update { id, entry, .. } = change {
+            update_site_in(&mut tx, *id, &entry.site).await?;
         }
     }
     for change in &plan.changes {
-        if let Change::Add { site, .. } = change {
-            insert_site_in(&mut tx, site).await?;
+        if let Change::Add { entry } = change {
+            insert_site_in(&mut tx, &entry.site).await?;
         }
     }
     bounded("committing the sites", APPLY_TIMEOUT, tx.commit()).await?;
@@ -350,7 +426,7 @@ pub async fn apply(pool: &PgPool, wanted: &[Entry], prune: bool, dry_run: bool) 
 mod tests {
     use super::*;
     use crate::site::SiteSettings;
-    use crate::sites_file::parse;
+    use crate::sites_file::{Variables, parse};
 
     fn stored(id: i32, url: &str, name: Option<&str>, interval: i64) -> Site {
         let mut settings = SiteSettings::new(url);
@@ -360,7 +436,12 @@ mod tests {
     }
 
     fn entries(text: &str) -> Vec<Entry> {
-        parse("f.yaml", text, &|_| None).expect("valid")
+        parse(
+            "f.yaml",
+            text,
+            &Variables::new(["TOKEN"], &|_| None).expect("allowed"),
+        )
+        .expect("valid")
     }
 
     #[test]
@@ -392,7 +473,7 @@ mod tests {
         assert_eq!(
             pruned.to_string(),
             "~ http://b.invalid/ (site 2): interval 5 -> 60, method \"GET\" -> \"HEAD\"
-~ http://c.invalid/ (site 3): url \"http://c.invalid/\" -> \"http://c-moved.invalid/\"
+~ http://c-moved.invalid/ (site 3): url \"http://c.invalid/\" -> \"http://c-moved.invalid/\"
 + http://new.invalid/
 - http://gone.invalid/ (site 4; its 12 stored checks go with it)
 = 1 unchanged
@@ -471,6 +552,69 @@ mod tests {
         assert!(
             message.starts_with("f.yaml:4:5: this entry and the one at f.yaml:2:5 both name"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn the_plan_prints_what_the_file_wrote_never_a_value() {
+        let text = |cookie: &str, env: &str| {
+            format!(
+                "sites:
+  - url: \"http://a.invalid/?k=${{SITEMON_SITE_TOKEN}}\"
+    name: a
+    headers:
+      X-Token: \"Bearer ${{SITEMON_SITE_TOKEN}}\"
+      Authorization: Basic {cookie}
+      Cookie: id={cookie}
+      X-Env: {env}
+  - url: http://b.invalid/
+    headers: {{X-Token: \"${{SITEMON_SITE_TOKEN}}\"}}
+  - url: http://new.invalid/${{SITEMON_SITE_TOKEN}}
+    body: \"{{\\\"t\\\": \\\"${{SITEMON_SITE_TOKEN}}\\\"}}\"
+    method: POST
+"
+            )
+        };
+        let read = |text: &str, token: &'static str| {
+            let lookup = move |name: &str| (name == "SITEMON_SITE_TOKEN").then(|| token.to_owned());
+            let vars = Variables::new(Vec::<String>::new(), &lookup).expect("no names");
+            parse("f.yaml", text, &vars).expect("valid")
+        };
+        let before = read(&text("old-cookie", "test"), "old-s3cret");
+        let stored: Vec<Site> = before[..2]
+            .iter()
+            .zip(1..)
+            .map(|(entry, id)| Site {
+                id,
+                settings: entry.site.settings().clone(),
+            })
+            .collect();
+        let after = read(&text("new-cookie", "prod"), "new-s3cret");
+        let printed = plan(&stored, &after, false, &HashMap::new())
+            .expect("plans")
+            .to_string();
+        assert_eq!(
+            printed,
+            "~ http://a.invalid/?k=${SITEMON_SITE_TOKEN} (site 1): header Authorization changed, \
+             header Cookie changed, header X-Env \"test\" -> \"prod\", header X-Token changed, \
+             url changed, now \"http://a.invalid/?k=${SITEMON_SITE_TOKEN}\"
+~ http://b.invalid/ (site 2): header X-Token changed
++ http://new.invalid/${SITEMON_SITE_TOKEN}
+= 0 unchanged
+"
+        );
+        for value in ["s3cret", "cookie"] {
+            assert!(!printed.contains(value), "{printed}");
+        }
+        // A literal credential header added prints without its value too; others with theirs.
+        let fields = vec![(
+            "headers".to_owned(),
+            serde_json::json!({}),
+            serde_json::json!({"cookie": "id=1", "X-A": "b"}),
+        )];
+        assert_eq!(
+            describe(&fields),
+            "header X-A added \"b\", header cookie added"
         );
     }
 }

@@ -18,6 +18,12 @@ pub const EVENT_SCHEMA_VERSION: u32 = 2;
 /// with the new fields at their defaults (GET, any 2xx, not degraded).
 pub const READABLE_SCHEMA_VERSIONS: [u32; 2] = [1, 2];
 
+/// How far an event's `checked_at` may be ahead of a consumer's clock (checker and consumer
+/// clocks differ a little). An event further ahead ([`CheckEvent::is_too_far_ahead`]) would
+/// pin a site's latest check and its alert state until real time caught up: the sync keeps
+/// it as a reject, the alert service leaves it out.
+pub const MAX_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// What happened when one site was checked once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckEvent {
@@ -181,6 +187,32 @@ impl ErrorKind {
 }
 
 impl CheckEvent {
+    /// Whether `checked_at` is more than [`MAX_FUTURE_SKEW`] ahead of `now` (the consumer's
+    /// clock): such an event is never taken as the site's latest check. The sync and the
+    /// alert service both decide with this function, so they agree.
+    pub fn is_too_far_ahead(&self, now: OffsetDateTime) -> bool {
+        // `now` near the end of time: nothing is ahead of it.
+        time::Duration::try_from(MAX_FUTURE_SKEW)
+            .ok()
+            .and_then(|skew| now.checked_add(skew))
+            .is_some_and(|limit| self.checked_at > limit)
+    }
+
+    /// Why an event [`is_too_far_ahead`](Self::is_too_far_ahead) of `now` is refused, for
+    /// a reject's row or a log line.
+    pub fn too_far_ahead_reason(&self, now: OffsetDateTime) -> String {
+        let ahead = (self.checked_at - now).whole_seconds();
+        format!(
+            "dated in the future: checked_at {} is {ahead} s ahead of this consumer's clock; \
+             more than {} s is refused (check the clock of location {:?})",
+            self.checked_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            MAX_FUTURE_SKEW.as_secs(),
+            self.location
+        )
+    }
+
     /// The Kafka key: the site id in decimal, so all of a site's events share a partition.
     pub fn kafka_key(&self) -> Vec<u8> {
         self.website_id.to_string().into_bytes()
@@ -302,6 +334,28 @@ mod tests {
             degraded: false,
             failed_assertion: Some(Assertion::Regex),
         }
+    }
+
+    #[test]
+    fn only_events_beyond_the_skew_are_too_far_ahead() {
+        let event = sample();
+        let at = event.checked_at;
+        let skew = time::Duration::try_from(MAX_FUTURE_SKEW).expect("small");
+        assert!(!event.is_too_far_ahead(at));
+        assert!(!event.is_too_far_ahead(at - skew));
+        assert!(event.is_too_far_ahead(at - skew - time::Duration::SECOND));
+        assert!(!event.is_too_far_ahead(at + time::Duration::days(365)));
+        assert!(!event.is_too_far_ahead(OffsetDateTime::new_utc(
+            time::Date::MAX,
+            time::Time::MIDNIGHT
+        )));
+        let reason = event.too_far_ahead_reason(at - time::Duration::HOUR);
+        assert_eq!(
+            reason,
+            "dated in the future: checked_at 2026-11-28T13:14:15.123456Z is 3600 s ahead of \
+             this consumer's clock; more than 300 s is refused (check the clock of location \
+             \"eu-north\")"
+        );
     }
 
     #[test]

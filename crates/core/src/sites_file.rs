@@ -6,16 +6,22 @@
 //!   - url: https://example.com/
 //!     name: example
 //!     interval: 30
-//!     headers: {Authorization: "Bearer ${EXAMPLE_TOKEN}"}
+//!     headers: {Authorization: "Bearer ${SITEMON_SITE_EXAMPLE_TOKEN}"}
 //! ```
 //!
 //! The keys are the fields of [`SiteSettings`]. `${NAME}` in a `url`, a header value or a
-//! `body` is replaced by the environment variable `NAME` (`$${` is a literal `${`); a variable
-//! that is not set is an error. Every error names the file, the line and the column, and the whole file is refused:
+//! `body` is replaced by the environment variable `NAME` (`$${` is a literal `${`), but only
+//! a variable the person running `apply` allowed ([`Variables`]): a name that starts with
+//! [`SITE_VARIABLE_PREFIX`], or one named with `--env NAME`. sitemon's own settings
+//! (`DATABASE_URL`, `KAFKA_*`, `PG*`, `SITEMON_*` outside the prefix) never expand, so a
+//! sites file from a pull request cannot send them out through a check. A variable that is
+//! not allowed or not set is an error. What a file wrote is kept beside what it expanded
+//! to ([`Entry::written`]): the plan and every error show `${NAME}`, never its value.
+//! Every error names the file, the line and the column, and the whole file is refused:
 //! nothing is applied from a file with one bad entry. JSON is YAML too, so what
 //! `export --format json` prints reads back as well.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -27,13 +33,142 @@ use crate::site::{NewSite, Site, SiteSettings};
 /// The largest sites file read, so a wrong path (a log, a dump) fails fast.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// The prefix of the environment variables a sites file may read without `--env`.
+pub const SITE_VARIABLE_PREFIX: &str = "SITEMON_SITE_";
+
 /// One site of a file, validated, with where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The site.
+    /// The site, its variables expanded: what is stored.
     pub site: NewSite,
+    /// The settings as the file writes them, `${NAME}` not expanded: what the plan and the
+    /// errors print.
+    pub written: SiteSettings,
     /// Where it starts: `FILE:LINE:COLUMN`.
     pub at: String,
+    /// The variables the entry expanded, name and value, longest value first: every
+    /// message about the entry has these values put back as `${NAME}`.
+    expanded: Vec<(String, String)>,
+}
+
+impl Entry {
+    /// `text` with the value of every variable this entry expanded written back as
+    /// `${NAME}`: a message about the entry never holds a variable's value.
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.expanded)
+    }
+
+    /// Whether the file writes the URL with a variable.
+    pub fn url_has_variables(&self) -> bool {
+        self.written.url != self.site.settings().url
+    }
+}
+
+/// Which environment variables `${NAME}` in a sites file expands, and where their values
+/// come from.
+pub struct Variables<'a> {
+    /// The names allowed besides those that start with [`SITE_VARIABLE_PREFIX`].
+    allowed: BTreeSet<String>,
+    /// Reads a variable (the process's environment, or a test's map).
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl std::fmt::Debug for Variables<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Variables")
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Variables<'a> {
+    /// Variables read with `lookup`: those that start with [`SITE_VARIABLE_PREFIX`] and the
+    /// names in `allowed` (`--env NAME`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] (setting `--env`) for a name that is not a variable name, or that
+    /// is one of sitemon's own settings ([`reserved`]): those are never expanded.
+    pub fn new<I, S>(allowed: I, lookup: &'a dyn Fn(&str) -> Option<String>) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut names = BTreeSet::new();
+        for name in allowed {
+            let name = name.into();
+            let refuse = |reason: String| Error::Config {
+                setting: "--env",
+                reason,
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(refuse(format!(
+                    "{:?} is not a variable name (letters, digits and _)",
+                    excerpt(&name)
+                )));
+            }
+            if let Some(why) = reserved(&name) {
+                return Err(refuse(format!(
+                    "{name} is {why}; a sites file never expands sitemon's own settings"
+                )));
+            }
+            names.insert(name);
+        }
+        Ok(Self {
+            allowed: names,
+            lookup,
+        })
+    }
+
+    /// The value of `${name}`, or why it does not expand.
+    fn get(&self, name: &str) -> Result<String, Refused> {
+        if let Some(why) = reserved(name) {
+            return Err(Refused::Reserved(why));
+        }
+        if !(name.starts_with(SITE_VARIABLE_PREFIX) || self.allowed.contains(name)) {
+            return Err(Refused::NotAllowed);
+        }
+        (self.lookup)(name).ok_or(Refused::NotSet)
+    }
+}
+
+/// Why `${NAME}` did not expand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// One of sitemon's own settings: what it is.
+    Reserved(&'static str),
+    /// Neither of the prefix nor named with `--env`.
+    NotAllowed,
+    /// Allowed, but not in the environment.
+    NotSet,
+}
+
+/// What `name` is when it is one of sitemon's own connection settings or secrets, which a
+/// sites file never expands (not even with `--env`): `DATABASE_URL`, `KAFKA_*`, `PG*` (read
+/// by PostgreSQL's tools), `SITEMON_*` except [`SITE_VARIABLE_PREFIX`].
+pub fn reserved(name: &str) -> Option<&'static str> {
+    if name == "DATABASE_URL" {
+        Some("sitemon's database connection setting")
+    } else if name.starts_with("KAFKA_") {
+        Some("one of sitemon's Kafka connection settings")
+    } else if name.starts_with("PG") {
+        Some("a PostgreSQL connection setting")
+    } else if name.starts_with("SITEMON_") && !name.starts_with(SITE_VARIABLE_PREFIX) {
+        Some("one of sitemon's own settings")
+    } else {
+        None
+    }
+}
+
+/// `text` with every value of `expanded` (name, value; longest value first) written back
+/// as `${NAME}`.
+fn redact(text: &str, expanded: &[(String, String)]) -> String {
+    let mut text = text.to_owned();
+    for (name, value) in expanded {
+        if !value.is_empty() {
+            text = text.replace(value.as_str(), &format!("${{{name}}}"));
+        }
+    }
+    text
 }
 
 /// A file's shape: one key, `sites`.
@@ -60,14 +195,14 @@ pub enum Format {
 }
 
 /// Reads a sites file, or every `*.yaml`, `*.yml` and `*.json` file of a folder (in name
-/// order), and validates every site; `env` looks up `${NAME}`.
+/// order), and validates every site; `vars` says which `${NAME}` expand, and to what.
 ///
 /// # Errors
 /// [`Error::SitesPath`] for a path that cannot be read; [`Error::SitesFile`] naming the file,
 /// line and column of the first problem: YAML syntax, an unknown key, a value of the wrong
 /// type, a setting that breaks a rule of [`NewSite::from_settings`], a variable that is not
-/// set, a URL or name given twice.
-pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Entry>> {
+/// allowed or not set, a URL or name given twice.
+pub fn load(path: &Path, vars: &Variables<'_>) -> Result<Vec<Entry>> {
     let unreadable = |path: &Path, e: &dyn std::fmt::Display| Error::SitesPath {
         path: path.display().to_string(),
         reason: one_line(&e.to_string()),
@@ -107,7 +242,7 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Ent
             ));
         }
         let text = std::fs::read_to_string(file).map_err(|e| unreadable(file, &e))?;
-        entries.extend(parse(&file.display().to_string(), &text, env)?);
+        entries.extend(parse(&file.display().to_string(), &text, vars)?);
     }
     no_twice(&entries)?;
     Ok(entries)
@@ -117,7 +252,7 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Ent
 ///
 /// # Errors
 /// As [`load`].
-pub fn parse(label: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Entry>> {
+pub fn parse(label: &str, text: &str, vars: &Variables<'_>) -> Result<Vec<Entry>> {
     let at = |line: u64, column: u64, reason: String| Error::SitesFile {
         path: label.to_owned(),
         line: u32::try_from(line).unwrap_or(u32::MAX),
@@ -144,16 +279,16 @@ pub fn parse(label: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
                 None => (start.line(), start.column()),
             }
         };
-        let mut settings = spanned.value;
-        let expand = |value: &mut String| -> Result<()> {
-            *value = expand_vars(value, env).map_err(|name| {
-                let (line, column) = locate(&format!("${{{name}}}"));
-                at(
-                    line,
-                    column,
-                    format!("the environment variable {name} is not set"),
-                )
-            })?;
+        let written = spanned.value;
+        let mut settings = written.clone();
+        let mut expanded = Vec::new();
+        let mut expand = |value: &mut String| -> Result<()> {
+            *value = expand_vars(value, &|name| vars.get(name), &mut expanded).map_err(
+                |(name, refused)| {
+                    let (line, column) = locate(&format!("${{{name}}}"));
+                    at(line, column, refused_reason(&name, refused))
+                },
+            )?;
             Ok(())
         };
         expand(&mut settings.url)?;
@@ -163,17 +298,21 @@ pub fn parse(label: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         if let Some(body) = settings.body.as_mut() {
             expand(body)?;
         }
-        let url = settings.url.clone();
+        expanded.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+        expanded.dedup();
         let site = NewSite::from_settings(settings).map_err(|e| {
             let (line, column) = match setting_key(&e) {
                 Some(key) => locate(&format!("{key}:")),
                 None => (start.line(), start.column()),
             };
-            at(line, column, format!("site {}: {e}", excerpt(&url)))
+            let reason = format!("site {}: {e}", excerpt(&written.url));
+            at(line, column, redact(&reason, &expanded))
         })?;
         entries.push(Entry {
             site,
+            written,
             at: format!("{label}:{}:{}", start.line(), start.column()),
+            expanded,
         });
     }
     no_twice(&entries)?;
@@ -206,6 +345,21 @@ pub fn render(sites: &[Site], format: Format) -> String {
             json.push('\n');
             json
         }
+    }
+}
+
+/// Why `${name}` is refused, and what to do.
+fn refused_reason(name: &str, refused: Refused) -> String {
+    match refused {
+        Refused::Reserved(why) => format!(
+            "${{{name}}} is {why}: a sites file never expands sitemon's own settings, not \
+             even with --env"
+        ),
+        Refused::NotAllowed => format!(
+            "${{{name}}} is not allowed in a sites file: only variables named \
+             {SITE_VARIABLE_PREFIX}* expand, and those allowed with --env {name}"
+        ),
+        Refused::NotSet => format!("the environment variable {name} is not set"),
     }
 }
 
@@ -271,13 +425,17 @@ fn no_twice(entries: &[Entry]) -> Result<()> {
     let mut names: HashMap<&str, &str> = HashMap::new();
     for entry in entries {
         let settings = entry.site.settings();
-        let twice = |what: &str, value: &str, first: &str| {
+        let twice = |what: &str, value: &String, first: &str| {
+            let value = entry.redact(value);
             let (path, line, column) = split_at(&entry.at);
             Error::SitesFile {
                 path,
                 line,
                 column,
-                reason: format!("the {what} {value:?} is given twice (first at {first})"),
+                reason: format!(
+                    "the {what} {:?} is given twice (first at {first})",
+                    excerpt(&value)
+                ),
             }
         };
         if let Some(first) = urls.insert(&settings.url, &entry.at) {
@@ -309,9 +467,14 @@ fn line_column(text: &str, offset: usize) -> (u64, u64) {
     (line as u64, column as u64)
 }
 
-/// Replaces every `${NAME}` (NAME of letters, digits and `_`) by `env(NAME)`; the name of the
-/// first variable that is not set is the error. `$${` is a literal `${`; any other `$` stays.
-fn expand_vars(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Replaces every `${NAME}` (NAME of letters, digits and `_`) by `vars(NAME)`, adding name
+/// and value to `expanded`; the first variable refused is the error. `$${` is a literal
+/// `${`; any other `$` stays.
+fn expand_vars(
+    text: &str,
+    vars: &dyn Fn(&str) -> Result<String, Refused>,
+    expanded: &mut Vec<(String, String)>,
+) -> Result<String, (String, Refused)> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(dollar) = rest.find('$') {
@@ -332,7 +495,9 @@ fn expand_vars(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             .unwrap_or(after.len());
         if name_len > 0 && after[name_len..].starts_with('}') {
             let name = &after[..name_len];
-            out.push_str(&env(name).ok_or_else(|| name.to_owned())?);
+            let value = vars(name).map_err(|refused| (name.to_owned(), refused))?;
+            out.push_str(&value);
+            expanded.push((name.to_owned(), value));
             rest = &after[name_len + 1..];
         } else {
             out.push_str("${");
@@ -353,11 +518,19 @@ mod tests {
     use super::*;
 
     fn env(name: &str) -> Option<String> {
-        (name == "TOKEN").then(|| "s3cret".to_owned())
+        match name {
+            "SITEMON_SITE_TOKEN" | "TOKEN" | "DATABASE_URL" => Some("s3cret".to_owned()),
+            "HOME" => Some("/home/me".to_owned()),
+            _ => None,
+        }
+    }
+
+    fn vars() -> Variables<'static> {
+        Variables::new(["TOKEN"], &env).expect("allowed")
     }
 
     fn error(text: &str) -> String {
-        parse("sites.yaml", text, &env)
+        parse("sites.yaml", text, &vars())
             .expect_err("refused")
             .to_string()
     }
@@ -371,7 +544,7 @@ mod tests {
     regex: ok
     regex_must_not_match: maintenance
     method: post
-    headers: {Authorization: \"Bearer ${TOKEN}\", X-Cost: \"$5 ${NOT A VAR}\"}
+    headers: {Authorization: \"Bearer ${SITEMON_SITE_TOKEN}\", X-Cost: \"$5 ${NOT A VAR}\"}
     body: '{\"q\": 1}'
     expect_status: 200-299, 301
     degraded_after_ms: 800
@@ -380,7 +553,7 @@ mod tests {
     tls_verify: false
   - url: http://127.0.0.1:9/b
 ";
-        let entries = parse("sites.yaml", text, &env).expect("valid");
+        let entries = parse("sites.yaml", text, &vars()).expect("valid");
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].at, "sites.yaml:2:5");
         let a = entries[0].site.settings();
@@ -389,6 +562,14 @@ mod tests {
         assert_eq!(a.method, crate::site::Method::Post);
         assert_eq!(a.headers["Authorization"], "Bearer s3cret");
         assert_eq!(a.headers["X-Cost"], "$5 ${NOT A VAR}");
+        assert_eq!(
+            entries[0].written.headers["Authorization"],
+            "Bearer ${SITEMON_SITE_TOKEN}"
+        );
+        assert_eq!(
+            entries[0].redact("was Bearer s3cret"),
+            "was Bearer ${SITEMON_SITE_TOKEN}"
+        );
         assert_eq!(a.expect_status.as_deref(), Some("200-299,301"));
         assert_eq!(a.degraded_after_ms, Some(800));
         assert!(!a.follow_redirects && !a.tls_verify);
@@ -415,9 +596,36 @@ mod tests {
                 "ends before it starts",
             ),
             (
-                "sites:\n  - url: http://a.invalid/\n    headers:\n      X-Token: \"${MISSING}\"\n",
+                "sites:\n  - url: http://a.invalid/\n    headers:\n      X-Token: \"${SITEMON_SITE_MISSING}\"\n",
                 "sites.yaml:4:17: ",
-                "the environment variable MISSING is not set",
+                "the environment variable SITEMON_SITE_MISSING is not set",
+            ),
+            (
+                "sites:\n  - url: http://a.invalid/\n    body: \"x ${HOME}\"\n",
+                "sites.yaml:3:14: ",
+                "${HOME} is not allowed in a sites file: only variables named SITEMON_SITE_* \
+                 expand, and those allowed with --env HOME",
+            ),
+            (
+                "sites:\n  - url: https://evil.invalid/?x=${DATABASE_URL}\n",
+                "sites.yaml:2:34: ",
+                "${DATABASE_URL} is sitemon's database connection setting: a sites file never \
+                 expands",
+            ),
+            (
+                "sites:\n  - url: \"http://a.invalid/${SITEMON_SITE_TOKEN}\"\n    interval: 0\n",
+                "sites.yaml:3:",
+                "site http://a.invalid/${SITEMON_SITE_TOKEN}: invalid interval 0",
+            ),
+            (
+                "sites:\n  - url: \"http://a.invalid/${SITEMON_SITE_TOKEN} x\"\n",
+                "sites.yaml:2:",
+                "${SITEMON_SITE_TOKEN}",
+            ),
+            (
+                "sites:\n  - url: \"http://a.invalid/${SITEMON_SITE_TOKEN}\"\n  - url: \"http://a.invalid/${TOKEN}\"\n",
+                "sites.yaml:3:5: ",
+                "the url \"http://a.invalid/${TOKEN}\" is given twice",
             ),
             (
                 "sites:\n  - url: http://a.invalid/\n    method: PUT\n",
@@ -445,7 +653,58 @@ mod tests {
             assert!(message.starts_with(prefix), "{text:?}: {message}");
             assert!(message.contains(words), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{text:?}: {message}");
+            assert!(!message.contains("s3cret"), "{text:?}: {message}");
+            assert!(!message.contains("/home/me"), "{text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn only_allowed_variables_expand() {
+        // The prefix, and names given with --env; nothing else.
+        let none = Variables::new(Vec::<String>::new(), &env).expect("no names");
+        let text = "sites:\n  - url: \"http://a.invalid/${SITEMON_SITE_TOKEN}\"\n";
+        let entries = parse("f", text, &none).expect("the prefix expands");
+        assert_eq!(entries[0].site.url(), "http://a.invalid/s3cret");
+        assert_eq!(
+            entries[0].written.url,
+            "http://a.invalid/${SITEMON_SITE_TOKEN}"
+        );
+        assert!(entries[0].url_has_variables());
+        let text = "sites:\n  - url: \"http://a.invalid/${TOKEN}\"\n";
+        assert!(parse("f", text, &none).is_err());
+        assert!(parse("f", text, &vars()).is_ok());
+        // sitemon's own settings, refused by --env with the name and why.
+        for name in [
+            "DATABASE_URL",
+            "KAFKA_SASL_PASSWORD",
+            "PGPASSWORD",
+            "SITEMON_UI_TOKEN",
+            "SITEMON_WEBHOOK_SECRET",
+        ] {
+            assert!(reserved(name).is_some(), "{name}");
+            let message = Variables::new([name], &env)
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                message.starts_with(&format!("invalid --env: {name} is ")),
+                "{message}"
+            );
+            assert!(
+                message.contains("never expands sitemon's own settings"),
+                "{message}"
+            );
+        }
+        for name in [
+            "SITEMON_SITE_TOKEN",
+            "SITEMON_SITES_TOKEN_X",
+            "HOME",
+            "TOKEN",
+        ] {
+            let expected = name == "SITEMON_SITES_TOKEN_X";
+            assert_eq!(reserved(name).is_some(), expected, "{name}");
+        }
+        assert!(Variables::new(["A-B"], &env).is_err());
+        assert!(Variables::new([""], &env).is_err());
     }
 
     #[test]
@@ -471,7 +730,7 @@ mod tests {
         ];
         for format in [Format::Yaml, Format::Json] {
             let text = render(&sites, format);
-            let back = parse("export", &text, &env).expect("reads back");
+            let back = parse("export", &text, &vars()).expect("reads back");
             let back: Vec<&SiteSettings> = back.iter().map(|e| e.site.settings()).collect();
             assert_eq!(back, vec![&sites[0].settings, &sites[1].settings], "{text}");
         }
@@ -479,12 +738,32 @@ mod tests {
 
     #[test]
     fn variables() {
-        let expanded =
-            expand_vars("a ${TOKEN} $ ${ ${} ${TOKEN $${TOKEN} $$x $", &env).expect("set");
+        let vars = vars();
+        let get = |name: &str| vars.get(name);
+        let mut used = Vec::new();
+        let expanded = expand_vars(
+            "a ${TOKEN} $ ${ ${} ${TOKEN $${TOKEN} $$x $",
+            &get,
+            &mut used,
+        )
+        .expect("set");
         assert_eq!(expanded, "a s3cret $ ${ ${} ${TOKEN ${TOKEN} $$x $");
+        assert_eq!(used, vec![("TOKEN".to_owned(), "s3cret".to_owned())]);
         for text in ["${TOKEN}", "$${TOKEN}", "a$", "$${", "${}"] {
-            assert_eq!(expand_vars(&escape_vars(text), &env).as_deref(), Ok(text));
+            let back = expand_vars(&escape_vars(text), &get, &mut used);
+            assert_eq!(back.as_deref(), Ok(text));
         }
-        assert_eq!(expand_vars("${NOPE}", &env), Err("NOPE".to_owned()));
+        assert_eq!(
+            expand_vars("${SITEMON_SITE_NOPE}", &get, &mut used),
+            Err(("SITEMON_SITE_NOPE".to_owned(), Refused::NotSet))
+        );
+        assert_eq!(
+            expand_vars("${HOME}", &get, &mut used),
+            Err(("HOME".to_owned(), Refused::NotAllowed))
+        );
+        assert!(matches!(
+            expand_vars("${PGPASSWORD}", &get, &mut used),
+            Err((_, Refused::Reserved(_)))
+        ));
     }
 }

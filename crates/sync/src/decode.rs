@@ -95,11 +95,14 @@ pub(crate) enum RejectKind {
     /// An event whose key (topic, incarnation, partition, offset, site) already holds a row
     /// of another check: never absorbed as a duplicate (see `writer.rs`).
     KeyCollision,
+    /// An event dated more than `MAX_FUTURE_SKEW` ahead of the sync's clock: stored, it
+    /// would be the site's latest check until real time caught up.
+    Future,
 }
 
 impl RejectKind {
     /// Every kind, in the order of [`RejectKind::index`].
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::Tombstone,
         Self::Empty,
         Self::NotJson,
@@ -108,6 +111,7 @@ impl RejectKind {
         Self::UnknownSite,
         Self::InvalidValue,
         Self::KeyCollision,
+        Self::Future,
     ];
 
     /// The metric label.
@@ -121,6 +125,7 @@ impl RejectKind {
             Self::UnknownSite => "unknown_site",
             Self::InvalidValue => "invalid_value",
             Self::KeyCollision => "key_collision",
+            Self::Future => "future",
         }
     }
 
@@ -184,6 +189,11 @@ pub(crate) fn decode(message: Message) -> Decoded {
             return reject(key, Some(value), reason);
         }
     };
+    let now = OffsetDateTime::now_utc();
+    if event.is_too_far_ahead(now) {
+        let reason = event.too_far_ahead_reason(now);
+        return reject(key, Some(value), (RejectKind::Future, reason));
+    }
     if let Some(problem) = jsonb_problem(&value) {
         return reject(key, Some(value), invalid(problem.to_owned()));
     }
@@ -403,6 +413,10 @@ mod tests {
         let mut value = serde_json::to_value(event()).expect("json");
         value["status_code"] = json!(40000);
         assert_eq!(kind(Some(value.to_string().into_bytes())), "invalid_value");
+        let mut future = event();
+        future.checked_at = OffsetDateTime::now_utc() + time::Duration::HOUR;
+        assert_eq!(kind(Some(future.to_json())), "future");
+        assert!(reason(Some(future.to_json())).starts_with("dated in the future: "));
         let Decoded::Row(row) = decode(message(Some(event().to_json()))) else {
             panic!("expected a row");
         };

@@ -188,6 +188,53 @@ async fn each_poison_message_is_a_reject_with_its_reason_and_the_rest_arrives() 
     fixture.finish().await;
 }
 
+/// An event dated an hour ahead (a checker with a wrong clock) is a reject with its reason,
+/// and `website_latest` keeps the real latest check, before it and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_in_the_future_is_a_reject_and_never_the_latest_check() {
+    let fixture = Fixture::new(1).await;
+    let site = fixture.sites(1).await[0];
+    let mut real = event(site, 0);
+    real.checked_at -= time::Duration::SECOND;
+    let mut future = event(site, 2);
+    future.location.clone_from(&real.location);
+    future.checked_at = OffsetDateTime::now_utc() + time::Duration::HOUR;
+    let mut later = event(site, 4);
+    later.location.clone_from(&real.location);
+    fixture
+        .produce_events(&[real.clone(), future.clone(), later.clone()])
+        .await;
+    let sync = fixture.start(fixture.config());
+    fixture.wait_for_stored(3).await;
+    sync.stop().await;
+
+    let rejects = fixture.rejects().await;
+    assert_eq!(rejects.len(), 1, "{rejects:#?}");
+    let (_, offset, reason) = &rejects[0];
+    assert_eq!(*offset, 1);
+    assert!(
+        reason.starts_with("dated in the future: checked_at ")
+            && reason.contains("more than 300 s is refused"),
+        "{reason}"
+    );
+    assert_eq!(fixture.count("website_status").await, 2);
+    let latest: Vec<(String, OffsetDateTime)> =
+        sqlx::query_as("SELECT location, timestamp_utc FROM website_latest WHERE website_id = $1")
+            .bind(site)
+            .fetch_all(&fixture.db.pool)
+            .await
+            .expect("website_latest");
+    let at = |e: &CheckEvent| {
+        e.checked_at
+            .replace_nanosecond(e.checked_at.microsecond() * 1_000)
+    };
+    assert_eq!(
+        latest,
+        vec![(later.location.clone(), at(&later).expect("valid"))]
+    );
+    fixture.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_removed_while_its_events_are_in_flight_gets_rejects_and_the_sync_goes_on() {
     let fixture = Fixture::new(2).await;

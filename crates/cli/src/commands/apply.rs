@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::args::DatabaseArgs;
+use sitemon_core::sites_file::Variables;
+
+use crate::args::{DatabaseArgs, Usage};
 
 /// Arguments of `sitemon apply`.
 #[derive(Debug, Args)]
@@ -17,13 +19,25 @@ pub(crate) struct ApplyArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Let `${NAME}` in the file read this environment variable too (repeatable; a comma
+    /// list in the environment). Variables named `SITEMON_SITE_*` need no flag; sitemon's own
+    /// settings (DATABASE_URL, KAFKA_*, PG*, other SITEMON_*) are refused.
+    #[arg(
+        long = "env",
+        value_name = "NAME",
+        env = "SITEMON_APPLY_ENV",
+        value_delimiter = ','
+    )]
+    env: Vec<String>,
     #[command(flatten)]
     db: DatabaseArgs,
 }
 
 pub(crate) async fn exec(args: ApplyArgs) -> anyhow::Result<()> {
     // The whole file is read and checked before the database is touched.
-    let entries = sitemon_core::sites_file::load(&args.file, &|name| std::env::var(name).ok())?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let vars = Variables::new(args.env, &lookup).map_err(Usage::from)?;
+    let entries = sitemon_core::sites_file::load(&args.file, &vars)?;
     let pool = args.db.connect().await?;
     let plan = sitemon_core::apply::apply(&pool, &entries, args.prune, args.dry_run).await?;
     print!("{plan}");
