@@ -109,7 +109,11 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// Fails naming `what` when `text` holds the password.
 fn assert_no_secret(what: &str, text: &str) {
     if let Some(at) = text.find(SECRET) {
-        let start = text[..at].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
+        let start = text[..at]
+            .char_indices()
+            .rev()
+            .nth(80)
+            .map_or(0, |(i, _)| i);
         let end = (at + 80).min(text.len());
         let end = (end..=text.len())
             .find(|&i| text.is_char_boundary(i))
@@ -175,19 +179,24 @@ async fn no_password_leaves_but_through_export() {
         stored == 3
     })
     .await;
-    wait_until("a notification of each site on each channel", PATIENCE, || {
-        let received = receiver.received();
-        let sites = sites.clone();
-        async move {
-            ["/hook", "/full"].iter().all(|path| {
-                sites.iter().all(|site| {
-                    received.iter().any(|r| {
-                        r.path == *path && r.json()["site"]["id"].as_i64() == Some(i64::from(*site))
+    wait_until(
+        "a notification of each site on each channel",
+        PATIENCE,
+        || {
+            let received = receiver.received();
+            let sites = sites.clone();
+            async move {
+                ["/hook", "/full"].iter().all(|path| {
+                    sites.iter().all(|site| {
+                        received.iter().any(|r| {
+                            r.path == *path
+                                && r.json()["site"]["id"].as_i64() == Some(i64::from(*site))
+                        })
                     })
                 })
-            })
-        }
-    })
+            }
+        },
+    )
     .await;
 
     // The events in Kafka.

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use sitemon_core::mask::mask_url;
 use sitemon_core::report::{self, Segment, SiteStatus};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use sitemon_core::mask::mask_url;
 
 use crate::args::DatabaseArgs;
 use crate::output::Table;
