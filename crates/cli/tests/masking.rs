@@ -210,6 +210,14 @@ async fn no_password_leaves_but_through_export() {
     for record in &records {
         let value = record.value.clone().expect("a value");
         assert_no_secret("an event in Kafka", &String::from_utf8_lossy(&value));
+        let event = sitemon_core::CheckEvent::from_json(&value).expect("an event");
+        if let Some(error) = &event.error {
+            assert!(
+                error.message.len() <= sitemon_core::mask::MAX_MESSAGE_BYTES + MARK,
+                "an event's message of {} bytes",
+                error.message.len()
+            );
+        }
     }
 
     // The rows, and the bounded message of the 300 KB `Location`.
