@@ -30,22 +30,54 @@ pub fn check_channel_name(name: &str) -> Result<()> {
     }
 }
 
-/// Stores a channel.
+/// Stores a channel with the default options (site URLs masked in its notifications).
 ///
 /// # Errors
 /// [`Error::InvalidChannel`] for a bad name, [`Error::DuplicateChannel`] when the name is
 /// taken, [`Error::Database`].
 pub async fn add_channel(pool: &PgPool, name: &str, settings: &ChannelSettings) -> Result<()> {
+    add_channel_with(pool, name, settings, ChannelOptions::default()).await
+}
+
+/// What a channel wants beyond its kind's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelOptions {
+    /// Its notifications carry the site's URL whole (`channel add --full-urls`), credentials
+    /// and query values included; without it they carry it masked. Error texts are masked
+    /// either way (the checker masks them before they leave it).
+    pub full_urls: bool,
+}
+
+impl ChannelOptions {
+    /// The defaults, with `full_urls` as given.
+    #[must_use]
+    pub fn full_urls(full_urls: bool) -> Self {
+        Self { full_urls }
+    }
+}
+
+/// Stores a channel with `options`, in one statement.
+///
+/// # Errors
+/// As [`add_channel`].
+pub async fn add_channel_with(
+    pool: &PgPool,
+    name: &str,
+    settings: &ChannelSettings,
+    options: ChannelOptions,
+) -> Result<()> {
     check_channel_name(name)?;
     let inserted = bounded(
         "adding the channel",
         sqlx::query(
-            "INSERT INTO alert_channels (name, kind, settings) VALUES ($1, $2, $3)
+            "INSERT INTO alert_channels (name, kind, settings, full_urls) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(settings.kind())
         .bind(settings.to_stored())
+        .bind(options.full_urls)
         .execute(pool),
     )
     .await?;
@@ -64,6 +96,8 @@ pub struct Channel {
     pub name: String,
     /// Its settings (secrets inside [`sitemon_core::Secret`]).
     pub settings: ChannelSettings,
+    /// Its options.
+    pub options: ChannelOptions,
 }
 
 /// Every channel, by name.
@@ -71,15 +105,20 @@ pub struct Channel {
 /// # Errors
 /// [`Error::Database`].
 pub async fn list_channels(pool: &PgPool) -> Result<Vec<Channel>> {
-    let rows: Vec<(String, serde_json::Value)> = bounded(
+    let rows: Vec<(String, serde_json::Value, bool)> = bounded(
         "listing the channels",
-        sqlx::query_as("SELECT name, settings FROM alert_channels ORDER BY name").fetch_all(pool),
+        sqlx::query_as("SELECT name, settings, full_urls FROM alert_channels ORDER BY name")
+            .fetch_all(pool),
     )
     .await?;
     rows.into_iter()
-        .map(|(name, settings)| {
+        .map(|(name, settings, full_urls)| {
             let settings = ChannelSettings::from_stored(&name, settings)?;
-            Ok(Channel { name, settings })
+            Ok(Channel {
+                name,
+                settings,
+                options: ChannelOptions { full_urls },
+            })
         })
         .collect()
 }
@@ -89,19 +128,20 @@ pub async fn list_channels(pool: &PgPool) -> Result<Vec<Channel>> {
 /// # Errors
 /// [`Error::UnknownChannel`], [`Error::Database`].
 pub async fn channel(pool: &PgPool, name: &str) -> Result<Channel> {
-    let row: Option<serde_json::Value> = bounded(
+    let row: Option<(serde_json::Value, bool)> = bounded(
         "reading the channel",
-        sqlx::query_scalar("SELECT settings FROM alert_channels WHERE name = $1")
+        sqlx::query_as("SELECT settings, full_urls FROM alert_channels WHERE name = $1")
             .bind(name)
             .fetch_optional(pool),
     )
     .await?;
-    let settings = row.ok_or_else(|| Error::UnknownChannel {
+    let (settings, full_urls) = row.ok_or_else(|| Error::UnknownChannel {
         name: name.to_owned(),
     })?;
     Ok(Channel {
         name: name.to_owned(),
         settings: ChannelSettings::from_stored(name, settings)?,
+        options: ChannelOptions { full_urls },
     })
 }
 

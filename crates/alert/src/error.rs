@@ -82,7 +82,8 @@ pub(crate) fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
         };
         Error::Database {
             doing,
-            reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+            reason: sitemon_core::mask::bound_text(&reason, sitemon_core::mask::MAX_MESSAGE_BYTES)
+                .into_owned(),
             source: Box::new(source),
         }
     }

@@ -116,7 +116,9 @@ impl From<&CheckEvent> for Check {
 /// A failed check in one line: its error, else its status, else the regex that missed.
 pub fn describe_failure(event: &CheckEvent) -> String {
     if let Some(error) = &event.error {
-        return format!("{}: {}", error.kind.as_str(), error.message);
+        // Events may come from any producer: what is kept and sent is masked and bounded.
+        let message = sitemon_core::mask::message(&error.message);
+        return format!("{}: {message}", error.kind.as_str());
     }
     match (event.status_code, event.regex_matched) {
         (Some(status), _) if !(200..300).contains(&status) => format!("HTTP status {status}"),

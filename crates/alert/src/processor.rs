@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sitemon_core::CheckEvent;
+use sitemon_core::mask;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -500,17 +501,45 @@ impl Writer<'_> {
     }
 
     /// One outbox row per channel, each with its stable id (`parts` + the channel).
+    ///
+    /// `notification` names the site by its URL as stored; a row carries it masked
+    /// (`sitemon_core::mask::mask_url`) unless its channel has `full_urls`. The error text is
+    /// masked and bounded for every channel (`sitemon_core::mask::message`: an event may come
+    /// from any producer).
     async fn notify(
         &mut self,
-        notification: Notification,
+        mut notification: Notification,
         channels: &[String],
         parts: &[&str],
     ) -> Result<()> {
-        let notification = notification.with_text();
+        notification.error = notification.error.as_deref().map(mask::message);
+        let full = notification.clone().with_text();
+        let mut masked = notification;
+        if let Some(site) = &mut masked.site {
+            site.url = mask::mask_url(&site.url);
+        }
+        let masked = masked.with_text();
+        let full_urls: Vec<String> = if full.site.is_some() && !channels.is_empty() {
+            bounded(
+                "reading which channels want full URLs",
+                sqlx::query_scalar(
+                    "SELECT name FROM alert_channels WHERE name = ANY($1) AND full_urls",
+                )
+                .bind(channels)
+                .fetch_all(&mut *self.tx),
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
         for channel in channels {
             let mut all: Vec<&str> = parts.to_vec();
             all.push(channel);
-            let mut row = notification.clone();
+            let mut row = if full_urls.contains(channel) {
+                full.clone()
+            } else {
+                masked.clone()
+            };
             row.id = stable_id(&all);
             let payload = serde_json::to_value(&row).unwrap_or_default();
             let written = bounded(

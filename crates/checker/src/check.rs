@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use sitemon_core::event::EVENT_SCHEMA_VERSION;
-use sitemon_core::{CheckEvent, ErrorKind};
+use sitemon_core::mask::{MAX_MESSAGE_BYTES, bound_text, mask_url};
+use sitemon_core::{CheckError, CheckEvent, ErrorKind};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -35,7 +36,10 @@ impl Checks {
         self.producer.send(&event);
     }
 
-    /// Checks `site` once.
+    /// Checks `site` once. The event carries no secret and no unbounded text: its `url` and
+    /// `final_url` are masked (`sitemon_core::mask::mask_url`: credentials and query values),
+    /// its error message has every URL it quotes masked and is cut to
+    /// [`MAX_MESSAGE_BYTES`] (`sitemon_core::mask::message`).
     pub(crate) async fn check(&self, site: &SiteSpec) -> CheckEvent {
         let checked_at = OffsetDateTime::now_utc();
         let check_id = Uuid::now_v7();
@@ -82,7 +86,7 @@ impl Checks {
             schema: EVENT_SCHEMA_VERSION,
             check_id,
             website_id: site.id,
-            url: site.url.clone(),
+            url: mask_url(&site.url),
             location: self.config.location.clone(),
             checked_at,
             up,
@@ -90,10 +94,15 @@ impl Checks {
             response_time_ms: responded.then_some(outcome.timings.total),
             regex: site.regex_pattern.clone(),
             regex_matched: outcome.regex_matched,
-            error: outcome.error,
+            error: outcome.error.map(|error| CheckError {
+                message: sitemon_core::mask::message(&error.message),
+                ..error
+            }),
             timings_ms: outcome.timings,
             redirects: outcome.redirects,
-            final_url: outcome.final_url,
+            final_url: outcome
+                .final_url
+                .map(|url| bound_text(&mask_url(&url), MAX_MESSAGE_BYTES).into_owned()),
             tls_cert_not_after: outcome.cert_not_after,
             method: site.settings.method,
             expect_status: site.settings.expect_status.clone(),

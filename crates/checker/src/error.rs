@@ -76,5 +76,5 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    sitemon_core::mask::bound_text(&out, sitemon_core::mask::MAX_MESSAGE_BYTES).into_owned()
 }

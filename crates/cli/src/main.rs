@@ -81,8 +81,8 @@ fn one_line(error: &anyhow::Error) -> String {
     let mut message = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if text.is_empty() || message.contains(&text) {
+        let text = sitemon_core::mask::bound_text(&text, sitemon_core::mask::MAX_MESSAGE_BYTES);
+        if text.is_empty() || message.contains(&*text) {
             continue;
         }
         if !message.is_empty() {

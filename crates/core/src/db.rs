@@ -275,7 +275,7 @@ async fn find_conflict(
     Ok(holder.map(|(existing_id, by_url)| {
         if by_url {
             Error::DuplicateUrl {
-                url: site.url().to_owned(),
+                url: crate::mask::mask_url(site.url()),
                 existing_id,
             }
         } else {

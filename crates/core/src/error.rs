@@ -13,7 +13,7 @@ pub enum Error {
     /// A site URL that cannot be checked.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL as given (cut to 200 characters).
+        /// The URL as given, masked ([`crate::mask::mask_url`]) and cut to 200 characters.
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -38,7 +38,7 @@ pub enum Error {
     /// The URL is registered already.
     #[error("{url} is already registered as site {existing_id}")]
     DuplicateUrl {
-        /// The URL that was given.
+        /// The URL that was given, masked ([`crate::mask::mask_url`]).
         url: String,
         /// The id of the site that has it.
         existing_id: i32,
@@ -220,7 +220,8 @@ pub(crate) fn excerpt(input: &str) -> String {
     }
 }
 
-/// Folds a multi-line message (regex errors draw carets) into one line.
+/// Folds a multi-line message (regex errors draw carets) into one line, bounded to
+/// [`crate::mask::MAX_MESSAGE_BYTES`].
 pub(crate) fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::mask::bound_text(message, crate::mask::MAX_MESSAGE_BYTES).into_owned()
 }

@@ -22,6 +22,8 @@
 //!   service, each with a sink of its own.
 //! - [`lease`]: sharing partitions or buckets of sites among several processes through
 //!   PostgreSQL advisory locks.
+//! - [`mask`]: the one masking of URLs (credentials, query values) for every output, every URL
+//!   a message quotes, and the bound on a message's length ([`mask::MAX_MESSAGE_BYTES`]).
 //! - [`metrics`]: the `prometheus-client` registry the checker and the sync register in, and
 //!   the `/metrics` server (OpenMetrics text).
 //! - [`history`]: `website_status` partitioned by day, retention, and the hourly and daily
@@ -62,6 +64,7 @@ pub mod history;
 pub mod incidents;
 pub mod kafka;
 pub mod lease;
+pub mod mask;
 pub mod metrics;
 mod refusal;
 pub mod report;

@@ -518,7 +518,7 @@ pub fn parse_header(text: &str) -> Result<(String, String)> {
 /// [`Error::InvalidUrl`] saying what is wrong.
 pub fn validate_url(url: &str) -> Result<http::Uri> {
     let invalid = |reason: &str| Error::InvalidUrl {
-        url: excerpt(url),
+        url: excerpt(&crate::mask::mask_url(url)),
         reason: reason.to_owned(),
     };
     if url.len() > MAX_URL_LEN {

@@ -6,6 +6,7 @@
 
 use sitemon_core::consume::Message;
 use sitemon_core::event::EventDecodeError;
+use sitemon_core::mask::{self, MAX_MESSAGE_BYTES, bound_text, mask_url};
 use sitemon_core::{CheckEvent, ErrorKind};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -208,6 +209,7 @@ pub(crate) fn decode(message: Message) -> Decoded {
         Ok(text) => text,
         Err(e) => return reject(key, Some(e.into_bytes()), invalid("not UTF-8".to_owned())),
     };
+    let request_info = without_secrets(&event, request_info);
     Decoded::Row(StatusRow {
         partition,
         incarnation,
@@ -225,6 +227,38 @@ pub(crate) fn decode(message: Message) -> Decoded {
         location: event.location,
         degraded: event.degraded,
     })
+}
+
+/// The event as stored: `request_info` with the URLs masked and the error message masked and
+/// bounded (`sitemon_core::mask`), since events may come from any producer. An event that
+/// needs nothing (every event of sitemon's checker) keeps its bytes exactly as published.
+fn without_secrets(event: &CheckEvent, request_info: String) -> String {
+    let url = mask_url(&event.url);
+    let final_url = event
+        .final_url
+        .as_deref()
+        .map(|u| bound_text(&mask_url(u), MAX_MESSAGE_BYTES).into_owned());
+    let error = event.error.as_ref().map(|e| mask::message(&e.message));
+    let clean = url == event.url
+        && final_url == event.final_url
+        && error.as_deref() == event.error.as_ref().map(|e| e.message.as_str());
+    if clean {
+        return request_info;
+    }
+    let Ok(serde_json::Value::Object(mut json)) = serde_json::from_str(&request_info) else {
+        // It decoded as an event a moment ago, so it is an object; should it not be, store
+        // the event as read rather than the text as published.
+        return String::from_utf8(event.to_json()).unwrap_or_default();
+    };
+    json.insert("url".to_owned(), url.into());
+    if let Some(final_url) = final_url {
+        json.insert("final_url".to_owned(), final_url.into());
+    }
+    if let (Some(message), Some(serde_json::Value::Object(error))) = (error, json.get_mut("error"))
+    {
+        error.insert("message".to_owned(), message.into());
+    }
+    serde_json::Value::Object(json).to_string()
 }
 
 fn decode_error_reason(error: &EventDecodeError, value: &[u8]) -> (RejectKind, String) {
@@ -360,6 +394,37 @@ mod tests {
         assert_eq!(row.status_code, Some(200));
         assert_eq!(row.error_kind, None);
         assert!(row.degraded, "schema 2 carries degraded into its column");
+    }
+
+    /// A foreign producer's event is stored without its passwords and with its message
+    /// bounded; the row is kept, not dropped.
+    #[test]
+    fn a_foreign_event_is_stored_masked_and_bounded() {
+        let mut event = event();
+        event.url = "https://u:secret@h.example/?token=tk0123".into();
+        event.final_url = Some("https://v:secret@other.example/x?t=tk0123".into());
+        event.error = Some(sitemon_core::CheckError {
+            kind: ErrorKind::Http,
+            message: format!(
+                "redirects to \"https://w:secret@third.example/{}\"",
+                "x".repeat(300_000)
+            ),
+        });
+        let mut published = serde_json::to_value(&event).expect("json");
+        published["extra"] = json!("kept");
+        let bytes = serde_json::to_vec(&published).expect("json");
+        let Decoded::Row(row) = decode(message(Some(bytes))) else {
+            panic!("expected a row");
+        };
+        assert!(!row.request_info.contains("secret"), "a password is stored");
+        assert!(!row.request_info.contains("tk0123"), "a token is stored");
+        let stored: serde_json::Value = serde_json::from_str(&row.request_info).expect("json");
+        assert_eq!(stored["url"], "https://***@h.example/?token=***");
+        assert_eq!(stored["final_url"], "https://***@other.example/x?t=***");
+        assert_eq!(stored["extra"], "kept");
+        let text = stored["error"]["message"].as_str().expect("a message");
+        assert!(text.len() <= MAX_MESSAGE_BYTES + 40, "{} bytes", text.len());
+        assert!(text.ends_with(" bytes]"), "{}", &text[1000..]);
     }
 
     /// Events that checkers before schema 2 wrote, still in the topic, are stored as before;

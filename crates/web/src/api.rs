@@ -161,7 +161,8 @@ pub(crate) async fn checks(
     Query(query): Query<ChecksQuery>,
 ) -> Result<Response, AppError> {
     let id = site_id(&id, JSON)?;
-    let site = sitemon_core::db::get_site(&state.pool, id.into())
+    // An unknown site is a 404, not an empty list.
+    sitemon_core::db::get_site(&state.pool, id.into())
         .await
         .map_err(core)?;
     let mut checks = dashboard::recent_checks(&state.pool, id, query.limit.unwrap_or(50))
@@ -169,7 +170,7 @@ pub(crate) async fn checks(
         .map_err(core)?;
     for check in &mut checks {
         if let Some(message) = &check.error_message {
-            check.error_message = Some(state.urls.in_text(message, &site.settings.url));
+            check.error_message = Some(state.urls.in_text(message));
         }
     }
     Ok(Json(Checks { site: id, checks }).into_response())

@@ -13,7 +13,7 @@
 //! - `badges`: `/badge/{id}/...svg`.
 //! - `svg`: the uptime bars, the response-time chart and the badges as SVG.
 //! - `auth`: the token (bearer header or session cookie).
-//! - `mask`: URLs with their credentials and query values masked.
+//! - `mask`: URLs shown masked (by `sitemon_core::mask`) or whole (`--show-full-urls`).
 //! - `metrics`: the server's own Prometheus metrics, and `/metrics`.
 //! - `error`: this crate's [`Error`] and the answer of a failed request.
 //! - `serve`: the accept loop: hyper with a read timeout, the cap on connections, the
@@ -198,11 +198,11 @@ pub async fn connect(database: &DatabaseConfig, config: &WebConfig) -> Result<Pg
         Ok(Ok(_)) => Ok(pool),
         Ok(Err(e)) => Err(Error::Core(sitemon_core::Error::DatabaseConnect {
             target: database.target().to_owned(),
-            reason: e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            reason: sitemon_core::mask::bound_text(
+                &e.to_string(),
+                sitemon_core::mask::MAX_MESSAGE_BYTES,
+            )
+            .into_owned(),
         })),
         Err(_) => Err(Error::Core(sitemon_core::Error::DatabaseConnect {
             target: database.target().to_owned(),

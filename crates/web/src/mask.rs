@@ -1,69 +1,17 @@
-//! Site URLs as the dashboard shows them: credentials and query values masked unless
-//! `--show-full-urls` is given, since a URL may carry a token.
+//! Site URLs as the dashboard shows them: masked by `sitemon_core::mask` unless
+//! `--show-full-urls` is given, since a URL may carry a password or a token.
 
-use url::Url;
+use sitemon_core::mask::{mask_url, mask_urls_in};
 
-/// What stands for a masked part.
-pub(crate) const MASK: &str = "***";
-
-/// `url` with its user and password replaced by [`MASK`] and every query value too (the
-/// names stay: `?token=***&page=***`). Anything but an http(s) URL keeps only what comes
-/// after its last `@` (before it, a `***`) up to the first `?` or `#` (after it, a `***`).
-pub(crate) fn mask_url(url: &str) -> String {
-    let parsed = Url::parse(url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"));
-    let Some(mut parsed) = parsed else {
-        let cut = url.find(['?', '#']).unwrap_or(url.len());
-        let head = &url[..cut];
-        let head = match head.rfind('@') {
-            Some(at) => {
-                let scheme = head.find("://").map_or(0, |i| i + 3);
-                format!("{}{MASK}@{}", &head[..scheme], &head[at + 1..])
-            }
-            None => head.to_owned(),
-        };
-        return if cut < url.len() {
-            format!("{head}?{MASK}")
-        } else {
-            head
-        };
-    };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        let _ = parsed.set_password(None);
-        let _ = parsed.set_username(MASK);
-    }
-    if parsed.query().is_some() {
-        let names: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        if names.is_empty() {
-            parsed.set_query(None);
-        } else {
-            let query = names
-                .iter()
-                .map(|name| format!("{}={MASK}", url_encode(name)))
-                .collect::<Vec<_>>()
-                .join("&");
-            parsed.set_query(Some(&query));
-        }
-    }
-    if parsed.fragment().is_some() {
-        parsed.set_fragment(None);
-    }
-    parsed.to_string()
-}
-
-fn url_encode(name: &str) -> String {
-    url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
-}
-
-/// Shows URLs masked or whole, and masks the URL inside text derived from it (an error
-/// message may quote it).
+/// Shows URLs masked or whole, and masks every URL inside text (an error message may quote
+/// the site's URL, a later hop or a `Location` header).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Urls {
     pub(crate) show_full: bool,
 }
 
 impl Urls {
+    /// `url` as shown: masked unless `--show-full-urls`.
     pub(crate) fn show(self, url: &str) -> String {
         if self.show_full {
             url.to_owned()
@@ -72,41 +20,32 @@ impl Urls {
         }
     }
 
-    /// `text` with every occurrence of `url` masked.
-    pub(crate) fn in_text(self, text: &str, url: &str) -> String {
-        if self.show_full || url.is_empty() {
+    /// `text` with every URL it quotes masked, unless `--show-full-urls`.
+    pub(crate) fn in_text(self, text: &str) -> String {
+        if self.show_full {
             text.to_owned()
         } else {
-            text.replace(url, &mask_url(url))
+            mask_urls_in(text).into_owned()
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::mask_url;
+    use super::Urls;
 
     #[test]
-    fn credentials_and_query_values_are_masked() {
+    fn every_url_of_a_text_is_masked_unless_shown_full() {
+        let text = "no complete response from https://u:pw@host.example/h/";
+        let masked = Urls { show_full: false };
         assert_eq!(
-            mask_url("https://alice:s3cret@example.com/health?token=abc&x=1#frag"),
-            "https://***@example.com/health?token=***&x=***"
+            masked.in_text(text),
+            "no complete response from https://***@host.example/h/"
         );
+        assert_eq!(Urls { show_full: true }.in_text(text), text);
         assert_eq!(
-            mask_url("https://alice@example.com/"),
-            "https://***@example.com/"
+            masked.show("https://u:pw@h.example/?t=1"),
+            "https://***@h.example/?t=***"
         );
-        assert_eq!(
-            mask_url("http://example.com/a?b"),
-            "http://example.com/a?b=***"
-        );
-        assert_eq!(mask_url("http://example.com/"), "http://example.com/");
-    }
-
-    #[test]
-    fn an_unparseable_url_keeps_only_its_start() {
-        assert_eq!(mask_url("not a url?key=v"), "not a url?***");
-        assert_eq!(mask_url("ftp://u:p@h/x?y#z"), "ftp://***@h/x?***");
-        assert_eq!(mask_url("u:p@host/path"), "***@host/path");
     }
 }

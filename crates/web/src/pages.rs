@@ -260,7 +260,6 @@ pub(crate) async fn site(
         sitemon_core::incidents::incidents(pool, &incidents_filter),
     )
     .map_err(core)?;
-    let raw_url = site.settings.url.clone();
     let Some(mut status) = statuses.0.into_iter().find(|s| s.id == id) else {
         return Err(core(sitemon_core::Error::UnknownSite { id: id.into() }));
     };
@@ -320,7 +319,7 @@ pub(crate) async fn site(
             }
             section.panel {
                 h2 { "Last " (checks.len()) " checks" }
-                (check_table(&checks, &state, &raw_url))
+                (check_table(&checks, &state))
             }
             section.panel {
                 h2 { "Incidents" }
@@ -410,7 +409,7 @@ fn short(at: OffsetDateTime) -> String {
     .unwrap_or_default()
 }
 
-fn check_table(checks: &[RecentCheck], state: &AppState, raw_url: &str) -> Markup {
+fn check_table(checks: &[RecentCheck], state: &AppState) -> Markup {
     html! {
         @if checks.is_empty() {
             p.empty { "No check yet." }
@@ -434,7 +433,7 @@ fn check_table(checks: &[RecentCheck], state: &AppState, raw_url: &str) -> Marku
                             td {
                                 @if let Some(kind) = &check.error_kind { span.error-kind { (kind) } " " }
                                 @if let Some(message) = &check.error_message {
-                                    span.message { (state.urls.in_text(message, raw_url)) }
+                                    span.message { (state.urls.in_text(message)) }
                                 }
                             }
                         }

@@ -206,10 +206,7 @@ pub(crate) fn site_id(text: &str, format: Format) -> Result<i32, AppError> {
 /// An incident with its URL masked, in its error too.
 pub(crate) fn mask_incident(mut incident: IncidentView, urls: crate::mask::Urls) -> IncidentView {
     let url = std::mem::take(&mut incident.url);
-    incident.first_error = incident
-        .first_error
-        .as_deref()
-        .map(|e| urls.in_text(e, &url));
+    incident.first_error = incident.first_error.as_deref().map(|e| urls.in_text(e));
     incident.url = urls.show(&url);
     incident
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use sitemon_alert::admin;
+use sitemon_core::mask::{mask_url, mask_urls_in};
 use time::format_description::well_known::Rfc3339;
 
 use crate::args::{DatabaseArgs, window};
@@ -19,7 +20,8 @@ pub(crate) struct AlertsArgs {
     /// Only the incidents opened within this window (90s, 30m, 24h, 7d).
     #[arg(long, value_parser = window)]
     since: Option<Duration>,
-    /// Print a JSON array for scripts (no URL of a channel, no key, no password).
+    /// Print a JSON array for scripts (no URL of a channel, no key, no password; site URLs
+    /// masked).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -28,7 +30,14 @@ pub(crate) struct AlertsArgs {
 
 pub(crate) async fn exec(args: AlertsArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
-    let incidents = admin::incidents(&pool, args.open, args.since).await?;
+    let mut incidents = admin::incidents(&pool, args.open, args.since).await?;
+    for incident in &mut incidents {
+        incident.url = mask_url(&incident.url);
+        incident.first_error = incident
+            .first_error
+            .as_deref()
+            .map(|e| mask_urls_in(e).into_owned());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&incidents)?);
         return Ok(());

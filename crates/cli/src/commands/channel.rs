@@ -70,6 +70,10 @@ pub(crate) struct AddArgs {
     /// Email: the sender, e.g. "sitemon <alerts@example.com>".
     #[arg(long, value_name = "FROM", requires = "email")]
     from: Option<String>,
+    /// Send site URLs whole (credentials and query values included) in this channel's
+    /// notifications. Without it they are masked (`https://***@host/?token=***`).
+    #[arg(long)]
+    full_urls: bool,
     #[command(flatten)]
     db: DatabaseArgs,
 }
@@ -77,7 +81,8 @@ pub(crate) struct AddArgs {
 /// Arguments of `sitemon channel list`.
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
-    /// Print a JSON array of `{name, kind, settings}` (settings masked) for scripts.
+    /// Print a JSON array of `{name, kind, settings, full_urls}` (settings masked) for
+    /// scripts.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -98,6 +103,8 @@ struct Listed {
     name: String,
     kind: &'static str,
     settings: String,
+    /// Whether its notifications carry site URLs whole (`--full-urls`).
+    full_urls: bool,
 }
 
 pub(crate) async fn exec(command: ChannelCommand) -> anyhow::Result<()> {
@@ -109,12 +116,14 @@ pub(crate) async fn exec(command: ChannelCommand) -> anyhow::Result<()> {
             admin::check_channel_name(&args.name).map_err(crate::args::Usage::new)?;
             let settings = settings(&args).map_err(crate::args::Usage::new)?;
             let pool = args.db.connect().await?;
-            admin::add_channel(&pool, &args.name, &settings).await?;
+            let options = admin::ChannelOptions::full_urls(args.full_urls);
+            admin::add_channel_with(&pool, &args.name, &settings, options).await?;
             eprintln!(
-                "added {} channel {}: {}",
+                "added {} channel {}: {}{}",
                 settings.kind(),
                 args.name,
-                settings.masked()
+                settings.masked(),
+                if args.full_urls { " (full URLs)" } else { "" }
             );
         }
         ChannelCommand::List(args) => {
@@ -126,15 +135,17 @@ pub(crate) async fn exec(command: ChannelCommand) -> anyhow::Result<()> {
                     name: c.name.clone(),
                     kind: c.settings.kind(),
                     settings: c.settings.masked(),
+                    full_urls: c.options.full_urls,
                 })
                 .collect();
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&listed)?);
                 return Ok(());
             }
-            let mut table = Table::new(["NAME", "KIND", "SETTINGS"]);
+            let mut table = Table::new(["NAME", "KIND", "SETTINGS", "URLS"]);
             for c in listed {
-                table.row([c.name, c.kind.to_owned(), c.settings]);
+                let urls = if c.full_urls { "full" } else { "masked" };
+                table.row([c.name, c.kind.to_owned(), c.settings, urls.to_owned()]);
             }
             print!("{table}");
         }

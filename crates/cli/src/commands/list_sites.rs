@@ -1,6 +1,7 @@
 //! `sitemon list-sites`: the registered sites.
 
 use clap::Args;
+use sitemon_core::mask::mask_url;
 
 use crate::args::DatabaseArgs;
 use crate::output::Table;
@@ -20,7 +21,8 @@ pub(crate) struct ListSitesArgs {
 #[derive(Debug, serde::Serialize)]
 struct Listed<'a> {
     id: i32,
-    url: &'a str,
+    /// Masked (`sitemon_core::mask::mask_url`): `export` prints it whole.
+    url: String,
     check_interval: i64,
     up_regex: Option<&'a str>,
 }
@@ -33,7 +35,7 @@ pub(crate) async fn exec(args: ListSitesArgs) -> anyhow::Result<()> {
             .iter()
             .map(|site| Listed {
                 id: site.id,
-                url: &site.settings.url,
+                url: mask_url(&site.settings.url),
                 check_interval: site.settings.interval,
                 up_regex: site.settings.regex.as_deref(),
             })
@@ -46,7 +48,7 @@ pub(crate) async fn exec(args: ListSitesArgs) -> anyhow::Result<()> {
         table.row([
             site.id.to_string(),
             format!("{}s", site.settings.interval),
-            site.settings.url.clone(),
+            mask_url(&site.settings.url),
             site.settings.regex.clone().unwrap_or_else(|| "-".into()),
         ]);
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use sitemon_core::mask::mask_url;
 use sitemon_core::report::{self, Segment, SiteStatus};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -48,7 +49,10 @@ impl Since {
 pub(crate) async fn exec(args: StatusArgs) -> anyhow::Result<()> {
     let window = args.since.window;
     let pool = args.db.connect().await?;
-    let (statuses, sources) = report::site_statuses(&pool, window).await?;
+    let (mut statuses, sources) = report::site_statuses(&pool, window).await?;
+    for status in &mut statuses {
+        status.url = mask_url(&status.url);
+    }
     if args.json {
         let sites: Vec<Sourced<'_>> = statuses
             .iter()

@@ -2,6 +2,7 @@
 
 use clap::Args;
 use sitemon_core::NewSite;
+use sitemon_core::mask::{mask_url, mask_urls_in};
 
 use crate::args::DatabaseArgs;
 use crate::commands::site_options::SiteOptions;
@@ -40,13 +41,18 @@ pub(crate) async fn exec(args: UpdateSiteArgs) -> anyhow::Result<()> {
         .map(|before| before.differences(&after.settings))
         .unwrap_or_default();
     if changes.is_empty() {
-        println!("= {} (site {}): unchanged", after.settings.url, after.id);
+        println!(
+            "= {} (site {}): unchanged",
+            mask_url(&after.settings.url),
+            after.id
+        );
     } else {
         println!(
             "~ {} (site {}): {}",
-            after.settings.url,
+            mask_url(&after.settings.url),
             after.id,
-            sitemon_core::apply::describe(&changes)
+            // A URL from before the change is masked too.
+            mask_urls_in(&sitemon_core::apply::describe(&changes))
         );
     }
     Ok(())
