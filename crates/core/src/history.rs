@@ -564,9 +564,9 @@ pub struct Progress {
 /// `None`: from the first day with raw rows) that has raw rows (a partition, or rows in the
 /// default partition), from the raw rows. Days whose raw rows retention dropped keep their
 /// rollups, and a site whose raw rows all expired its latest check: a day before the raw
-/// horizon (the first day with a partition) is never rebuilt, even when the default
-/// partition holds rows of it (an event past the retention that arrived late), since those
-/// are not all of its rows.
+/// horizon (the first day with a partition) whose rows in the default partition are fewer
+/// than its rollups count (an event past the retention that arrived late) is not rebuilt,
+/// since those are not all of its rows; rows imported there by hand are.
 ///
 /// Each day is one transaction that holds the rollup tables and `website_latest` against
 /// concurrent writers (a sync waits for it, then adds its rows to the rebuilt rollups), so
@@ -584,8 +584,8 @@ pub async fn rebuild_rollups(
 ) -> Result<Vec<Date>> {
     let mut days = partition_days(pool).await?;
     // Days without a partition whose rows sat in the default partition: a broken clock's
-    // future, or a day before any partition existed. Strays of a day before the first
-    // partition are left: retention dropped that day's other rows.
+    // future, or a day before the first partition. Such a day is rebuilt only when its rows
+    // there are not fewer than its rollups count: otherwise retention dropped the others.
     let strays: Vec<OffsetDateTime> = bounded(
         "finding the days of the default partition",
         STATEMENT_TIMEOUT,
@@ -596,12 +596,11 @@ pub async fn rebuild_rollups(
     )
     .await?;
     let horizon = days.first().copied();
-    days.extend(
-        strays
-            .iter()
-            .map(|d| d.date())
-            .filter(|d| horizon.is_none_or(|h| *d >= h)),
-    );
+    for day in strays.iter().map(|d| d.date()) {
+        if horizon.is_none_or(|h| day >= h) || holds_all_its_rollups(pool, day).await? {
+            days.push(day);
+        }
+    }
     days.sort_unstable();
     days.dedup();
     let since_day = since.map(|s| s.to_offset(time::UtcOffset::UTC).date());
@@ -618,6 +617,29 @@ pub async fn rebuild_rollups(
         );
     }
     Ok(days)
+}
+
+/// Whether the default partition holds at least as many rows of `day` (a day before the
+/// raw horizon) as its daily rollups count: rows imported there by hand, or rollups lost. A
+/// day that retention dropped has fewer (a late event of it, say), and rebuilding it would
+/// replace its rollups with that part.
+async fn holds_all_its_rollups(pool: &PgPool, day: Date) -> Result<bool> {
+    let from = midnight(day);
+    let until = midnight(day.next_day().unwrap_or(day));
+    bounded(
+        "comparing a day of the default partition with its rollups",
+        STATEMENT_TIMEOUT,
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM website_status_default
+                     WHERE timestamp_utc >= $1 AND timestamp_utc < $2)
+                 >= (SELECT coalesce(sum(checks), 0) FROM website_status_daily
+                     WHERE bucket_start = $1)",
+        )
+        .bind(from)
+        .bind(until)
+        .fetch_one(pool),
+    )
+    .await
 }
 
 async fn rebuild_day(pool: &PgPool, day: Date) -> Result<()> {
