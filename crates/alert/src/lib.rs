@@ -2,7 +2,7 @@
 //! change, over webhooks, Slack, PagerDuty and email.
 //!
 //! Alerting is one more consumer of the check events ([`service::run`], `sitemon alert`): the
-//! exactly-once consumer of [`sitemon_core::consume`], the sync's machinery under a name of its
+//! exactly-once consumer of [`sitemon_consume`], the sync's machinery under a name of its
 //! own, opens a transaction, hands the events it read to [`Processor::apply`], stores its
 //! offsets in the same transaction and commits: every state change, incident and notification to send is
 //! written with the offsets (a transactional outbox), so a crash neither loses nor repeats

@@ -1,6 +1,6 @@
 //! `sitemon alert`: the processor over the events topic, and the delivery loop beside it.
 //!
-//! The processor runs inside the exactly-once consumer of [`sitemon_core::consume`], the
+//! The processor runs inside the exactly-once consumer of [`sitemon_consume`], the
 //! same machinery as the sync's, under a consumer name of its own ([`CONSUMER`]): its own
 //! stored offsets (`sync_offsets` rows with `consumer = 'alert'`), its own lease group
 //! (`alert:TOPIC`), so any number of alert workers share the topic's partitions exactly as
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sitemon_core::consume::{self, ConsumerConfig, Entry, Message, Sink, StartFrom};
+use sitemon_consume::{self as consume, ConsumerConfig, Entry, Message, Sink, StartFrom};
 use sitemon_core::metrics::Registry;
 use sitemon_core::{CheckEvent, DatabaseConfig, KafkaConfig};
 use sqlx::PgConnection;

@@ -27,8 +27,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sitemon_consume::lease::LeaseGroup;
 use sitemon_core::DatabaseConfig;
-use sitemon_core::lease::LeaseGroup;
 use sitemon_core::retry::{self, Backoff};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

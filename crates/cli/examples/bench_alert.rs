@@ -117,9 +117,9 @@ async fn main() {
     // From the earliest offset: a partition's reader starts a moment after its lease, and the
     // topic is new, so nothing produced meanwhile is skipped.
     let mut worker = start(&bin, "alert", &["--alert-start", "earliest"], &url, &topic);
-    let group = sitemon_core::consume::lease_group("alert", &topic);
+    let group = sitemon_consume::lease_group("alert", &topic);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sitemon_core::lease::holders(&pool, &group)
+    while sitemon_consume::lease::holders(&pool, &group)
         .await
         .expect("pg_locks")
         .len()

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use sitemon_consume::StartFrom;
 use sitemon_core::config::{DEFAULT_TOPIC, KafkaSettings};
-use sitemon_core::consume::StartFrom;
 use sitemon_core::db::PgPool;
 use sitemon_core::{DatabaseConfig, KafkaConfig, Secret};
 

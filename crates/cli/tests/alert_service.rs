@@ -303,10 +303,10 @@ async fn two_workers_share_the_topic_and_notify_each_incident_once() {
     let b = Worker::start("b", &db, &topic, &logs);
 
     // Both hold leases before the stream starts.
-    let group = sitemon_core::consume::lease_group("alert", &topic);
+    let group = sitemon_consume::lease_group("alert", &topic);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let holders = sitemon_core::lease::holders(&db.pool, &group)
+        let holders = sitemon_consume::lease::holders(&db.pool, &group)
             .await
             .expect("pg_locks");
         let pids: BTreeSet<i32> = holders.values().copied().collect();

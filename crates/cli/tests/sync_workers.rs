@@ -3,7 +3,7 @@
 //! one stopped with SIGTERM, and store every message exactly once.
 //!
 //! Who holds which partition is read from PostgreSQL's lock table
-//! (`sitemon_core::lease::holders`) and from each worker's `/metrics`.
+//! (`sitemon_consume::lease::holders`) and from each worker's `/metrics`.
 
 mod support;
 
@@ -98,7 +98,7 @@ impl Drop for Worker {
 
 /// Resource → backend pid of the holder's lease connection.
 async fn holders(db: &TestDb, topic: &str) -> BTreeMap<i32, i32> {
-    sitemon_core::lease::holders(&db.pool, &sitemon_sync::lease_group(topic))
+    sitemon_consume::lease::holders(&db.pool, &sitemon_sync::lease_group(topic))
         .await
         .expect("pg_locks")
 }

@@ -49,8 +49,9 @@ pub fn is_auth_failure(error: &sqlx::Error) -> bool {
     crate::refusal::database_refused(error)
 }
 
-/// A failed connection attempt as [`Error::DatabaseAuth`] or [`Error::DatabaseConnect`].
-pub(crate) fn connect_error(config: &DatabaseConfig, error: &sqlx::Error) -> Error {
+/// A failed connection attempt as [`Error::DatabaseAuth`] or [`Error::DatabaseConnect`]:
+/// the pool's here, the lease connection's in `sitemon-consume`.
+pub fn connect_error(config: &DatabaseConfig, error: &sqlx::Error) -> Error {
     let target = config.target().to_owned();
     let reason = describe_connect_error(error);
     if is_auth_failure(error) {

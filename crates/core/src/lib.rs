@@ -1,8 +1,13 @@
-//! What both ends of sitemon agree on.
+//! The vocabulary every part of sitemon shares.
 //!
 //! sitemon's data flows one way: the checker (`sitemon-checker`) probes sites and publishes
-//! one [`CheckEvent`] per check to Kafka; the sync (`sitemon-sync`) consumes the events into
-//! PostgreSQL. The two never import each other; they share this crate.
+//! one [`CheckEvent`] per check to Kafka; two consumers read the events, the sync
+//! (`sitemon-sync`) into PostgreSQL's history and the alert service (`sitemon-alert`) into
+//! incidents and notifications, both on the exactly-once consumer of `sitemon-consume`; the
+//! dashboard (`sitemon-web`) and the CLI read what they stored. None of them imports another;
+//! they share this crate: the site and its validation, the event, configuration, errors,
+//! retries, metrics, the Kafka client, and (for now) the database's schema, history and
+//! reports.
 //!
 //! # Layout
 //! - [`site`]: a monitored [`Site`], its [`SiteSettings`] and the validation of what a user
@@ -17,14 +22,9 @@
 //! - [`kafka`]: building an rskafka client from a [`KafkaConfig`] (plaintext, mTLS, SASL),
 //!   and the topic utilities.
 //! - [`db`]: the pool, the embedded migrations, and the `websites` table.
-//! - [`consume`]: the exactly-once consumer of the events topic (offsets stored with what
-//!   the events produced, partition leases, hand-over), shared by the sync and the alert
-//!   service, each with a sink of its own.
-//! - [`lease`]: sharing partitions or buckets of sites among several processes through
-//!   PostgreSQL advisory locks.
 //! - [`mask`]: the one masking of URLs (credentials, query values) for every output, every URL
 //!   a message quotes, and the bound on a message's length ([`mask::MAX_MESSAGE_BYTES`]).
-//! - [`metrics`]: the `prometheus-client` registry the checker and the sync register in, and
+//! - [`metrics`]: the `prometheus-client` registry every part registers in, and
 //!   the `/metrics` server (OpenMetrics text).
 //! - [`history`]: `website_status` partitioned by day, retention, and the hourly and daily
 //!   rollups the sync keeps in the same transaction as the rows.
@@ -35,6 +35,7 @@
 //! - [`incidents`]: the incidents alerting opened, with their notifications' delivery.
 //! - [`retry`]: [`retry::Backoff`] between attempts and [`retry::timeout`] around every call
 //!   that can hang.
+//! - [`statement`]: one statement run with a timeout, its error naming what it was doing.
 //! - [`error`]: this crate's [`Error`].
 //!
 //! # Example
@@ -55,7 +56,6 @@
 
 pub mod apply;
 pub mod config;
-pub mod consume;
 pub mod dashboard;
 pub mod db;
 pub mod error;
@@ -63,7 +63,6 @@ pub mod event;
 pub mod history;
 pub mod incidents;
 pub mod kafka;
-pub mod lease;
 pub mod mask;
 pub mod metrics;
 mod refusal;
@@ -72,7 +71,7 @@ pub mod retry;
 pub mod site;
 pub mod site_alerts;
 pub mod sites_file;
-mod statement;
+pub mod statement;
 
 pub use config::{
     ClientCertFiles, DatabaseConfig, KafkaConfig, KafkaSecurity, KafkaSettings, SaslMechanism,

@@ -1,5 +1,5 @@
 //! One statement run with a bound: its error names what it was doing, its timeout too.
-//! A leaf every module that talks to PostgreSQL uses.
+//! A leaf every module that talks to PostgreSQL uses, here and in the crates above this one.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +9,11 @@ use crate::retry;
 
 /// Runs one statement for at most `after`: its error becomes [`Error::Database`] and its
 /// timeout [`Error::Timeout`], both naming what it was `doing`.
-pub(crate) async fn bounded<T>(
+///
+/// # Errors
+/// [`Error::Database`] when the statement fails, [`Error::Timeout`] when it takes longer than
+/// `after`.
+pub async fn bounded<T>(
     doing: &'static str,
     after: Duration,
     statement: impl Future<Output = Result<T, sqlx::Error>>,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sitemon_core::consume::ConsumerConfig;
+use sitemon_consume::ConsumerConfig;
 use sitemon_core::metrics::Registry;
 use sitemon_core::{DatabaseConfig, KafkaConfig};
 
@@ -55,7 +55,7 @@ impl SyncConfig {
 /// The lease group of the syncs of `topic`: every sync of the topic on the same database
 /// shares its partitions with the others of this group.
 pub fn lease_group(topic: &str) -> String {
-    sitemon_core::consume::lease_group(CONSUMER, topic)
+    sitemon_consume::lease_group(CONSUMER, topic)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! the cores while the writer waits on PostgreSQL. Whether the site still exists is decided
 //! later, in the writer's transaction (see `writer.rs`).
 
-use sitemon_core::consume::Message;
+use sitemon_consume::Message;
 use sitemon_core::event::EventDecodeError;
 use sitemon_core::mask::{self, MAX_MESSAGE_BYTES, bound_text, mask_url};
 use sitemon_core::{CheckEvent, ErrorKind};

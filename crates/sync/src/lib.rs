@@ -14,7 +14,7 @@
 //! # Several workers
 //! Any number of syncs on one topic (on one machine or several) divide its partitions: each
 //! partition is leased to one worker at a time through a PostgreSQL advisory lock held on a
-//! dedicated connection ([`sitemon_core::lease`], group [`lease_group`]), the partitions are
+//! dedicated connection ([`sitemon_consume::lease`], group [`lease_group`]), the partitions are
 //! shared fairly (`ceil(P / W)` at most each), a worker that dies loses its leases with its
 //! connection and the others take them over on their next rebalance (every
 //! [`SyncConfig::rebalance_every`]), and a worker that stops hands its partitions over at
@@ -25,7 +25,7 @@
 //!
 //! # Layout
 //! - [`run`] (here): connects, starts the history's upkeep (`maintain`), and runs the
-//!   exactly-once consumer of [`sitemon_core::consume`] (readers, batches, offsets, leases,
+//!   exactly-once consumer of [`sitemon_consume`] (readers, batches, offsets, leases,
 //!   sessions, restarts: shared with the alert service) with the sync's sink.
 //! - `config.rs`: [`SyncConfig`], [`lease_group`].
 //! - `decode.rs`: one message → one row or one reject.
@@ -58,20 +58,20 @@ mod decode;
 mod sink;
 mod stats;
 
-/// The sync's errors: the exactly-once consumer's ([`sitemon_core::consume::Error`]).
+/// The sync's errors: the exactly-once consumer's ([`sitemon_consume::Error`]).
 pub mod error {
-    pub use sitemon_core::consume::error::{Error, Result};
+    pub use sitemon_consume::error::{Error, Result};
 }
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sitemon_core::consume::bounded_db;
+use sitemon_consume::bounded_db;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{CONSUMER, DEFAULT_WRITERS, SyncConfig, lease_group};
 pub use error::{Error, Result};
-pub use sitemon_core::consume::{
+pub use sitemon_consume::{
     CHANNEL_CHUNKS, DEFAULT_FETCH_MAX_WAIT, DEFAULT_FETCH_MIN_BYTES, StartFrom,
 };
 
@@ -120,8 +120,7 @@ pub async fn run(config: SyncConfig, shutdown: CancellationToken) -> Result<()> 
         partitions,
         shutdown.clone(),
     ));
-    let result =
-        sitemon_core::consume::run(&config.consumer, &pool, Arc::new(sink), shutdown).await;
+    let result = sitemon_consume::run(&config.consumer, &pool, Arc::new(sink), shutdown).await;
     maintainer.abort();
     pool.close().await;
     tracing::info!("sync stopped");

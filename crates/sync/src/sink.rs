@@ -1,5 +1,5 @@
 //! The sync's [`Sink`]: what one batch of messages stores, inside the consumer's transaction
-//! ([`sitemon_core::consume`] moves the offsets, checks the lease and commits).
+//! ([`sitemon_consume`] moves the offsets, checks the lease and commits).
 //!
 //! 1. `SELECT id FROM websites WHERE id = ANY(…) ORDER BY id FOR KEY SHARE`: the sites the
 //!    batch's rows refer to, locked against a concurrent `DELETE` until the commit. A site
@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sitemon_core::consume::{Entry, Message, Result, Sink, bounded_db};
+use sitemon_consume::{Entry, Message, Result, Sink, bounded_db};
 use sitemon_core::history::Partitions;
 
 use crate::decode::{

@@ -1,7 +1,7 @@
 //! What the sync's sink counts: rows, duplicates and rejects, for the progress line and for
 //! Prometheus (registered in [`SyncConfig::metrics`] beside the consumer's own
 //! `sitemon_sync_batches_total`, `_lost_to_retention_total`, `_leases_held` and
-//! `_partition_lag`, see [`sitemon_core::consume`]).
+//! `_partition_lag`, see [`sitemon_consume`]).
 //!
 //! [`SyncConfig::metrics`]: crate::config::SyncConfig::metrics
 
@@ -103,7 +103,7 @@ mod tests {
     use sitemon_core::metrics::Registry;
 
     /// Every name and label dashboards use: a rename fails here first (the consumer's own
-    /// metrics are pinned in `sitemon_core::consume`).
+    /// metrics are pinned in `sitemon_consume`).
     #[test]
     fn metrics_keep_their_names_and_labels() {
         let stats = Stats::new();

@@ -29,7 +29,7 @@ fn series(registry: &Registry, series: &str) -> Option<f64> {
 
 /// The backend pid of the lease connection holding partition 0 of the fixture's topic.
 async fn holder_of_partition_0(fixture: &Fixture) -> Option<i32> {
-    sitemon_core::lease::holders(&fixture.db.pool, &lease_group(&fixture.topic))
+    sitemon_consume::lease::holders(&fixture.db.pool, &lease_group(&fixture.topic))
         .await
         .expect("the lease holders")
         .get(&0)

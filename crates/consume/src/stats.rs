@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Registry;
+use sitemon_core::metrics::Registry;
 
 /// The label of `sitemon_{consumer}_partition_lag` (after `topic`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,7 +204,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::Stats;
-    use crate::metrics::Registry;
+    use sitemon_core::metrics::Registry;
 
     /// Every name and label dashboards use: a rename fails here first.
     #[test]

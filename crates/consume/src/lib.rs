@@ -1,19 +1,27 @@
-//! The exactly-once consumer: reads a topic's check events into PostgreSQL, storing the
-//! offsets it consumed **in the same transaction as what the events produced** (the
-//! "Storing Offsets Outside Kafka" pattern of Kafka's `KafkaConsumer` documentation; rskafka
-//! has no consumer groups and no offset commits). A crash at any instant loses nothing and
-//! stores nothing twice: after a restart the consumer reads on from the stored offsets.
+//! sitemon's exactly-once consumer of the events topic: reads a topic's check events into
+//! PostgreSQL, storing the offsets it consumed **in the same transaction as what the events
+//! produced** (the "Storing Offsets Outside Kafka" pattern of Kafka's `KafkaConsumer`
+//! documentation; rskafka has no consumer groups and no offset commits). A crash at any
+//! instant loses nothing and stores nothing twice: after a restart the consumer reads on from
+//! the stored offsets.
+//!
+//! This crate owns the consumer's machinery: the leases that share a topic's partitions (or
+//! any numbered resource, such as the checker's buckets of sites) among processes, one reader
+//! per partition held, the batches, and the writer's transaction (the sink's statements, the
+//! offsets by compare-and-set in `sync_offsets`, the lease check). It depends on
+//! `sitemon-core` for the event, the configuration, the errors, retries, metrics and the
+//! Kafka client.
 //!
 //! Two consumers use it, each with offsets of its own (`sync_offsets.consumer`): the sync
 //! (`sitemon-sync`, whose [`Sink`] stores rows, rejects and rollups) and the alert service
 //! (`sitemon-alert`, whose sink stores state changes, incidents and the outbox). What a
 //! message means is the sink's business; reading, batching, offsets, leases, hand-over and
-//! restarts are this module's.
+//! restarts are this crate's.
 //!
 //! # Several workers
 //! Any number of workers of one consumer on one topic (on one machine or several) divide
 //! its partitions: each partition is leased to one worker at a time through a PostgreSQL
-//! advisory lock held on a dedicated connection ([`crate::lease`], group [`lease_group`]), the
+//! advisory lock held on a dedicated connection ([`lease`], group [`lease_group`]), the
 //! partitions are shared fairly (`ceil(P / W)` at most each), a worker that dies loses its
 //! leases with its connection and the others take them over on their next rebalance (every
 //! [`ConsumerConfig::rebalance_every`]), and a worker that stops hands its partitions over
@@ -23,30 +31,87 @@
 //! in transaction mode.
 //!
 //! # Layout
-//! - [`run`] (here): connects, then runs *sessions* until `shutdown`; a session ends on the
-//!   first error that the readers cannot retry in place (PostgreSQL gone, the lease
-//!   connection lost). [`run`] then waits with backoff and jitter and starts a new session
-//!   from the stored offsets. A stored offset that moved under a partition (a worker that
-//!   crashed had just committed it) restarts that partition's reader alone (`writer.rs`,
-//!   `Restarts`).
+//! - [`run`] (here, with [`Sink`], [`ConsumerConfig`], [`Message`], [`fingerprint`]):
+//!   connects, then runs *sessions* until `shutdown`; a session ends on the first error that
+//!   the readers cannot retry in place (PostgreSQL gone, the lease connection lost). [`run`]
+//!   then waits with backoff and jitter and starts a new session from the stored offsets. A
+//!   stored offset that moved under a partition (a worker that crashed had just committed it)
+//!   restarts that partition's reader alone (`writer.rs`, `Restarts`).
+//! - [`lease`]: sharing numbered resources among processes with advisory locks; `plan()` is
+//!   the pure decision, the rest is SQL.
 //! - `session.rs`: one session: joins the lease group, starts the writer, rebalances, starts
 //!   the readers of the partitions it takes, stops (and flushes) those it gives away, then
 //!   leaves.
 //! - `reader.rs`: one fetch loop per partition held; Kafka errors, offsets lost to retention,
 //!   a topic deleted and created again (incarnations, see `offsets.rs`). Messages are decoded
 //!   there ([`Sink::decode`]), spread over the cores while the writer waits on PostgreSQL.
-//! - `batch.rs`: chunks from the readers → batches of at most `batch_size` messages.
+//! - `batch.rs`: chunks from the readers → batches of at most `batch_size` messages
+//!   ([`Entry`]s).
 //! - `writer.rs`: one batch → one transaction (the sink's statements, offsets, lease check).
-//! - `offsets.rs`: `sync_offsets`, moved by compare-and-set from the batch's first offset.
+//! - `offsets.rs`: `sync_offsets`, moved by compare-and-set from the batch's first offset
+//!   ([`Position`]).
 //! - `stats.rs`: the progress line and the `sitemon_{consumer}_*` metrics.
 //! - [`error`]: the consumer's [`Error`].
 //!
 //! Memory is bounded: each fetch asks for at most 1 MiB, the readers hand their chunks to
 //! the writer over a channel of [`CHANNEL_CHUNKS`] chunks, and a full channel stops the
 //! readers until PostgreSQL has caught up.
+//!
+//! # Example
+//! A consumer of one's own (here `counter`, with offsets and a lease group of its own) that
+//! counts the messages with a value, until it is stopped:
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! use sitemon_consume::{ConsumerConfig, Entry, Message, Sink};
+//! use sitemon_core::{DatabaseConfig, KafkaConfig, db};
+//! use sqlx::PgConnection;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(Debug, Default)]
+//! struct Counter {
+//!     seen: AtomicU64,
+//! }
+//!
+//! impl Sink for Counter {
+//!     type Item = bool;
+//!     type Stored = u64;
+//!
+//!     fn decode(&self, message: Message) -> bool {
+//!         message.value.is_some()
+//!     }
+//!
+//!     async fn store(
+//!         &self,
+//!         _tx: &mut PgConnection,
+//!         _topic: &str,
+//!         batch: &[Entry<bool>],
+//!     ) -> sitemon_consume::Result<u64> {
+//!         // Whatever the batch stores goes into `_tx`: it commits with the offsets.
+//!         Ok(batch.iter().filter(|entry| entry.item).count() as u64)
+//!     }
+//!
+//!     fn committed(&self, stored: u64) {
+//!         self.seen.fetch_add(stored, Ordering::Relaxed);
+//!     }
+//! }
+//!
+//! # async fn example() -> sitemon_consume::Result<()> {
+//! let database = DatabaseConfig::from_url("postgres://sitemon:sitemon@127.0.0.1/sitemon")?;
+//! let kafka = KafkaConfig::plaintext("127.0.0.1:9092", "website_status")?;
+//! let pool = db::connect(&database, 2).await?;
+//! let config = ConsumerConfig::new("counter", database, kafka);
+//! let shutdown = CancellationToken::new();
+//! // Cancel `shutdown` (on SIGTERM, say): the batch in hand is stored, then `run` returns.
+//! sitemon_consume::run(&config, &pool, Arc::new(Counter::default()), shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod batch;
 pub mod error;
+pub mod lease;
 mod offsets;
 mod reader;
 mod session;
@@ -64,9 +129,9 @@ pub use batch::Entry;
 pub use error::{Error, Result, bounded_db};
 pub use offsets::Position;
 
-use crate::metrics::Registry;
-use crate::retry::Backoff;
-use crate::{DatabaseConfig, KafkaConfig};
+use sitemon_core::metrics::Registry;
+use sitemon_core::retry::Backoff;
+use sitemon_core::{DatabaseConfig, KafkaConfig};
 use stats::Stats;
 
 /// How many fetched chunks (each at most about 1 MiB) may wait for the writer.
@@ -294,7 +359,7 @@ pub async fn run<S: Sink>(
     }
     let client = connect_kafka(&config.kafka).await?;
     let Some(initial_partitions) =
-        crate::kafka::partition_count(&client, &config.kafka.topic).await?
+        sitemon_core::kafka::partition_count(&client, &config.kafka.topic).await?
     else {
         return Err(Error::UnknownTopic {
             topic: config.kafka.topic.clone(),
@@ -376,8 +441,8 @@ pub async fn run<S: Sink>(
 }
 
 async fn connect_kafka(config: &KafkaConfig) -> Result<rskafka::client::Client> {
-    let backoff = crate::kafka::backoff(KAFKA_RETRY_DEADLINE);
-    Ok(crate::kafka::connect_with_backoff(config, backoff).await?)
+    let backoff = sitemon_core::kafka::backoff(KAFKA_RETRY_DEADLINE);
+    Ok(sitemon_core::kafka::connect_with_backoff(config, backoff).await?)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::retry;
+use sitemon_core::retry;
 
 /// Everything that can stop a consumer (the sync, the alert service).
 ///
@@ -13,9 +13,9 @@ use crate::retry;
 #[non_exhaustive]
 pub enum Error {
     /// Connecting, a Kafka administrative call, or a call that timed out
-    /// ([`crate::Error::Timeout`]).
+    /// ([`sitemon_core::Error::Timeout`]).
     #[error(transparent)]
-    Core(#[from] crate::Error),
+    Core(#[from] sitemon_core::Error),
 
     /// A statement failed.
     #[error("PostgreSQL failed while {doing}: {source}")]
@@ -92,7 +92,7 @@ pub enum Error {
         topic: String,
         /// What failed.
         #[source]
-        source: crate::Error,
+        source: sitemon_core::Error,
     },
 
     /// Storing a batch failed in the sink (the sync's rows, the alert service's state).
@@ -106,13 +106,13 @@ pub enum Error {
 
 impl Error {
     /// Whether PostgreSQL or Kafka refused our credentials (see
-    /// [`crate::Error::is_auth_failure`]): once running, [`super::run`] retries it
+    /// [`sitemon_core::Error::is_auth_failure`]): once running, [`super::run`] retries it
     /// only on a slow backoff.
     pub fn is_auth_failure(&self) -> bool {
         match self {
             Self::Core(e) | Self::Lease { source: e, .. } => e.is_auth_failure(),
-            Self::Database { source, .. } => crate::db::is_auth_failure(source),
-            Self::Kafka { source, .. } => crate::kafka::is_auth_failure(source),
+            Self::Database { source, .. } => sitemon_core::db::is_auth_failure(source),
+            Self::Kafka { source, .. } => sitemon_core::kafka::is_auth_failure(source),
             _ => false,
         }
     }
@@ -136,9 +136,9 @@ pub async fn bounded_db<T>(
     retry::timeout(&format!("PostgreSQL while {doing}"), after, future).await
 }
 
-/// A timeout is core's [`crate::Error::Timeout`]: one variant for every crate.
+/// A timeout is core's [`sitemon_core::Error::Timeout`]: one variant for every crate.
 impl retry::TimedOut for Error {
     fn timed_out(operation: &str, after: Duration) -> Self {
-        Self::Core(crate::Error::timed_out(operation, after))
+        Self::Core(sitemon_core::Error::timed_out(operation, after))
     }
 }

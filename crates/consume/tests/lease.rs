@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use sitemon_core::DatabaseConfig;
-use sitemon_core::lease::LeaseGroup;
+use sitemon_consume::lease::LeaseGroup;
+use sitemon_core::{DatabaseConfig, Error};
 use sitemon_testkit::{services, unique_name};
 
 fn config() -> DatabaseConfig {
@@ -128,7 +128,7 @@ async fn another_connection_sees_whether_the_leases_are_held() {
     let all: Vec<i32> = (0..4).collect();
     assert!(!holder.holds_all(&mut other, &all).await.expect("asks"));
 
-    let holders = sitemon_core::lease::holders(&mut other, &group)
+    let holders = sitemon_consume::lease::holders(&mut other, &group)
         .await
         .expect("lists");
     assert_eq!(holders.keys().copied().collect::<Vec<_>>(), all);
@@ -155,4 +155,29 @@ async fn another_connection_sees_whether_the_leases_are_held() {
     );
     assert!(!holder.holds_all(&mut other, &[]).await.expect("asks"));
     b.leave().await.expect("leaves");
+}
+
+/// A wrong password is refused on the lease connection (not pooled) as on the pool (core's
+/// `tests/database.rs`): an authentication failure that never quotes the password.
+#[tokio::test]
+async fn wrong_password_is_reported_without_the_password() {
+    const WRONG: &str = "wrong-pw-7f3a9";
+    let url = services()
+        .database_url
+        .replacen("sitemon:sitemon@", &format!("sitemon:{WRONG}@"), 1);
+    assert_ne!(
+        url,
+        services().database_url,
+        "DATABASE_URL has no password to change"
+    );
+    let config = DatabaseConfig::from_url(&url).expect("parses");
+
+    let error = LeaseGroup::join(&config, "auth-test")
+        .await
+        .expect_err("wrong password");
+    assert!(
+        matches!(error, Error::DatabaseAuth { .. }) && error.is_auth_failure(),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(WRONG), "{error}");
 }

@@ -35,7 +35,7 @@ use super::stats::Stats;
 use super::writer::{Restarts, ToWriter, Writer};
 use super::{CHANNEL_CHUNKS, ConsumerConfig, Sink, StartFrom, lease_group};
 use crate::lease::LeaseGroup;
-use crate::retry::Backoff;
+use sitemon_core::retry::Backoff;
 
 /// Runs one session: joins the lease group, reads the partitions it holds and writes them,
 /// until `shutdown` (then `Ok`, after the last commit and leaving the group) or the first
@@ -50,7 +50,7 @@ pub(crate) async fn run<S: Sink>(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let topic = config.kafka.topic.clone();
-    let partitions = crate::kafka::partition_count(&client, &topic)
+    let partitions = sitemon_core::kafka::partition_count(&client, &topic)
         .await?
         .ok_or_else(|| Error::UnknownTopic {
             topic: topic.clone(),
@@ -189,7 +189,7 @@ impl<S: Sink> Session<S> {
     /// rebalance.
     async fn poll_partitions(&mut self) {
         let topic = &self.readers.topic;
-        match crate::kafka::partition_count(&self.readers.client, topic).await {
+        match sitemon_core::kafka::partition_count(&self.readers.client, topic).await {
             Ok(Some(count)) => {
                 let count = i32::try_from(count).unwrap_or(i32::MAX);
                 if count > self.partitions {
@@ -204,7 +204,7 @@ impl<S: Sink> Session<S> {
         }
     }
 
-    fn lost(&self, source: crate::Error) -> Error {
+    fn lost(&self, source: sitemon_core::Error) -> Error {
         Error::Lease {
             topic: self.readers.topic.clone(),
             source,

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection, PgExecutor};
 
-use crate::config::DatabaseConfig;
+use sitemon_core::config::DatabaseConfig;
 #[cfg(doc)]
-use crate::error::Error;
-use crate::error::Result;
-use crate::retry;
+use sitemon_core::error::Error;
+use sitemon_core::error::Result;
+use sitemon_core::retry;
 
 /// How long one lease statement may take before the lease connection counts as lost.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,11 +151,11 @@ impl LeaseGroup {
         let connect = async {
             PgConnection::connect_with(config.options())
                 .await
-                .map_err(|e| crate::db::connect_error(config, &e))
+                .map_err(|e| sitemon_core::db::connect_error(config, &e))
         };
         let mut conn = retry::timeout(
             &format!("connecting to PostgreSQL at {}", config.target()),
-            crate::db::CONNECT_TIMEOUT,
+            sitemon_core::db::CONNECT_TIMEOUT,
             connect,
         )
         .await?;
@@ -442,7 +442,7 @@ async fn bounded<T>(
     doing: &'static str,
     statement: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T> {
-    crate::statement::bounded(doing, STATEMENT_TIMEOUT, statement).await
+    sitemon_core::statement::bounded(doing, STATEMENT_TIMEOUT, statement).await
 }
 
 #[cfg(test)]
