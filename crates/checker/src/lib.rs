@@ -67,6 +67,7 @@ pub mod error;
 mod grid;
 mod keeper;
 pub mod partitioner;
+mod plan;
 mod probe;
 mod producer;
 mod schedule;
@@ -74,6 +75,7 @@ mod sites;
 mod stats;
 mod target;
 mod tls_expiry;
+mod verdict;
 
 use std::sync::Arc;
 use std::time::Duration;
