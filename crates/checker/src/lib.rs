@@ -124,11 +124,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         config.max_body_bytes,
         &config.extra_root_certs,
         &config.deny_cidrs,
-    )
-    .map_err(|reason| Error::Config {
-        setting: "extra_root_certs",
-        reason,
-    })?;
+    )?;
 
     let pool = sitemon_core::db::connect(&config.database, 2).await?;
     let listener = sites::listen(&pool, config.database.target()).await?;

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::IpNet;
-use crate::error::{PlanError, chain};
+use crate::error::{Error, PlanError, chain};
 use crate::plan::CheckPlan;
 use crate::target::{Chain, Credentials, Target, without_userinfo};
 use crate::tls_expiry::not_after;
@@ -157,21 +157,28 @@ impl Prober {
     /// A prober trusting the Mozilla roots (plus `extra_roots`), with TLS session resumption
     /// off so that every check pays, and measures, a full handshake; it never connects to an
     /// address in `deny`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `extra_root_certs` when a certificate cannot be used.
     pub(crate) fn new(
         max_body_bytes: usize,
         extra_roots: &[CertificateDer<'static>],
         deny: &[IpNet],
-    ) -> Result<Self, String> {
+    ) -> crate::error::Result<Self> {
+        let refused = |reason: String| Error::Config {
+            setting: "extra_root_certs",
+            reason,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| refused(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in extra_roots {
             roots
                 .add(cert.clone())
-                .map_err(|e| format!("extra CA certificate not usable: {e}"))?;
+                .map_err(|e| refused(format!("extra CA certificate not usable: {e}")))?;
         }
         let mut config = builder.with_root_certificates(roots).with_no_client_auth();
         config.resumption = rustls::client::Resumption::disabled();
