@@ -1,18 +1,22 @@
-//! One check of one site, from the planned start to the event in the producer's buffer.
+//! One check of one site, from the planned start to the event in the producer's buffer: the
+//! glue of plan ([`crate::plan`]) → probe ([`crate::probe`]) → verdict ([`crate::verdict`]) →
+//! event.
 
 use std::sync::Arc;
 
 use sitemon_core::event::EVENT_SCHEMA_VERSION;
 use sitemon_core::mask::{MAX_MESSAGE_BYTES, bound_text, mask_url};
-use sitemon_core::{CheckError, CheckEvent, ErrorKind};
+use sitemon_core::{CheckError, CheckEvent};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::CheckerConfig;
-use crate::probe::{Outcome, Prober, Searches};
+use crate::plan::Assertions;
+use crate::probe::Prober;
 use crate::producer::Producer;
 use crate::sites::SiteSpec;
 use crate::stats::Stats;
+use crate::verdict::{Observation, Verdict, judge};
 
 /// What every check shares.
 #[derive(Debug)]
@@ -43,45 +47,26 @@ impl Checks {
     pub(crate) async fn check(&self, site: &SiteSpec) -> CheckEvent {
         let checked_at = OffsetDateTime::now_utc();
         let check_id = Uuid::now_v7();
-        let outcome = match (
-            &site.target,
-            &site.regex,
-            &site.must_not_match,
-            &site.request,
-        ) {
-            (Err(reason), ..) => {
-                Outcome::failed_before_start(ErrorKind::InvalidUrl, reason.clone())
-            }
-            (_, Some(Err(reason)), ..) | (_, _, Some(Err(reason)), _) => {
-                Outcome::failed_before_start(ErrorKind::InvalidRegex, reason.clone())
-            }
-            (.., Err(reason)) => {
-                Outcome::failed_before_start(ErrorKind::InvalidSettings, reason.clone())
-            }
-            (Ok(target), regex, must_not_match, Ok(request)) => {
-                let compiled = |r: &Option<Result<Arc<regex::Regex>, String>>| {
-                    r.as_ref().and_then(|r| r.as_ref().ok()).map(Arc::clone)
-                };
-                let (regex, must_not_match) = (compiled(regex), compiled(must_not_match));
-                let searches = Searches {
-                    regex: regex.as_deref(),
-                    must_not_match: must_not_match.as_deref(),
-                };
+        // A site without a plan asserts nothing: its observation's error makes it down.
+        let none = Assertions::default();
+        let (outcome, assertions) = match &site.plan {
+            Err(unusable) => (
+                Observation::failed_before_start(unusable.kind(), unusable.to_string()),
+                &none,
+            ),
+            Ok(plan) => {
                 let timeout = site
                     .timeout
                     .unwrap_or_else(|| self.config.timeout_for(site.interval));
-                self.prober.check(target, request, searches, timeout).await
+                (self.prober.check(plan, timeout).await, &plan.assertions)
             }
         };
+        let Verdict {
+            up,
+            degraded,
+            failed_assertion,
+        } = judge(assertions, &outcome);
         let responded = outcome.status.is_some();
-        let request = site.request.as_ref().ok();
-        let expect = request.and_then(|r| r.expect.as_ref());
-        let up = outcome.is_up(expect);
-        let degraded = up
-            && request
-                .and_then(|r| r.degraded_after)
-                .is_some_and(|after| outcome.timings.total > after.as_secs_f64() * 1000.0);
-        let failed_assertion = outcome.failed_assertion(expect);
         CheckEvent {
             schema: EVENT_SCHEMA_VERSION,
             check_id,

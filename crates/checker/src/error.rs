@@ -1,7 +1,13 @@
 //! The error type of `sitemon-checker`.
 //!
 //! Only what stops the checker as a whole, at start, is an [`Error`]. A failed check is not
-//! an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set.
+//! an error; it is a [`CheckEvent`](sitemon_core::CheckEvent) with `error` set. A site whose
+//! settings cannot make a check plan is a `PlanError` (crate-private): its checks are events
+//! with that error's kind and text.
+
+use std::sync::Arc;
+
+use sitemon_core::ErrorKind;
 
 /// Everything that can stop [`run`](crate::run).
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,49 @@ pub enum Error {
 impl sitemon_core::retry::TimedOut for Error {
     fn timed_out(operation: &str, after: std::time::Duration) -> Self {
         Self::Core(sitemon_core::Error::timed_out(operation, after))
+    }
+}
+
+/// Why a site's settings cannot make a check plan (a row written by SQL: `add-site` and
+/// `apply` refuse such values). Its text is the event's error message, word for word the
+/// validation's own (`sitemon_core::site`); the validation's error is shared (`Arc`) because
+/// one compiled-or-refused regex serves every site with the same pattern.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PlanError {
+    /// The site URL cannot be checked: `invalid_url`.
+    #[error("{source}")]
+    Url {
+        /// What `validate_url` refused.
+        source: Arc<sitemon_core::Error>,
+    },
+
+    /// A regex does not compile: `invalid_regex`.
+    #[error("{source}")]
+    Regex {
+        /// The setting: `regex` or `regex_must_not_match`.
+        key: &'static str,
+        /// What the compiler refused.
+        source: Arc<sitemon_core::Error>,
+    },
+
+    /// Another setting cannot be used: `invalid_settings`.
+    #[error("{source}")]
+    Setting {
+        /// The setting: `headers` or `expect_status`.
+        key: &'static str,
+        /// What its validation refused.
+        source: Arc<sitemon_core::Error>,
+    },
+}
+
+impl PlanError {
+    /// The event's error kind for a check of a site without a plan.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Url { .. } => ErrorKind::InvalidUrl,
+            Self::Regex { .. } => ErrorKind::InvalidRegex,
+            Self::Setting { .. } => ErrorKind::InvalidSettings,
+        }
     }
 }
 

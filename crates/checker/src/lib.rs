@@ -20,7 +20,10 @@
 //!   shutdown token is cancelled, then drains and hands its buckets over.
 //! - [`config`]: [`CheckerConfig`] and its defaults.
 //! - `sites`: the site list, following the table (LISTEN/NOTIFY plus periodic reloads);
-//!   URLs and regexes are parsed once per change of a row.
+//!   each row made into a check plan once per change of the row.
+//! - `plan`: a site's settings as a `CheckPlan` (target, request, compiled regexes, the
+//!   assertions: expected statuses, degraded threshold), or a typed `PlanError` naming the
+//!   unusable setting.
 //! - [`buckets`]: the bucket of a site and the lease group (the contract between checkers).
 //! - `keeper`: this checker's share of the buckets, rebalanced every
 //!   [`CheckerConfig::rebalance_every`]; surplus released after its checks in flight end.
@@ -28,7 +31,10 @@
 //!   missed ticks skipped.
 //! - `grid`: the wall-clock grid itself: a site's phase, the clock mapping, snapping a
 //!   moment to the grid.
-//! - `check` and `probe`: one check, from the planned start to the event.
+//! - `probe`: executes a plan over HTTP and reports what it saw (an `Observation`).
+//! - `verdict`: the one pure `judge`: an observation held to the plan's assertions, up,
+//!   degraded or down and the first failed assertion.
+//! - `check`: one check, from the planned start to the event: plan → probe → verdict → event.
 //! - `target`: a site URL taken apart for connecting, and where a redirect leads.
 //! - `tls_expiry`: the leaf certificate's `notAfter`, from its DER.
 //! - `producer`: per-partition lanes that linger, then produce one request per batch; the
@@ -36,7 +42,7 @@
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - `stats`: counters and the schedule-lag histogram behind the progress line, and the
 //!   Prometheus metrics registered in [`CheckerConfig::metrics`].
-//! - [`error`]: this crate's [`Error`].
+//! - [`error`]: this crate's [`Error`], and the `PlanError` of a site's unusable settings.
 //!
 //! # Example
 //! Run a checker inside another service, stopping it with the service:
@@ -67,6 +73,7 @@ pub mod error;
 mod grid;
 mod keeper;
 pub mod partitioner;
+mod plan;
 mod probe;
 mod producer;
 mod schedule;
@@ -74,6 +81,7 @@ mod sites;
 mod stats;
 mod target;
 mod tls_expiry;
+mod verdict;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,11 +124,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         config.max_body_bytes,
         &config.extra_root_certs,
         &config.deny_cidrs,
-    )
-    .map_err(|reason| Error::Config {
-        setting: "extra_root_certs",
-        reason,
-    })?;
+    )?;
 
     let pool = sitemon_core::db::connect(&config.database, 2).await?;
     let listener = sites::listen(&pool, config.database.target()).await?;

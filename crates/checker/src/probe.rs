@@ -1,5 +1,6 @@
-//! One check of one site: a fresh connection, every phase timed, redirects followed, the body
-//! read up to a cap and searched with the site's regex.
+//! One HTTP check of one site's [`CheckPlan`]: a fresh connection, every phase timed, redirects
+//! followed, the body read up to a cap and searched with the site's regexes. It reports what
+//! it saw (an [`Observation`]); whether that is up is [`crate::verdict`]'s to say.
 //!
 //! A fresh connection per check is deliberate: a pooled connection (or a resumed TLS session)
 //! would hide exactly the DNS, connect and TLS failures and costs a monitor exists to see.
@@ -19,22 +20,22 @@ use hyper_util::rt::TokioIo;
 use regex::Regex;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sitemon_core::site::validate_headers;
-use sitemon_core::{Assertion, CheckError, ErrorKind, ExpectStatus, ProbeTimings, SiteSettings};
-use time::OffsetDateTime;
+use sitemon_core::{CheckError, ErrorKind, ProbeTimings, SiteSettings};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::IpNet;
-use crate::error::chain;
+use crate::error::{Error, PlanError, chain};
+use crate::plan::CheckPlan;
 use crate::target::{Chain, Credentials, Target, without_userinfo};
 use crate::tls_expiry::not_after;
+use crate::verdict::Observation;
 
 /// The most redirects a check follows; one more is a `too_many_redirects` failure.
 pub(crate) const MAX_REDIRECTS: u32 = 5;
 
-/// What a check of one site sends, and how its answer is judged (beyond the regexes):
-/// a site's settings made ready once per change of its row.
+/// What a check of one site sends: a part of its [`CheckPlan`].
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub(crate) method: Method,
@@ -43,19 +44,20 @@ pub(crate) struct Request {
     /// every hop.
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) body: Bytes,
-    /// The statuses that count as up; `None` = any 2xx.
-    pub(crate) expect: Option<ExpectStatus>,
     pub(crate) follow_redirects: bool,
     pub(crate) tls_verify: bool,
-    /// An up check slower than this is degraded.
-    pub(crate) degraded_after: Option<Duration>,
 }
 
 impl Request {
-    /// The request a site's settings ask for; the error says which setting cannot be used
-    /// (a row written by SQL: `add-site` and `apply` refuse such values).
-    pub(crate) fn from_settings(settings: &SiteSettings) -> Result<Self, String> {
-        validate_headers(&settings.headers).map_err(|e| e.to_string())?;
+    /// The request a site's settings ask for.
+    ///
+    /// # Errors
+    /// [`PlanError::Setting`] for unusable `headers`.
+    pub(crate) fn from_settings(settings: &SiteSettings) -> Result<Self, PlanError> {
+        validate_headers(&settings.headers).map_err(|e| PlanError::Setting {
+            key: "headers",
+            source: Arc::new(e),
+        })?;
         let headers = settings
             .headers
             .iter()
@@ -66,13 +68,6 @@ impl Request {
                 ))
             })
             .collect();
-        let expect = settings
-            .expect_status
-            .as_deref()
-            .filter(|text| !text.is_empty())
-            .map(ExpectStatus::parse)
-            .transpose()
-            .map_err(|e| e.to_string())?;
         let method = match settings.method {
             sitemon_core::Method::Get => Method::GET,
             sitemon_core::Method::Head => Method::HEAD,
@@ -82,64 +77,9 @@ impl Request {
             method,
             headers,
             body: Bytes::from(settings.body.clone().unwrap_or_default()),
-            expect,
             follow_redirects: settings.follow_redirects,
             tls_verify: settings.tls_verify,
-            degraded_after: settings
-                .degraded_after_ms
-                .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
         })
-    }
-}
-
-/// What one check found; [`crate::check`] turns it into a `CheckEvent`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Outcome {
-    pub(crate) status: Option<u16>,
-    pub(crate) regex_matched: Option<bool>,
-    /// Whether `regex_must_not_match` was found, if it was searched.
-    pub(crate) must_not_match_found: Option<bool>,
-    pub(crate) error: Option<CheckError>,
-    pub(crate) timings: ProbeTimings,
-    pub(crate) redirects: u32,
-    pub(crate) final_url: Option<String>,
-    pub(crate) cert_not_after: Option<OffsetDateTime>,
-}
-
-impl Outcome {
-    /// A final response arrived with an expected status (`expect`, or any 2xx), its body was
-    /// read, the regex (if any) matched and `regex_must_not_match` (if any) did not.
-    pub(crate) fn is_up(&self, expect: Option<&ExpectStatus>) -> bool {
-        self.error.is_none() && self.status.is_some() && self.failed_assertion(expect).is_none()
-    }
-
-    /// The first assertion a response that arrived failed: its status, then the regexes.
-    pub(crate) fn failed_assertion(&self, expect: Option<&ExpectStatus>) -> Option<Assertion> {
-        let status = self.status?;
-        if self.error.is_some() {
-            return None;
-        }
-        let expected = match expect {
-            Some(expect) => expect.contains(status),
-            None => (200..300).contains(&status),
-        };
-        if !expected {
-            Some(Assertion::Status)
-        } else if self.regex_matched == Some(false) {
-            Some(Assertion::Regex)
-        } else if self.must_not_match_found == Some(true) {
-            Some(Assertion::RegexMustNotMatch)
-        } else {
-            None
-        }
-    }
-
-    /// A check that could not even start: an unusable URL or regex from the table.
-    pub(crate) fn failed_before_start(kind: ErrorKind, message: String) -> Self {
-        Self {
-            error: Some(CheckError { kind, message }),
-            ..Self::default()
-        }
     }
 }
 
@@ -217,21 +157,28 @@ impl Prober {
     /// A prober trusting the Mozilla roots (plus `extra_roots`), with TLS session resumption
     /// off so that every check pays, and measures, a full handshake; it never connects to an
     /// address in `deny`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `extra_root_certs` when a certificate cannot be used.
     pub(crate) fn new(
         max_body_bytes: usize,
         extra_roots: &[CertificateDer<'static>],
         deny: &[IpNet],
-    ) -> Result<Self, String> {
+    ) -> crate::error::Result<Self> {
+        let refused = |reason: String| Error::Config {
+            setting: "extra_root_certs",
+            reason,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| refused(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in extra_roots {
             roots
                 .add(cert.clone())
-                .map_err(|e| format!("extra CA certificate not usable: {e}"))?;
+                .map_err(|e| refused(format!("extra CA certificate not usable: {e}")))?;
         }
         let mut config = builder.with_root_certificates(roots).with_no_client_auth();
         config.resumption = rustls::client::Resumption::disabled();
@@ -250,19 +197,14 @@ impl Prober {
         })
     }
 
-    /// Checks `target` once with `request`, within `timeout` for the whole check.
-    pub(crate) async fn check(
-        &self,
-        target: &Target,
-        request: &Request,
-        searches: Searches<'_>,
-        timeout: Duration,
-    ) -> Outcome {
+    /// Checks `plan` once, within `timeout` for the whole check, and says what it saw.
+    pub(crate) async fn check(&self, plan: &CheckPlan, timeout: Duration) -> Observation {
         let started = Instant::now();
-        let mut outcome = Outcome::default();
+        let target = &plan.target;
+        let mut outcome = Observation::default();
         let result = tokio::time::timeout(
             timeout,
-            self.follow(target, request, searches, &mut outcome),
+            self.follow(target, &plan.request, plan.searches(), &mut outcome),
         )
         .await;
         outcome.timings.total = ms(started.elapsed());
@@ -296,7 +238,7 @@ impl Prober {
         first: &Target,
         request: &Request,
         searches: Searches<'_>,
-        outcome: &mut Outcome,
+        outcome: &mut Observation,
     ) -> Result<(), Failure> {
         let mut target = first.clone();
         let mut method = request.method.clone();
@@ -390,7 +332,7 @@ impl Prober {
         method: &Method,
         body: Bytes,
         credentials: Trust<'_>,
-        outcome: &mut Outcome,
+        outcome: &mut Observation,
     ) -> Result<Hop, Failure> {
         let timings = &mut outcome.timings;
 
@@ -719,54 +661,8 @@ fn add(phase: &mut Option<f64>, duration: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn up_needs_2xx_no_error_and_a_matching_regex() {
-        let mut outcome = Outcome {
-            status: Some(204),
-            ..Outcome::default()
-        };
-        assert!(outcome.is_up(None));
-        outcome.regex_matched = Some(false);
-        assert!(!outcome.is_up(None));
-        assert_eq!(outcome.failed_assertion(None), Some(Assertion::Regex));
-        outcome.regex_matched = Some(true);
-        outcome.status = Some(301);
-        assert!(!outcome.is_up(None));
-        assert_eq!(outcome.failed_assertion(None), Some(Assertion::Status));
-        outcome.status = Some(200);
-        outcome.must_not_match_found = Some(true);
-        assert!(!outcome.is_up(None));
-        assert_eq!(
-            outcome.failed_assertion(None),
-            Some(Assertion::RegexMustNotMatch)
-        );
-        outcome.must_not_match_found = Some(false);
-        assert!(outcome.is_up(None));
-        outcome.error = Some(CheckError {
-            kind: ErrorKind::Body,
-            message: "broke off".into(),
-        });
-        assert!(!outcome.is_up(None));
-        assert_eq!(outcome.failed_assertion(None), None, "the error says why");
-    }
-
-    #[test]
-    fn expected_statuses_replace_any_2xx() {
-        let expect = ExpectStatus::parse("404,500-503").expect("valid");
-        let outcome = |status| Outcome {
-            status: Some(status),
-            ..Outcome::default()
-        };
-        assert!(outcome(404).is_up(Some(&expect)));
-        assert!(outcome(502).is_up(Some(&expect)));
-        assert!(!outcome(200).is_up(Some(&expect)));
-        assert!(!outcome(504).is_up(Some(&expect)));
-        assert!(
-            !Outcome::default().is_up(Some(&expect)),
-            "no answer is down"
-        );
-    }
+    use crate::plan::Assertions;
+    use crate::verdict::judge;
 
     /// A name whose first address refuses the connection and whose second is a live server:
     /// the check tries the second and is up; the dead address alone is a `connect` failure
@@ -789,22 +685,13 @@ mod tests {
         );
         let check = |host: &str| {
             let url = format!("http://{host}:{port}/ok?{host}");
-            let target = Target::parse(&url).expect("url");
             let prober = prober.clone();
-            let request = Request::from_settings(&SiteSettings::new(&url)).expect("a GET");
-            async move {
-                let searches = Searches {
-                    regex: None,
-                    must_not_match: None,
-                };
-                prober
-                    .check(&target, &request, searches, Duration::from_secs(10))
-                    .await
-            }
+            let plan = CheckPlan::from_settings(&SiteSettings::new(&url)).expect("a GET");
+            async move { prober.check(&plan, Duration::from_secs(10)).await }
         };
 
         let outcome = check("dead-first.test").await;
-        assert!(outcome.is_up(None), "{outcome:?}");
+        assert!(judge(&Assertions::default(), &outcome).up, "{outcome:?}");
         assert_eq!(outcome.status, Some(200));
         assert_eq!(server.requests_for("/ok?dead-first.test").len(), 1);
 
@@ -835,23 +722,13 @@ mod tests {
         );
         let check = |host: &str| {
             let url = format!("http://{host}:{port}/ok?{host}");
-            let target = Target::parse(&url).expect("url");
             let prober = prober.clone();
-            let request = Request::from_settings(&SiteSettings::new(&url)).expect("a GET");
-            async move {
-                prober
-                    .check(
-                        &target,
-                        &request,
-                        Searches::default(),
-                        Duration::from_secs(10),
-                    )
-                    .await
-            }
+            let plan = CheckPlan::from_settings(&SiteSettings::new(&url)).expect("a GET");
+            async move { prober.check(&plan, Duration::from_secs(10)).await }
         };
 
         let outcome = check("mixed.test").await;
-        assert!(outcome.is_up(None), "{outcome:?}");
+        assert!(judge(&Assertions::default(), &outcome).up, "{outcome:?}");
         let error = check("mapped.test").await.error.expect("denied");
         assert_eq!(error.kind, ErrorKind::Connect, "{}", error.message);
         assert!(

@@ -18,9 +18,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
-use crate::probe::Request;
-use crate::target::Target;
+use crate::error::{Error, PlanError, Result};
+use crate::plan::CheckPlan;
 
 /// The channel the trigger notifies.
 pub(crate) const CHANNEL: &str = "sitemon_sites";
@@ -29,25 +28,19 @@ const COALESCE: Duration = Duration::from_millis(100);
 /// The most a steady stream of notifications may delay a reload.
 const COALESCE_MAX: Duration = Duration::from_millis(1000);
 
-/// A site as the checker uses it: URL and regex parsed once, per change of the row.
+/// A site as the checker uses it: its check plan made once, per change of the row.
 #[derive(Debug)]
 pub(crate) struct SiteSpec {
     pub(crate) id: i32,
     /// The bucket the site falls into ([`crate::buckets::bucket_of`]).
     pub(crate) bucket: i32,
     pub(crate) url: String,
-    /// The parsed URL, or why the row's URL cannot be checked.
-    pub(crate) target: Result<Target, String>,
+    /// What a check does and how its answer is judged, or why the row's settings cannot be
+    /// used.
+    pub(crate) plan: std::result::Result<CheckPlan, PlanError>,
     pub(crate) interval: Duration,
     /// The row's regex as written, for the event.
     pub(crate) regex_pattern: Option<String>,
-    /// The compiled regex (shared by every site with the same pattern), or why it does not
-    /// compile.
-    pub(crate) regex: Option<Result<Arc<Regex>, String>>,
-    /// The compiled `regex_must_not_match`, likewise.
-    pub(crate) must_not_match: Option<Result<Arc<Regex>, String>>,
-    /// What is sent and how the answer is judged, or why the row's settings cannot be used.
-    pub(crate) request: Result<Request, String>,
     /// This site's limit for one check, if it has one.
     pub(crate) timeout: Option<Duration>,
     /// The row's settings as written, for the event.
@@ -61,7 +54,8 @@ pub(crate) type SiteList = Arc<Vec<Arc<SiteSpec>>>;
 #[derive(Debug, Default)]
 pub(crate) struct SiteBook {
     current: HashMap<i32, (Site, Arc<SiteSpec>)>,
-    regexes: HashMap<String, Result<Arc<Regex>, String>>,
+    /// Compiled once per pattern, shared by every site with it.
+    regexes: HashMap<String, std::result::Result<Arc<Regex>, Arc<sitemon_core::Error>>>,
 }
 
 impl SiteBook {
@@ -97,19 +91,12 @@ impl SiteBook {
         // The table allows 1..=86400; a row that dodged the constraint is clamped.
         let seconds = settings.interval.clamp(1, 86_400);
         let regex_pattern = settings.regex.clone().filter(|p| !p.is_empty());
-        let mut compile = |pattern: &Option<String>| {
-            let pattern = pattern.as_ref().filter(|p| !p.is_empty())?;
-            Some(
-                self.regexes
-                    .entry(pattern.clone())
-                    .or_insert_with(|| {
-                        sitemon_core::site::compile_up_regex(pattern).map_err(|e| e.to_string())
-                    })
-                    .clone(),
-            )
-        };
-        let regex = compile(&regex_pattern);
-        let must_not_match = compile(&settings.regex_must_not_match);
+        let plan = CheckPlan::new(settings, |pattern| {
+            self.regexes
+                .entry(pattern.to_owned())
+                .or_insert_with(|| sitemon_core::site::compile_up_regex(pattern).map_err(Arc::new))
+                .clone()
+        });
         // The table allows any positive value; a row that dodged `add-site` is capped.
         let timeout = settings.timeout_ms.map(|ms| {
             Duration::from_millis(
@@ -121,12 +108,9 @@ impl SiteBook {
             id: row.id,
             bucket: crate::buckets::bucket_of(row.id),
             url: settings.url.clone(),
-            target: Target::parse(&settings.url),
+            plan,
             interval: Duration::from_secs(seconds.unsigned_abs()),
             regex_pattern,
-            regex,
-            must_not_match,
-            request: Request::from_settings(settings),
             timeout,
             settings: settings.clone(),
         }
@@ -266,9 +250,12 @@ mod tests {
         assert!(Arc::ptr_eq(&first[0], &second[0]));
         assert!(!Arc::ptr_eq(&first[1], &second[1]));
         assert_eq!(second[1].interval, Duration::from_secs(7));
-        let regex = |spec: &SiteSpec| spec.regex.clone().expect("regex").expect("compiles");
+        let regex = |spec: &SiteSpec| {
+            let plan = spec.plan.as_ref().expect("compiles");
+            plan.regex.clone().expect("regex")
+        };
         assert!(Arc::ptr_eq(&regex(&second[0]), &regex(&second[1])));
-        assert!(second[2].regex.is_none());
+        assert!(second[2].plan.as_ref().expect("plan").regex.is_none());
     }
 
     #[test]
@@ -279,19 +266,13 @@ mod tests {
             row(2, "http://a.invalid/", 5, Some("(unclosed")),
             row(3, "http://b.invalid/", 5, Some("")),
         ]);
-        assert!(
-            list[0]
-                .target
-                .as_ref()
-                .expect_err("bad url")
-                .contains("not a url")
-        );
-        let regex_error = list[1]
-            .regex
-            .clone()
-            .expect("regex")
-            .expect_err("bad regex");
+        let url_error = list[0].plan.as_ref().expect_err("bad url");
+        assert!(matches!(url_error, PlanError::Url { .. }));
+        assert!(url_error.to_string().contains("not a url"));
+        let regex_error = list[1].plan.as_ref().expect_err("bad regex");
+        assert!(matches!(regex_error, PlanError::Regex { key: "regex", .. }));
+        let regex_error = regex_error.to_string();
         assert!(regex_error.contains("(unclosed"), "{regex_error}");
-        assert!(list[2].regex.is_none());
+        assert!(list[2].plan.as_ref().expect("plan").regex.is_none());
     }
 }

@@ -114,8 +114,11 @@ impl Chain {
 
 impl Target {
     /// Parses an absolute http(s) URL with the same rules `sitemon add-site` applies.
-    pub(crate) fn parse(url: &str) -> Result<Self, String> {
-        let uri = sitemon_core::site::validate_url(url).map_err(|e| e.to_string())?;
+    ///
+    /// # Errors
+    /// [`sitemon_core::Error::InvalidUrl`] saying what is wrong.
+    pub(crate) fn parse(url: &str) -> sitemon_core::Result<Self> {
+        let uri = sitemon_core::site::validate_url(url)?;
         let https = uri
             .scheme_str()
             .is_some_and(|s| s.eq_ignore_ascii_case("https"));
@@ -176,7 +179,7 @@ impl Target {
         let base = Url::parse(&self.url).map_err(|e| format!("{}: {e}", self.url))?;
         let mut next = base.join(location).map_err(|e| e.to_string())?;
         next.set_fragment(None);
-        let mut next = Self::parse(next.as_str())?;
+        let mut next = Self::parse(next.as_str()).map_err(|e| e.to_string())?;
         next.credentials = None;
         Ok(next)
     }
