@@ -7,11 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Method;
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
 use regex::Regex;
+use sitemon_core::site::validate_headers;
 use sitemon_core::{ExpectStatus, SiteSettings};
 
 use crate::error::PlanError;
-use crate::probe::{Request, Searches};
 use crate::target::Target;
 
 /// Everything one check of a site needs, ready: what the probe executes and what
@@ -103,6 +106,63 @@ impl CheckPlan {
             must_not_match: self.must_not_match.as_deref(),
         }
     }
+}
+
+/// What a check of one site sends: a part of its [`CheckPlan`].
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    /// Sent after sitemon's own headers, replacing one of the same name (`User-Agent`); the
+    /// credential headers (`Authorization`, `Proxy-Authorization`, `Cookie`) only where
+    /// [`Chain`](crate::target::Chain) trusts the hop, the others on every hop.
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+    pub(crate) follow_redirects: bool,
+    pub(crate) tls_verify: bool,
+}
+
+impl Request {
+    /// The request a site's settings ask for.
+    ///
+    /// # Errors
+    /// [`PlanError::Setting`] for unusable `headers`.
+    pub(crate) fn from_settings(settings: &SiteSettings) -> Result<Self, PlanError> {
+        validate_headers(&settings.headers).map_err(|e| PlanError::Setting {
+            key: "headers",
+            source: Arc::new(e),
+        })?;
+        let headers = settings
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        let method = match settings.method {
+            sitemon_core::Method::Get => Method::GET,
+            sitemon_core::Method::Head => Method::HEAD,
+            sitemon_core::Method::Post => Method::POST,
+        };
+        Ok(Self {
+            method,
+            headers,
+            body: Bytes::from(settings.body.clone().unwrap_or_default()),
+            follow_redirects: settings.follow_redirects,
+            tls_verify: settings.tls_verify,
+        })
+    }
+}
+
+/// The regexes a check searches the body with.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Searches<'a> {
+    /// Must match.
+    pub(crate) regex: Option<&'a Regex>,
+    /// Must not match.
+    pub(crate) must_not_match: Option<&'a Regex>,
 }
 
 #[cfg(test)]

@@ -17,80 +17,21 @@ use hyper::header::{
 };
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
-use regex::Regex;
 use rustls::pki_types::{CertificateDer, ServerName};
-use sitemon_core::site::validate_headers;
-use sitemon_core::{CheckError, ErrorKind, ProbeTimings, SiteSettings};
+use sitemon_core::{CheckError, ErrorKind, ProbeTimings};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::IpNet;
-use crate::error::{Error, PlanError, chain};
-use crate::plan::CheckPlan;
+use crate::error::{Error, chain};
+use crate::plan::{CheckPlan, Request, Searches};
 use crate::target::{Chain, Credentials, Target, without_userinfo};
 use crate::tls_expiry::not_after;
 use crate::verdict::Observation;
 
 /// The most redirects a check follows; one more is a `too_many_redirects` failure.
 pub(crate) const MAX_REDIRECTS: u32 = 5;
-
-/// What a check of one site sends: a part of its [`CheckPlan`].
-#[derive(Debug, Clone)]
-pub(crate) struct Request {
-    pub(crate) method: Method,
-    /// Sent after sitemon's own headers, replacing one of the same name (`User-Agent`); the
-    /// [credential headers](is_credential) only where [`Chain`] trusts the hop, the others on
-    /// every hop.
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) body: Bytes,
-    pub(crate) follow_redirects: bool,
-    pub(crate) tls_verify: bool,
-}
-
-impl Request {
-    /// The request a site's settings ask for.
-    ///
-    /// # Errors
-    /// [`PlanError::Setting`] for unusable `headers`.
-    pub(crate) fn from_settings(settings: &SiteSettings) -> Result<Self, PlanError> {
-        validate_headers(&settings.headers).map_err(|e| PlanError::Setting {
-            key: "headers",
-            source: Arc::new(e),
-        })?;
-        let headers = settings
-            .headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((
-                    HeaderName::from_bytes(name.as_bytes()).ok()?,
-                    HeaderValue::from_str(value).ok()?,
-                ))
-            })
-            .collect();
-        let method = match settings.method {
-            sitemon_core::Method::Get => Method::GET,
-            sitemon_core::Method::Head => Method::HEAD,
-            sitemon_core::Method::Post => Method::POST,
-        };
-        Ok(Self {
-            method,
-            headers,
-            body: Bytes::from(settings.body.clone().unwrap_or_default()),
-            follow_redirects: settings.follow_redirects,
-            tls_verify: settings.tls_verify,
-        })
-    }
-}
-
-/// The regexes a check searches the body with.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Searches<'a> {
-    /// Must match.
-    pub(crate) regex: Option<&'a Regex>,
-    /// Must not match.
-    pub(crate) must_not_match: Option<&'a Regex>,
-}
 
 /// Everything a check needs that is the same for all checks.
 #[derive(Clone)]
@@ -663,6 +604,7 @@ mod tests {
     use super::*;
     use crate::plan::Assertions;
     use crate::verdict::judge;
+    use sitemon_core::SiteSettings;
 
     /// A name whose first address refuses the connection and whose second is a live server:
     /// the check tries the second and is up; the dead address alone is a `connect` failure
