@@ -110,9 +110,11 @@ impl std::fmt::Display for Plan {
                     let url = &entry.written.url;
                     writeln!(f, "~ {url} (site {id}): {}", describe_entry(fields, entry))?;
                 }
+                // The stored URL may hold what a variable expanded to: masked.
                 Change::Remove { id, url, history } => writeln!(
                     f,
-                    "- {url} (site {id}; its {history} stored checks go with it)"
+                    "- {} (site {id}; its {history} stored checks go with it)",
+                    crate::mask::mask_url(url)
                 )?,
             }
         }
@@ -450,7 +452,7 @@ mod tests {
             stored(1, "http://a.invalid/", None, 5),
             stored(2, "http://b.invalid/", None, 5),
             stored(3, "http://c.invalid/", Some("c"), 5),
-            stored(4, "http://gone.invalid/", None, 5),
+            stored(4, "http://u:pw@gone.invalid/?t=secret", None, 5),
         ];
         let file = entries(
             "sites:
@@ -475,7 +477,7 @@ mod tests {
             "~ http://b.invalid/ (site 2): interval 5 -> 60, method \"GET\" -> \"HEAD\"
 ~ http://c-moved.invalid/ (site 3): url \"http://c.invalid/\" -> \"http://c-moved.invalid/\"
 + http://new.invalid/
-- http://gone.invalid/ (site 4; its 12 stored checks go with it)
+- http://***@gone.invalid/?t=*** (site 4; its 12 stored checks go with it)
 = 1 unchanged
 "
         );
