@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use sitemon_core::event::EVENT_SCHEMA_VERSION;
-use sitemon_core::mask::{MAX_MESSAGE_BYTES, bound_text, mask_url};
+use sitemon_core::mask::event_url;
 use sitemon_core::{CheckError, CheckEvent};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,10 +40,11 @@ impl Checks {
         self.producer.send(&event);
     }
 
-    /// Checks `site` once. The event carries no secret and no unbounded text: its `url` and
-    /// `final_url` are masked (`sitemon_core::mask::mask_url`: credentials and query values),
-    /// its error message has every URL it quotes masked and is cut to
-    /// [`MAX_MESSAGE_BYTES`] (`sitemon_core::mask::message`).
+    /// Checks `site` once. The event carries no secret: its `url` (masked once, when the site
+    /// was loaded: `sitemon_core::mask::mask_url`) and `final_url` (masked and bounded:
+    /// `sitemon_core::mask::event_url`) show no credentials nor query values; its error
+    /// message has every URL it quotes masked and is cut to
+    /// [`MAX_MESSAGE_BYTES`](sitemon_core::mask::MAX_MESSAGE_BYTES) (`sitemon_core::mask::message`).
     pub(crate) async fn check(&self, site: &SiteSpec) -> CheckEvent {
         let checked_at = OffsetDateTime::now_utc();
         let check_id = Uuid::now_v7();
@@ -71,7 +72,7 @@ impl Checks {
             schema: EVENT_SCHEMA_VERSION,
             check_id,
             website_id: site.id,
-            url: mask_url(&site.url),
+            url: site.shown_url.clone(),
             location: self.config.location.clone(),
             checked_at,
             up,
@@ -85,9 +86,7 @@ impl Checks {
             }),
             timings_ms: outcome.timings,
             redirects: outcome.redirects,
-            final_url: outcome
-                .final_url
-                .map(|url| bound_text(&mask_url(&url), MAX_MESSAGE_BYTES).into_owned()),
+            final_url: outcome.final_url.as_deref().map(event_url),
             tls_cert_not_after: outcome.cert_not_after,
             method: site.settings.method,
             expect_status: site.settings.expect_status.clone(),

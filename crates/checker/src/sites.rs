@@ -34,7 +34,9 @@ pub(crate) struct SiteSpec {
     pub(crate) id: i32,
     /// The bucket the site falls into ([`crate::buckets::bucket_of`]).
     pub(crate) bucket: i32,
-    pub(crate) url: String,
+    /// The site's URL as its events carry it: masked once, here
+    /// ([`sitemon_core::mask::mask_url`]), not on every check.
+    pub(crate) shown_url: String,
     /// What a check does and how its answer is judged, or why the row's settings cannot be
     /// used.
     pub(crate) plan: std::result::Result<CheckPlan, PlanError>,
@@ -107,7 +109,7 @@ impl SiteBook {
         SiteSpec {
             id: row.id,
             bucket: crate::buckets::bucket_of(row.id),
-            url: settings.url.clone(),
+            shown_url: sitemon_core::mask::mask_url(&settings.url),
             plan,
             interval: Duration::from_secs(seconds.unsigned_abs()),
             regex_pattern,

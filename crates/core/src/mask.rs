@@ -193,6 +193,13 @@ fn fold_whitespace(text: &str) -> Cow<'_, str> {
     Cow::Owned(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// A URL as an event carries it (`url`, `final_url`): masked ([`mask_url`]), then bounded
+/// to [`MAX_MESSAGE_BYTES`] (a `Location` from outside may be any length).
+#[must_use]
+pub fn event_url(url: &str) -> String {
+    bound_text(&mask_url(url), MAX_MESSAGE_BYTES).into_owned()
+}
+
 /// What sitemon writes of a message from outside (an error text): every URL masked
 /// ([`mask_urls_in`]), then folded and bounded to [`MAX_MESSAGE_BYTES`] ([`bound_text`]).
 /// Masking comes first, so that a cut never leaves the start of a password unmasked.

@@ -6,7 +6,7 @@
 
 use sitemon_consume::Message;
 use sitemon_core::event::EventDecodeError;
-use sitemon_core::mask::{self, MAX_MESSAGE_BYTES, bound_text, mask_url};
+use sitemon_core::mask::{self, event_url, mask_url};
 use sitemon_core::{CheckEvent, ErrorKind};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -234,10 +234,7 @@ pub(crate) fn decode(message: Message) -> Decoded {
 /// needs nothing (every event of sitemon's checker) keeps its bytes exactly as published.
 fn without_secrets(event: &CheckEvent, request_info: String) -> String {
     let url = mask_url(&event.url);
-    let final_url = event
-        .final_url
-        .as_deref()
-        .map(|u| bound_text(&mask_url(u), MAX_MESSAGE_BYTES).into_owned());
+    let final_url = event.final_url.as_deref().map(event_url);
     let error = event.error.as_ref().map(|e| mask::message(&e.message));
     let clean = url == event.url
         && final_url == event.final_url
@@ -423,7 +420,11 @@ mod tests {
         assert_eq!(stored["final_url"], "https://***@other.example/x?t=***");
         assert_eq!(stored["extra"], "kept");
         let text = stored["error"]["message"].as_str().expect("a message");
-        assert!(text.len() <= MAX_MESSAGE_BYTES + 40, "{} bytes", text.len());
+        assert!(
+            text.len() <= mask::MAX_MESSAGE_BYTES + 40,
+            "{} bytes",
+            text.len()
+        );
         assert!(text.ends_with(" bytes]"), "{}", &text[1000..]);
     }
 
